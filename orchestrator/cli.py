@@ -1,0 +1,117 @@
+"""The `vodflow` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestrator import __version__
+from orchestrator.config import Settings, SettingsError, load_settings
+from orchestrator.spec import WorkflowError, json_schema, load_workflows
+
+app = typer.Typer(
+    name="vodflow",
+    help="Turns 'a live recording finished' into finished media through Tencent Cloud VOD.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="The database: migrations.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        typer.echo(f"vodflow: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(f"vodflow {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+def schema() -> None:
+    """Print the workflow files' JSON Schema (for editors' autocompletion)."""
+    typer.echo(json.dumps(json_schema(), indent=2))
+
+
+@app.command()
+def validate(
+    paths: Annotated[list[Path], typer.Argument(help="Workflow files or directories.")],
+) -> None:
+    """Check workflow files; print every problem as file:line:column."""
+    try:
+        loaded = load_workflows(paths)
+    except WorkflowError as exc:
+        for problem in exc.problems:
+            typer.echo(str(problem), err=True)
+        typer.echo(f"{len(exc.problems)} problem(s) found", err=True)
+        raise typer.Exit(1) from None
+    for item in loaded:
+        typer.echo(f"ok  {item.path}  ({item.spec.name}, version {item.version})")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
+) -> None:
+    """Apply the database migrations (creates the SQLite file when needed)."""
+    from orchestrator.store import migrate
+
+    settings = _settings()
+    migrate.upgrade(settings.sqlalchemy_url, revision)
+    typer.echo(f"database is at {revision}: {_redact(settings.sqlalchemy_url)}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's migration revision."""
+    from orchestrator.store import migrate
+
+    migrate.current(_settings().sqlalchemy_url)
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+@app.command()
+def serve() -> None:
+    """Run the service: callbacks, runner, sweeper, dashboard (and the embedded VOD engine)."""
+    import uvicorn
+
+    from orchestrator import logs
+    from orchestrator.app import create_app
+    from orchestrator.registry import Registry
+
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        registry = Registry.from_paths([settings.workflows])
+    except WorkflowError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    application = create_app(settings, registry)
+    typer.echo(f"vodflow {__version__}: dashboard at {settings.base_url}/")
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level="warning")
+
+
+def main() -> None:
+    app(prog_name="vodflow")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""vodflow's settings: one object, read once at start-up from ``vodflow.toml`` and ``VODFLOW_*``.
+
+Precedence (highest first): explicit arguments, environment variables, the TOML file, defaults.
+The TOML file is ``./vodflow.toml`` unless ``VODFLOW_CONFIG`` names another; its keys are the
+setting names in lower case (``port = 8080``). No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from orchestrator.durations import parse_duration
+
+DEFAULT_TENCENT_ENDPOINT = "https://vod.api.qcloud.com/v2/index.php"
+
+
+class SettingsError(Exception):
+    """A setting has a bad value; the message names the setting and what is expected."""
+
+
+class Settings(BaseSettings):
+    """Everything configurable about one vodflow process. See the README's configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VODFLOW_",
+        extra="forbid",
+        validate_default=True,
+        frozen=True,
+    )
+
+    data_dir: Path = Field(Path("./data"), description="Where the SQLite file and media live.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: SQLite file vodflow.db in the data directory."
+    )
+    workflows: Path = Field(Path("./workflows"), description="Directory of workflow YAML files.")
+    host: str = Field("127.0.0.1", description="Address the HTTP server binds.")
+    port: int = Field(8080, ge=1, le=65535, description="Port the HTTP server binds.")
+    public_url: AnyHttpUrl | None = Field(
+        None,
+        description="URL others reach this server at (callbacks, output files); "
+        "default http://HOST:PORT.",
+    )
+
+    vod_endpoint: AnyHttpUrl | None = Field(
+        None,
+        description="VOD v2 API URL; default: the embedded engine at PUBLIC_URL/v2/index.php. "
+        f"Tencent Cloud: {DEFAULT_TENCENT_ENDPOINT}.",
+    )
+    vod_secret_id: SecretStr | None = Field(None, description="VOD API SecretId.")
+    vod_secret_key: SecretStr | None = Field(None, description="VOD API SecretKey.")
+    vod_region: str = Field("gz", min_length=1, description="VOD API Region parameter.")
+    vod_signature_method: Literal["HmacSHA1", "HmacSHA256"] = Field(
+        "HmacSHA256", description="How requests to VOD are signed."
+    )
+    vod_rate_per_minute: int = Field(
+        100, ge=1, description="ProcessFileByProcedure calls allowed per minute per account."
+    )
+    vod_burst: int = Field(10, ge=1, description="Calls the limiter lets through back to back.")
+    vod_timeout: float = Field(10.0, gt=0, description="Seconds to wait for one VOD API answer.")
+
+    callback_token: SecretStr | None = Field(
+        None, description="Secret that VOD/LVB callbacks must carry (?token= or X-Vodflow-Token)."
+    )
+    lvb_callback_key: SecretStr | None = Field(
+        None, description="The live service's callback key, to check each body's sign."
+    )
+    api_token: SecretStr | None = Field(
+        None, description="Bearer token for the dashboard API's admin scope."
+    )
+    api_read_token: SecretStr | None = Field(
+        None, description="Bearer token for the dashboard API's read-only scope."
+    )
+    webhook_secret: SecretStr | None = Field(
+        None, description="Standard Webhooks secret (whsec_...) notify steps sign with."
+    )
+
+    engine: bool = Field(True, description="Serve the embedded VOD engine in this process.")
+    engine_procedures: Path | None = Field(
+        None, description="Procedures file for the embedded engine; default: the built-in set."
+    )
+    engine_workers: int = Field(
+        default_factory=lambda: os.cpu_count() or 2,
+        ge=1,
+        description="Media tasks the embedded engine runs at once.",
+    )
+    ffmpeg: Path | None = Field(
+        None, description="FFmpeg binary; default: the one from the imageio-ffmpeg package."
+    )
+    reliable_callbacks: bool = Field(
+        False, description="Pull events with PullEvent instead of receiving pushed callbacks."
+    )
+
+    sweep_interval: float = Field(
+        5.0, gt=0, description="Seconds between sweeps (timers, stalled tasks, leases)."
+    )
+    task_poll_after: str = Field(
+        "10m", description="Default wait for a task's callback before asking VOD about it."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest callback body accepted.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "text"
+
+    @field_validator("task_poll_after")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Settings:
+        if (self.vod_secret_id is None) != (self.vod_secret_key is None):
+            raise ValueError(
+                "VODFLOW_VOD_SECRET_ID and VODFLOW_VOD_SECRET_KEY must be set together"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("VODFLOW_CONFIG", "vodflow.toml"))
+        return (
+            init_settings,
+            env_settings,
+            TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
+        )
+
+    # Derived values: computed, never configured twice.
+
+    @property
+    def base_url(self) -> str:
+        if self.public_url is not None:
+            return str(self.public_url).rstrip("/")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        return f"http://{host}:{self.port}"
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'vodflow.db').as_posix()}"
+
+    @property
+    def vod_url(self) -> str:
+        if self.vod_endpoint is not None:
+            return str(self.vod_endpoint)
+        return f"{self.base_url}/v2/index.php"
+
+    @property
+    def uses_embedded_engine(self) -> bool:
+        return self.vod_endpoint is None
+
+    @property
+    def task_poll_after_seconds(self) -> float:
+        return parse_duration(self.task_poll_after).total_seconds()
+
+
+def _setting_name(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "settings"
+    return "VODFLOW_" + str(loc[0]).upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning pydantic's report into one message per bad setting."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = _setting_name(err["loc"])
+            got = err.get("input")
+            shown = "" if isinstance(got, dict) else f" (got {got!r})"
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            msg = msg.replace("Input should be ", "expected ", 1)
+            lines.append(f"{name}: {msg}{shown}")
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None

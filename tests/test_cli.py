@@ -1,0 +1,102 @@
+"""The `vodflow` command: validate, schema, db upgrade, and serve over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from orchestrator.cli import app
+from tests.conftest import ROOT, free_port
+
+runner = CliRunner()
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+
+def test_validate_accepts_the_examples() -> None:
+    result = runner.invoke(app, ["validate", str(ROOT / "workflows")])
+    assert result.exit_code == 0, result.output
+    assert "lecture-replay.yaml  (lecture-replay, version " in result.output
+    assert "recording-transcode.yaml" in result.output
+
+
+def test_validate_prints_every_problem_and_exits_non_zero(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("name: a\ntriggers: [{type: manul}]\nsteps: []\n")
+    (tmp_path / "b.yaml").write_text("name: b\nsteps: [{name: x, notify: {ur: u}}]\n")
+    result = runner.invoke(app, ["validate", str(tmp_path)])
+    assert result.exit_code == 1
+    out = result.output
+    assert f"{tmp_path / 'a.yaml'}:2:19: triggers[0]: unknown trigger type 'manul'" in out
+    assert f"{tmp_path / 'a.yaml'}:3:8: steps: expected a list with at least 1 item" in out
+    assert f"{tmp_path / 'b.yaml'}:1:1: triggers: required key 'triggers' is missing" in out
+    assert "did you mean 'url'?" in out
+    assert "5 problem(s) found" in out
+
+
+def test_schema_prints_json_schema() -> None:
+    result = runner.invoke(app, ["schema"])
+    assert result.exit_code == 0
+    assert json.loads(result.output)["title"] == "vodflow workflow"
+
+
+def test_db_upgrade_creates_the_sqlite_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VODFLOW_DATA_DIR", str(tmp_path / "data"))
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "data" / "vodflow.db").exists()
+    assert "database is at head" in result.output
+
+
+def test_a_bad_setting_fails_start_up_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VODFLOW_PORT", "99999")
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 2
+    assert "VODFLOW_PORT: expected less than or equal to 65535 (got '99999')" in result.output
+
+
+def test_serve_answers_healthz_and_lists_workflows(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VODFLOW_")},
+        "VODFLOW_DATA_DIR": str(tmp_path / "data"),
+        "VODFLOW_PORT": str(port),
+        "VODFLOW_WORKFLOWS": str(ROOT / "workflows"),
+    }
+    vodflow = [sys.executable, "-m", "orchestrator.cli"]
+    subprocess.run([*vodflow, "db", "upgrade"], env=env, check=True, capture_output=True)
+    server = subprocess.Popen(
+        [*vodflow, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                health = httpx.get(f"{base}/healthz", timeout=2)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.stdout.read() if server.stdout else ""
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        assert health.status_code == 200
+        assert health.json()["status"] == "ok"
+        workflows = httpx.get(f"{base}/api/workflows", timeout=5).json()["workflows"]
+        assert [w["name"] for w in workflows] == ["lecture-replay", "recording-transcode"]
+        assert workflows[0]["triggers"] == ["stream.session"]
+        assert workflows[0]["steps"] == [
+            {"name": "replay", "kind": "process"},
+            {"name": "publish", "kind": "notify"},
+        ]
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=15)
+    assert f"dashboard at http://127.0.0.1:{port}/" in output

@@ -1,0 +1,503 @@
+"""The pure state machine, input by input: every VOD error class, every event shape, timers,
+operators' actions, and the invariants the design promises."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from orchestrator import machine as m
+from orchestrator.spec import Workflow, parse_workflow
+
+T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+
+WORKFLOW = parse_workflow(
+    """
+name: wf
+triggers: [{type: recording.finished}]
+timeout: 6h
+retry: {max_attempts: 2, backoff: {initial: 10s, multiplier: 2, max: 1m, jitter: 0}}
+steps:
+  - name: transcode
+    process: {fileId: "{{ trigger.fileId }}", procedure: TranscodeAndSprite}
+    timeout: 1h
+    expected: 5m
+  - name: tell
+    notify: {url: "http://hooks.example/{{ trigger.streamId }}"}
+"""
+)
+
+
+class Run:
+    """A run driven by inputs, keeping every decision for assertions."""
+
+    def __init__(self, workflow: Workflow = WORKFLOW, context: dict | None = None) -> None:
+        self.workflow = workflow
+        self.now = T0
+        self.state = m.new_run(
+            "run1", workflow, "v1", context or {"fileId": "f1", "streamId": "s1"}, self.now
+        )
+        self.decisions: list[m.Decision] = []
+
+    def feed(self, event: m.Input, after: float = 1.0) -> m.Decision:
+        self.now += timedelta(seconds=after)
+        decision = m.decide(self.workflow, self.state, event, self.now)
+        self.decisions.append(decision)
+        self.state = decision.state
+        return decision
+
+    @property
+    def last(self) -> m.Decision:
+        return self.decisions[-1]
+
+    def commands(self, kind: type) -> list:
+        return [c for c in self.last.commands if isinstance(c, kind)]
+
+    def step(self, name: str = "transcode") -> m.StepState:
+        return self.state.step(name)
+
+    def start(self) -> Run:
+        self.feed(m.Trigger(event="inbox:1"))
+        return self
+
+    def submitted(self, attempt: int = 1, *ids: tuple[str, str]) -> Run:
+        refs = ids or (("tr1", "transcode"), ("sp1", "imageSprite"))
+        self.feed(
+            m.SubmitSucceeded(
+                step="transcode",
+                attempt=attempt,
+                tasks=tuple(m.TaskRef(task_id=i, kind=k) for i, k in refs),
+            )
+        )
+        return self
+
+    def event(self, task_id: str, success: bool = True, **kw: object) -> m.Decision:
+        return self.feed(
+            m.TaskEvent(
+                task_id=task_id,
+                event_type="TranscodeComplete",
+                event_key=f"k-{task_id}-{len(self.decisions)}",
+                success=success,
+                **kw,
+            )
+        )
+
+
+def test_trigger_submits_the_first_step_with_resolved_templates_and_a_run_timer() -> None:
+    run = Run().start()
+    (submit,) = run.commands(m.Submit)
+    assert submit.request == {"fileId": "f1", "procedure": "TranscodeAndSprite"}
+    assert submit.attempt == 1
+    assert submit.idempotency_key == "run1/transcode/1/1"
+    (timer,) = run.commands(m.ScheduleTimer)
+    assert timer.timer == "run_timeout"
+    assert timer.due == T0 + timedelta(seconds=1, hours=6)
+    assert run.state.status is m.RunStatus.RUNNING
+    assert run.step().status is m.StepStatus.SUBMITTING
+    assert run.step().in_flight
+
+
+def test_a_second_trigger_is_ignored() -> None:
+    run = Run().start()
+    run.feed(m.Trigger(event="again"))
+    assert run.last.commands == ()
+    assert "already started" in run.last.history.reason
+
+
+def test_submit_success_awaits_every_task_and_is_awaiting_callback() -> None:
+    run = Run().start().submitted()
+    assert run.state.status is m.RunStatus.AWAITING_CALLBACK
+    tasks = run.step().tasks
+    assert [(t.task_id, t.awaited, t.status) for t in tasks] == [
+        ("tr1", True, m.TaskStatus.WAITING),
+        ("sp1", True, m.TaskStatus.WAITING),
+    ]
+    assert tasks[0].expected_at == run.now + timedelta(minutes=5)
+    (timer,) = run.commands(m.ScheduleTimer)
+    assert (timer.timer, timer.step, timer.attempt) == ("step_timeout", "transcode", 1)
+    assert not run.step().in_flight
+
+
+def test_all_awaited_tasks_succeeding_verifies_then_advances_to_notify() -> None:
+    run = Run().start().submitted()
+    run.event("tr1", outputs={"fileId": "f1", "play": [{"url": "http://x/f20.mp4"}]})
+    assert run.state.status is m.RunStatus.AWAITING_CALLBACK
+    run.event("sp1", outputs={"sprites": [{"webVttUrl": "http://x/s.vtt"}]})
+    (verify,) = run.commands(m.Verify)
+    assert verify.outputs["play"] == [{"url": "http://x/f20.mp4"}]
+    assert verify.outputs["taskIds"] == {"transcode": "tr1", "imageSprite": "sp1"}
+    assert run.step().status is m.StepStatus.VERIFYING
+    run.feed(m.VerifySucceeded(step="transcode", attempt=1))
+    assert run.step().status is m.StepStatus.SUCCEEDED
+    (notify,) = run.commands(m.Notify)
+    assert notify.url == "http://hooks.example/s1"
+    assert notify.payload["type"] == "vodflow.run.outputs"
+    assert notify.payload["data"]["outputs"]["transcode"]["fileId"] == "f1"
+    assert notify.webhook_id == "msg_run1_tell"
+    run.feed(m.SubmitSucceeded(step="tell", attempt=1, outputs={"status": 204}))
+    assert run.state.status is m.RunStatus.SUCCEEDED
+    (finish,) = run.commands(m.Finish)
+    assert finish.status is m.RunStatus.SUCCEEDED
+    assert finish.outputs["tell"] == {"status": 204}
+    assert run.commands(m.CancelTimers)[-1].step is None
+
+
+def test_wait_for_limits_which_tasks_complete_the_step() -> None:
+    wf = parse_workflow(
+        """
+name: wf
+triggers: [{type: manual}]
+steps:
+  - name: transcode
+    process: {fileId: "f", procedure: P}
+    wait_for: [transcode]
+    verify: false
+"""
+    )
+    run = Run(wf).start().submitted()
+    assert [t.awaited for t in run.step().tasks] == [True, False]
+    run.event("sp1", success=False, message="sprite broke")
+    assert run.step().status is m.StepStatus.AWAITING_CALLBACK
+    assert "does not wait for imageSprite" in run.last.history.reason
+    run.event("tr1")
+    assert run.state.status is m.RunStatus.SUCCEEDED
+
+
+def test_wait_for_a_kind_vod_did_not_return_fails_the_step() -> None:
+    wf = parse_workflow(
+        """
+name: wf
+triggers: [{type: manual}]
+steps:
+  - name: transcode
+    process: {fileId: "f", procedure: P}
+    wait_for: [snapshotByTimeOffset]
+"""
+    )
+    run = Run(wf).start().submitted()
+    assert run.state.status is m.RunStatus.FAILED
+    assert "waits for snapshotByTimeOffset" in (run.state.error or "")
+
+
+def test_procedure_shape_single_vod_task_id() -> None:
+    run = Run().start().submitted(1, ("1250000001-procedurev2-abc", "procedure"))
+    run.event("1250000001-procedurev2-abc", outputs={"play": [{"url": "u"}]})
+    assert run.step().status is m.StepStatus.VERIFYING
+
+
+@pytest.mark.parametrize(
+    "error_class",
+    [
+        m.ErrorClass.INVALID_PARAMS,
+        m.ErrorClass.FILE_NOT_FOUND,
+        m.ErrorClass.PROCEDURE_INVALID,
+        m.ErrorClass.AUTH,
+    ],
+)
+def test_non_retryable_submit_failures_fail_the_run_with_the_reason(
+    error_class: m.ErrorClass,
+) -> None:
+    run = Run().start()
+    run.feed(
+        m.SubmitFailed(
+            step="transcode", attempt=1, error_class=error_class, code=1000, message="bad fileId"
+        )
+    )
+    assert run.state.status is m.RunStatus.FAILED
+    assert run.step().error_class is error_class
+    assert "bad fileId" in (run.state.error or "")
+    assert "(code 1000)" in (run.state.error or "")
+    assert not run.commands(m.Submit)
+    assert run.commands(m.Finish)[0].error == run.state.error
+
+
+@pytest.mark.parametrize("error_class", [m.ErrorClass.INTERNAL, m.ErrorClass.TRANSPORT])
+def test_retryable_failures_retry_with_backoff_until_the_budget_is_spent(
+    error_class: m.ErrorClass,
+) -> None:
+    run = Run().start()
+    run.feed(m.SubmitFailed(step="transcode", attempt=1, error_class=error_class, message="e1"))
+    assert run.state.status is m.RunStatus.RETRYING
+    (timer,) = run.commands(m.ScheduleTimer)
+    assert timer.timer == "retry"
+    assert timer.due == run.now + timedelta(seconds=10)
+    run.feed(m.TimerFired(timer="retry", step="transcode", attempt=1), after=10)
+    (submit,) = run.commands(m.Submit)
+    assert submit.attempt == 2
+    run.feed(m.SubmitFailed(step="transcode", attempt=2, error_class=error_class, message="e2"))
+    assert run.state.status is m.RunStatus.FAILED
+    assert "attempt 2 of 2, none left" in (run.state.error or "")
+
+
+def test_frequency_limit_backs_off_without_spending_an_attempt() -> None:
+    run = Run().start()
+    for _ in range(5):
+        run.feed(
+            m.SubmitFailed(
+                step="transcode",
+                attempt=1,
+                error_class=m.ErrorClass.FREQUENCY_LIMIT,
+                code=4400,
+                message="quota",
+                retry_after=7,
+            )
+        )
+        assert run.state.status is m.RunStatus.RETRYING
+        assert run.commands(m.ScheduleTimer)[0].due == run.now + timedelta(seconds=7)
+        run.feed(m.TimerFired(timer="retry", step="transcode", attempt=1), after=7)
+        (submit,) = run.commands(m.Submit)
+        assert submit.attempt == 1
+    assert run.step().sends == 6
+    assert submit.idempotency_key == "run1/transcode/1/6"
+
+
+def test_duplicate_task_recovers_instead_of_resubmitting() -> None:
+    run = Run().start()
+    run.feed(
+        m.SubmitFailed(
+            step="transcode",
+            attempt=1,
+            error_class=m.ErrorClass.DUPLICATE_TASK,
+            code=50005,
+            message="dup",
+        )
+    )
+    assert not run.commands(m.Submit)
+    (recover,) = run.commands(m.Recover)
+    assert recover.request == {"fileId": "f1", "procedure": "TranscodeAndSprite"}
+    assert run.state.status is m.RunStatus.AWAITING_CALLBACK
+    assert run.step().status is m.StepStatus.RECOVERING
+    run.feed(
+        m.SubmitSucceeded(
+            step="transcode",
+            attempt=1,
+            tasks=(m.TaskRef(task_id="tr9", kind="transcode"),),
+            recovered=True,
+        )
+    )
+    assert run.step().status is m.StepStatus.AWAITING_CALLBACK
+    assert "recovered tasks: tr9" in run.last.history.reason
+
+
+def test_recovery_adopts_a_task_an_earlier_attempt_started() -> None:
+    run = Run().start().submitted()
+    run.feed(m.TimerFired(timer="step_timeout", step="transcode", attempt=1), after=3600)
+    run.feed(m.TimerFired(timer="retry", step="transcode", attempt=1), after=10)
+    run.feed(
+        m.SubmitFailed(
+            step="transcode", attempt=2, error_class=m.ErrorClass.DUPLICATE_TASK, message="dup"
+        )
+    )
+    run.feed(
+        m.SubmitSucceeded(
+            step="transcode",
+            attempt=2,
+            tasks=(m.TaskRef(task_id="tr1", kind="transcode"),),
+            recovered=True,
+        )
+    )
+    assert "adopted from earlier attempts: tr1 (attempt 1)" in run.last.history.reason
+    tr1 = next(t for t in run.step().tasks if t.task_id == "tr1")
+    assert tr1.attempt == 2
+    run.event("tr1")
+    assert run.step().status is m.StepStatus.VERIFYING
+
+
+def test_task_failure_retries_and_earlier_attempt_events_never_decide_the_new_attempt() -> None:
+    run = Run().start().submitted()
+    run.event("tr1", success=False, error_code=30010, message="system failure")
+    assert run.state.status is m.RunStatus.RETRYING
+    assert "errCode 30010" in (run.step().error or "")
+    run.feed(m.TimerFired(timer="retry", step="transcode", attempt=1), after=10)
+    run.submitted(2, ("tr2", "transcode"), ("sp2", "imageSprite"))
+    # The first attempt's sprite finishes now: recorded, but attempt 2 is not affected.
+    run.event("sp1")
+    assert "belongs to attempt 1" in run.last.history.reason
+    assert run.step().status is m.StepStatus.AWAITING_CALLBACK
+    run.event("sp1", success=False)
+    assert "duplicate" in run.last.history.reason
+    run.event("tr2")
+    run.event("sp2")
+    assert run.step().status is m.StepStatus.VERIFYING
+
+
+def test_media_failure_is_not_retried() -> None:
+    run = Run().start().submitted()
+    run.event("tr1", success=False, error_class=m.ErrorClass.MEDIA, error_code=30009)
+    assert run.state.status is m.RunStatus.FAILED
+
+
+def test_duplicate_task_event_is_applied_once() -> None:
+    run = Run().start().submitted()
+    run.event("tr1", outputs={"play": [{"url": "a"}]})
+    before = run.state
+    run.event("tr1", outputs={"play": [{"url": "b"}]})
+    assert run.state.steps == before.steps
+    assert run.last.commands == ()
+    assert run.last.history.reason.startswith("duplicate")
+
+
+def test_non_terminal_event_is_recorded_only() -> None:
+    run = Run().start().submitted()
+    before = run.state.steps
+    run.feed(
+        m.TaskEvent(
+            task_id="tr1", event_type="ProcedureStateChanged", event_key="p", terminal=False
+        )
+    )
+    assert run.state.steps == before
+    assert "still processing" in run.last.history.reason
+
+
+def test_unknown_task_is_ignored() -> None:
+    run = Run().start().submitted()
+    run.event("nope")
+    assert "no such task" in run.last.history.reason
+
+
+def test_late_event_after_terminal_is_recorded_not_applied() -> None:
+    run = Run().start().submitted()
+    run.feed(m.Cancel(actor="ops", reason="wrong file"))
+    assert run.state.status is m.RunStatus.CANCELLED
+    before = run.state
+    run.event("tr1")
+    assert run.state.steps == before.steps
+    assert run.state.status is m.RunStatus.CANCELLED
+    assert run.last.history.reason.startswith("late")
+
+
+def test_submit_answer_after_the_run_ended_records_its_tasks_for_late_matching() -> None:
+    run = Run().start()
+    run.feed(m.Cancel(actor="ops"))
+    assert run.step().in_flight
+    run.feed(m.ManualRetry(actor="ops"))
+    assert "has not answered" in run.last.history.reason
+    run.submitted()
+    assert not run.step().in_flight
+    assert {t.task_id for t in run.step().tasks} == {"tr1", "sp1"}
+    assert run.state.status is m.RunStatus.CANCELLED
+    run.event("tr1")
+    assert run.last.history.reason.startswith("late")
+
+
+def test_step_timeout_fails_the_attempt_and_stale_timers_are_ignored() -> None:
+    run = Run().start().submitted()
+    run.feed(m.TimerFired(timer="step_timeout", step="transcode", attempt=1), after=3600)
+    assert run.state.status is m.RunStatus.RETRYING
+    assert run.step().error_class is m.ErrorClass.TIMEOUT
+    assert "within 1h" in (run.step().error or "")
+    before = run.state.steps
+    run.feed(m.TimerFired(timer="step_timeout", step="transcode", attempt=1))
+    assert run.state.steps == before
+    assert "ignored" in run.last.history.reason
+
+
+def test_run_timeout_fails_the_run() -> None:
+    run = Run().start().submitted()
+    run.feed(m.TimerFired(timer="run_timeout"), after=6 * 3600)
+    assert run.state.status is m.RunStatus.FAILED
+    assert "timeout of 6h" in (run.state.error or "")
+    assert run.step().status is m.StepStatus.FAILED
+
+
+def test_cancel_is_idempotent() -> None:
+    run = Run().start()
+    run.feed(m.Cancel(actor="ops"))
+    finished = run.state.finished_at
+    run.feed(m.Cancel(actor="ops"))
+    assert run.state.finished_at == finished
+    assert "ignored" in run.last.history.reason
+
+
+def test_manual_retry_of_a_failed_run_redrives_from_the_failed_step_with_a_fresh_budget() -> None:
+    run = Run().start()
+    run.feed(
+        m.SubmitFailed(step="transcode", attempt=1, error_class=m.ErrorClass.AUTH, message="4100")
+    )
+    assert run.state.status is m.RunStatus.FAILED
+    run.feed(m.ManualRetry(actor="alice"))
+    assert run.state.status is m.RunStatus.RUNNING
+    assert run.state.error is None
+    (submit,) = run.commands(m.Submit)
+    assert submit.attempt == 2
+    assert run.step().budget_from == 1
+    assert "retried by alice" in run.last.history.reason
+    # The fresh budget allows max_attempts (2) more attempts.
+    run.feed(m.SubmitFailed(step="transcode", attempt=2, error_class="internal", message="x"))
+    assert run.state.status is m.RunStatus.RETRYING
+
+
+def test_manual_retry_of_a_retrying_step_runs_it_now() -> None:
+    run = Run().start()
+    run.feed(m.SubmitFailed(step="transcode", attempt=1, error_class="internal", message="x"))
+    run.feed(m.ManualRetry(actor="bob", step="transcode"))
+    assert run.commands(m.Submit)[0].attempt == 2
+    assert run.commands(m.CancelTimers)[0].step == "transcode"
+
+
+def test_manual_retry_is_refused_while_waiting_or_after_success() -> None:
+    run = Run().start().submitted()
+    run.feed(m.ManualRetry(actor="bob"))
+    assert run.last.commands == ()
+    assert "only a failed run" in run.last.history.reason
+    run.event("tr1")
+    run.event("sp1")
+    run.feed(m.VerifySucceeded(step="transcode", attempt=1))
+    run.feed(m.SubmitSucceeded(step="tell", attempt=1))
+    run.feed(m.ManualRetry(actor="bob"))
+    assert run.state.status is m.RunStatus.SUCCEEDED
+    assert "start a new run" in run.last.history.reason
+
+
+def test_verification_failure_retries_the_step() -> None:
+    run = Run().start().submitted()
+    run.event("tr1")
+    run.event("sp1")
+    run.feed(m.VerifyFailed(step="transcode", attempt=1, reason="HEAD http://x/f20.mp4: 404"))
+    assert run.state.status is m.RunStatus.RETRYING
+    assert run.step().error_class is m.ErrorClass.VERIFICATION
+    assert "404" in (run.step().error or "")
+
+
+def test_a_missing_template_field_fails_the_run_naming_it() -> None:
+    run = Run(context={"streamId": "s1"}).start()
+    assert run.state.status is m.RunStatus.FAILED
+    assert run.step().error_class is m.ErrorClass.TEMPLATE
+    assert "trigger.fileId is missing" in (run.state.error or "")
+
+
+def test_every_input_appends_exactly_one_history_entry() -> None:
+    run = Run().start().submitted()
+    run.event("tr1")
+    run.event("tr1")
+    assert len(run.decisions) == 4
+    entry = run.decisions[1].history
+    assert (entry.input, entry.from_status, entry.to_status) == (
+        "submit_succeeded",
+        m.RunStatus.RUNNING,
+        m.RunStatus.AWAITING_CALLBACK,
+    )
+    assert entry.detail["tasks"][0]["task_id"] == "tr1"
+
+
+def test_backoff_is_exponential_capped_and_deterministic() -> None:
+    policy = WORKFLOW.retry
+    delays = [m.backoff_delay(policy, "r", "s", n).total_seconds() for n in range(1, 6)]
+    assert delays == [10, 20, 40, 60, 60]
+    jittered = parse_workflow(
+        "name: x\ntriggers: [{type: manual}]\nsteps: [{name: a, notify: {url: u}}]\n"
+        "retry: {backoff: {initial: 100s, jitter: 0.5}}\n"
+    ).retry
+    a = m.backoff_delay(jittered, "r1", "s", 1)
+    assert a == m.backoff_delay(jittered, "r1", "s", 1)
+    assert timedelta(seconds=50) <= a <= timedelta(seconds=150)
+    spread = {m.backoff_delay(jittered, f"r{i}", "s", 1) for i in range(20)}
+    assert len(spread) > 10
+
+
+def test_state_round_trips_through_json() -> None:
+    run = Run().start().submitted()
+    run.event("tr1", outputs={"play": [{"url": "a", "definition": 20}]})
+    again = m.RunState.model_validate_json(run.state.model_dump_json())
+    assert again == run.state

@@ -1,0 +1,226 @@
+"""Workflow files: the examples are valid, every kind of mistake is reported with its position,
+what was found, what was expected, and a suggestion where one helps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from orchestrator.spec import (
+    WorkflowError,
+    json_schema,
+    load_workflows,
+    parse_workflow,
+    version_of,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+VALID = """\
+name: wf
+triggers:
+  - type: recording.finished
+    match: {streamId: "lecture_*"}
+steps:
+  - name: transcode
+    process:
+      fileId: "{{ trigger.fileId }}"
+      procedure: TranscodeAndSprite
+"""
+
+
+def problems(source: str) -> list[str]:
+    with pytest.raises(WorkflowError) as info:
+        parse_workflow(source, "wf.yaml")
+    return [str(p) for p in info.value.problems]
+
+
+def test_the_example_workflows_are_valid() -> None:
+    loaded = load_workflows([ROOT / "workflows"])
+    names = {w.spec.name for w in loaded}
+    assert names == {"lecture-replay", "recording-transcode"}
+    replay = next(w for w in loaded if w.spec.name == "lecture-replay").spec
+    assert replay.triggers[0].type == "stream.session"
+    process = replay.steps[0].process
+    assert process is not None
+    assert process.gen is not None
+    assert process.gen.clip is not None
+    assert process.gen.clip.stream_info is not None
+    assert replay.steps[1].kind == "notify"
+
+
+def test_unknown_key_names_position_and_suggests() -> None:
+    (msg,) = problems(VALID.replace("    process:", "    proces:").replace("      ", "        ", 0))
+    assert msg.startswith("wf.yaml:")
+    found = problems(VALID + "    retyr: {max_attempts: 2}\n")
+    assert found == [
+        "wf.yaml:10:5: steps[0].retyr: unknown key 'retyr'; did you mean 'retry'? "
+        "(expected one of: name, process, notify, wait_for, timeout, expected, verify, retry)"
+    ]
+
+
+def test_all_problems_are_reported_in_file_order() -> None:
+    source = """\
+name: Bad Name
+triggers:
+  - type: recording.finishd
+steps:
+  - name: a
+    process: {fileId: x, procedure: p}
+    timeout: soon
+    retry: {max_attempts: 0, backoff: {multiplier: 0.5}}
+"""
+    found = problems(source)
+    assert [f.split(": ", 1)[0] for f in found] == [
+        "wf.yaml:1:7",
+        "wf.yaml:3:11",
+        "wf.yaml:7:14",
+        "wf.yaml:8:27",
+        "wf.yaml:8:52",
+    ]
+    assert "did you mean 'recording.finished'" in found[1]
+    assert "expected a duration like 30s, 10m, 1h30m or 2d; found 'soon'" in found[2]
+    assert "expected a value greater than or equal to 1; found 0" in found[3]
+
+
+def test_wrong_types_say_what_was_found_and_expected() -> None:
+    source = VALID.replace(
+        '      fileId: "{{ trigger.fileId }}"',
+        "      gen:\n        clip:\n          streamInfo: {streamId: s, startTime: soon, "
+        "endTime: 2}\n        concat: {dstType: mp4}",
+    )
+    (msg,) = problems(source)
+    assert msg == (
+        "wf.yaml:10:48: steps[0].process.gen.clip.streamInfo.startTime: "
+        'expected an integer or a {{ template }}; found "soon"'
+    )
+
+
+def test_missing_required_keys() -> None:
+    found = problems("name: wf\ntriggers: []\n")
+    assert "wf.yaml:1:1: steps: required key 'steps' is missing" in found
+    assert any("triggers: expected a list with at least 1 item" in f for f in found)
+
+
+def test_match_fields_are_checked_against_the_trigger_type() -> None:
+    (msg,) = problems(VALID.replace("streamId:", "streamid:"))
+    assert "recording.finished events have no field 'streamid'; did you mean 'streamId'?" in msg
+    assert msg.startswith("wf.yaml:4:")
+
+
+def test_template_references_are_checked() -> None:
+    source = VALID + (
+        "  - name: tell\n"
+        "    notify:\n"
+        '      url: "https://x/{{ trigger.filId }}/{{ steps.transcode.outputs.plays }}"\n'
+        '      data: {a: "{{ steps.later.outputs.fileId }}", b: "{{ nope.x }}", '
+        'c: "{{ run.idd }}", d: "{{ trigger.x | upper }}"}\n'
+    )
+    found = problems(source)
+    joined = "\n".join(found)
+    assert "{{ trigger.filId }}: not every trigger of this workflow has a field 'filId'; " in joined
+    assert "did you mean 'fileId'?" in joined
+    assert "a process step has no output 'plays'; did you mean 'play'?" in joined
+    assert "no earlier step is named 'later'" in joined
+    assert "unknown root 'nope'" in joined
+    assert "run has no field 'idd'; did you mean 'id'?" in joined
+    assert "is not a reference: expected a dotted path" in joined
+
+
+def test_a_step_cannot_use_its_own_or_later_outputs() -> None:
+    source = VALID.replace(
+        "procedure: TranscodeAndSprite", 'procedure: "{{ steps.transcode.outputs.fileId }}"'
+    )
+    (msg,) = problems(source)
+    assert "a step cannot use its own outputs" in msg
+
+
+def test_process_rules_of_the_seed() -> None:
+    both = VALID.replace(
+        "      procedure: TranscodeAndSprite",
+        "      gen: {concat: {dstType: mp4, fileIdList: [a, b]}}\n      procedure: P",
+    )
+    assert any("'fileId' and 'gen' both given" in p for p in problems(both))
+    neither = VALID.replace('      fileId: "{{ trigger.fileId }}"\n', "")
+    assert any("needs 'fileId' or 'gen'" in p for p in problems(neither))
+    clip_both = VALID.replace(
+        '      fileId: "{{ trigger.fileId }}"',
+        "      gen:\n        clip:\n          fileList: [{fileId: a}]\n"
+        "          streamInfo: {streamId: s, startTime: 1, endTime: 2}\n"
+        "        concat: {dstType: mp4}",
+    )
+    assert any("exactly one of 'fileList' or 'streamInfo'" in p for p in problems(clip_both))
+    backwards = VALID.replace(
+        '      fileId: "{{ trigger.fileId }}"',
+        "      gen:\n        clip: {streamInfo: {streamId: s, startTime: 15020876538, "
+        "endTime: 1502087638}}\n        concat: {dstType: mp4}",
+    )
+    assert any("endTime must be after startTime" in p for p in problems(backwards))
+    no_concat = VALID.replace(
+        '      fileId: "{{ trigger.fileId }}"', "      gen: {clip: {fileList: [{fileId: a}]}}"
+    )
+    assert any("gen needs 'concat' with 'dstType'" in p for p in problems(no_concat))
+
+
+def test_unquoted_numeric_file_ids_are_text() -> None:
+    spec = parse_workflow(VALID.replace('"{{ trigger.fileId }}"', "5285890784273533001"))
+    assert spec.steps[0].process is not None
+    assert spec.steps[0].process.file_id == "5285890784273533001"
+
+
+def test_step_needs_exactly_one_action_and_unique_names() -> None:
+    found = problems(
+        VALID + "  - name: transcode\n    notify: {url: u}\n    process: {fileId: f}\n"
+    )
+    joined = "\n".join(found)
+    assert "exactly one of 'process' or 'notify'" in joined
+    found = problems(VALID + "  - name: transcode\n    notify: {url: u}\n")
+    assert "step name 'transcode' is already used by steps[0]" in found[0]
+
+
+def test_yaml_syntax_errors_have_positions() -> None:
+    (msg,) = problems("name: wf\ntriggers: [\n")
+    assert msg.startswith("wf.yaml:3:1: not valid YAML")
+
+
+def test_duplicate_workflow_names_across_files(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(VALID)
+    (tmp_path / "b.yaml").write_text(VALID)
+    with pytest.raises(WorkflowError) as info:
+        load_workflows([tmp_path])
+    assert str(info.value.problems[0]).startswith(f"{tmp_path / 'b.yaml'}:1:7: name: ")
+    assert "already used by" in str(info.value)
+
+
+def test_version_is_a_content_hash_ignoring_comments_and_order() -> None:
+    a = parse_workflow(VALID)
+    b = parse_workflow("# a comment\n" + VALID.replace("name: wf\n", "") + "name: wf\n")
+    c = parse_workflow(VALID.replace("TranscodeAndSprite", "Other"))
+    assert version_of(a) == version_of(b)
+    assert version_of(a) != version_of(c)
+
+
+def test_trigger_matching_exact_glob_and_lists() -> None:
+    spec = parse_workflow(
+        VALID.replace(
+            '{streamId: "lecture_*"}', '{streamId: ["lecture_*", news], sourceType: Record}'
+        )
+    )
+    trigger = spec.triggers[0]
+    assert trigger.matches({"streamId": "lecture_1", "sourceType": "Record"})
+    assert trigger.matches({"streamId": "news", "sourceType": "Record"})
+    assert not trigger.matches({"streamId": "news2", "sourceType": "Record"})
+    assert not trigger.matches({"streamId": "lecture_1", "sourceType": "ClientUpload"})
+    assert not trigger.matches({"sourceType": "Record"})
+
+
+def test_json_schema_is_published_for_editors() -> None:
+    schema = json_schema()
+    json.dumps(schema)
+    assert schema["title"] == "vodflow workflow"
+    assert set(schema["required"]) == {"name", "triggers", "steps"}
+    step = schema["$defs"]["Step"]
+    assert "wait_for" in step["properties"]
+    assert "fileId" in schema["$defs"]["ProcessAction"]["properties"]

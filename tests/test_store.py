@@ -1,0 +1,162 @@
+"""The durable store on SQLite and PostgreSQL: migrations, runs saved and loaded through
+machine decisions, history, outbox and timers rows."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from orchestrator import machine as m
+from orchestrator.spec import parse_workflow
+from orchestrator.store import migrate
+from orchestrator.store.db import Database, sync_url
+from orchestrator.store.runs import create_run, load_run, run_history, save_decision
+from orchestrator.store.tables import OutboxCommand, metadata
+
+WORKFLOW = parse_workflow(
+    """
+name: wf
+triggers: [{type: recording.finished}]
+steps:
+  - name: transcode
+    process: {fileId: "{{ trigger.fileId }}", procedure: TranscodeAndSprite}
+    timeout: 1h
+  - name: tell
+    notify: {url: "http://hooks.example/x"}
+"""
+)
+KINDS = {s.name: s.kind for s in WORKFLOW.steps}
+
+
+def test_migrations_match_the_models_and_go_down_again(database_url: str) -> None:
+    migrate.upgrade(database_url)
+    engine = sa.create_engine(sync_url(database_url))
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        assert diff == [], f"models and migrations differ: {diff}"
+        tables = set(sa.inspect(conn).get_table_names())
+    assert {"runs", "steps", "tasks", "inbox_events", "outbox", "timers", "history"} <= tables
+    command.downgrade(migrate.alembic_config(database_url), "base")
+    with engine.connect() as conn:
+        assert set(sa.inspect(conn).get_table_names()) <= {"alembic_version"}
+    engine.dispose()
+
+
+def test_sqlite_runs_in_wal_mode(sqlite_url: str) -> None:
+    migrate.upgrade(sqlite_url)
+    engine = sa.create_engine(sync_url(sqlite_url))
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+    engine.dispose()
+
+
+async def _start(db: Database, now: datetime, run_id: str = "run1") -> m.RunState:
+    state = m.new_run(run_id, WORKFLOW, "v1", {"fileId": "f1"}, now)
+    async with db.transaction() as conn:
+        assert await create_run(conn, state, KINDS, dedup_key=f"wf/{run_id}", file_id="f1")
+        decision = m.decide(WORKFLOW, state, m.Trigger(event="e"), now)
+        await save_decision(conn, state, decision, now=now)
+    return decision.state
+
+
+async def _apply(db: Database, run_id: str, event: m.Input, now: datetime) -> m.Decision:
+    async with db.transaction() as conn:
+        before = await load_run(conn, run_id, for_update=True)
+        assert before is not None
+        decision = m.decide(WORKFLOW, before, event, now)
+        await save_decision(conn, before, decision, now=now)
+    return decision
+
+
+async def test_a_run_round_trips_through_the_database(db: Database, now: datetime) -> None:
+    started = await _start(db, now)
+    async with db.read() as conn:
+        loaded = await load_run(conn, "run1")
+    assert loaded == started
+
+    later = now + timedelta(seconds=2)
+    submitted = await _apply(
+        db,
+        "run1",
+        m.SubmitSucceeded(
+            step="transcode",
+            attempt=1,
+            tasks=(
+                m.TaskRef(task_id="Transcode-abc", kind="transcode"),
+                m.TaskRef(task_id="sprite-1", kind="imageSprite"),
+            ),
+        ),
+        later,
+    )
+    event = m.TaskEvent(
+        task_id="Transcode-abc",
+        event_type="TranscodeComplete",
+        event_key="k1",
+        success=True,
+        outputs={"play": [{"url": "http://x/f20.mp4", "definition": 20}], "fileId": "f1"},
+    )
+    decided = await _apply(db, "run1", event, later + timedelta(seconds=5))
+    async with db.read() as conn:
+        loaded = await load_run(conn, "run1")
+        task = (
+            (await conn.execute(sa.text("SELECT * FROM tasks WHERE task_id = 'Transcode-abc'")))
+            .mappings()
+            .one()
+        )
+        history = await run_history(conn, "run1")
+    assert loaded == decided.state
+    assert submitted.state.status is m.RunStatus.AWAITING_CALLBACK
+    assert task["status"] == "succeeded"
+    assert task["folded_id"] == "transcode-abc"
+    assert task["next_poll_at"] is None
+    assert [h["input"] for h in history] == ["trigger", "submit_succeeded", "task_event"]
+    assert history[0]["from_status"] == "pending"
+    assert history[1]["to_status"] == "awaiting_callback"
+
+
+async def test_commands_become_outbox_rows_and_timers(db: Database, now: datetime) -> None:
+    await _start(db, now)
+    async with db.read() as conn:
+        outbox = (await conn.execute(sa.select(OutboxCommand.__table__))).mappings().all()
+        timers = (await conn.execute(sa.text("SELECT * FROM timers"))).mappings().all()
+    assert [(o["kind"], o["idempotency_key"], o["status"]) for o in outbox] == [
+        ("submit", "run1/transcode/1/1", "pending")
+    ]
+    assert outbox[0]["payload"]["request"] == {"fileId": "f1", "procedure": "TranscodeAndSprite"}
+    assert [(t["kind"], t["status"]) for t in timers] == [("run_timeout", "pending")]
+
+    await _apply(db, "run1", m.Cancel(actor="ops"), now + timedelta(seconds=1))
+    async with db.read() as conn:
+        statuses = (await conn.execute(sa.text("SELECT status FROM timers"))).scalars().all()
+        run = (await conn.execute(sa.text("SELECT status, error FROM runs"))).one()
+    assert statuses == ["cancelled"]
+    assert tuple(run) == ("cancelled", "cancelled by ops")
+
+
+async def test_one_run_per_dedup_key(db: Database, now: datetime) -> None:
+    await _start(db, now)
+    again = m.new_run("run2", WORKFLOW, "v1", {"fileId": "f1"}, now)
+    async with db.transaction() as conn:
+        assert not await create_run(conn, again, KINDS, dedup_key="wf/run1")
+    async with db.read() as conn:
+        assert (await conn.execute(sa.text("SELECT count(*) FROM runs"))).scalar() == 1
+
+
+async def test_a_failed_transaction_leaves_nothing_behind(db: Database, now: datetime) -> None:
+    state = m.new_run("run1", WORKFLOW, "v1", {"fileId": "f1"}, now)
+
+    async def crash() -> None:
+        async with db.transaction() as conn:
+            await create_run(conn, state, KINDS, dedup_key="k")
+            raise RuntimeError("crash between statements")
+
+    with pytest.raises(RuntimeError):
+        await crash()
+    async with db.read() as conn:
+        assert (await conn.execute(sa.text("SELECT count(*) FROM runs"))).scalar() == 0
+        assert (await conn.execute(sa.text("SELECT count(*) FROM steps"))).scalar() == 0
