@@ -121,8 +121,7 @@ def upgrade() -> None:
     op.create_table(
         "rate_buckets",
         sa.Column("key", sa.String(length=120), nullable=False),
-        sa.Column("tokens", sa.Float(), nullable=False),
-        sa.Column("updated_at", sa.Float(), nullable=False),
+        sa.Column("calls", JSON, nullable=False),
         sa.Column("blocked_until", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("key"),
     )

@@ -278,14 +278,13 @@ class SweeperJob(SQLModel, table=True):
 
 
 class RateBucket(SQLModel, table=True):
-    """A token bucket shared by every process using this database (the VOD quota)."""
+    """One VOD quota (account and action) shared by every process using this database."""
 
     __tablename__ = "rate_buckets"
 
     key: str = Field(primary_key=True, max_length=120)
-    tokens: float
-    updated_at: float
-    """Unix seconds (float) of the last refill."""
+    calls: Any = _json(nullable=False)
+    """Unix times (float seconds) of the calls made in the current window, oldest first."""
     blocked_until: float = 0.0
     """Set when VOD answered with its frequency limit: nobody calls before this."""
 
