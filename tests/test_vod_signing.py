@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import string
 from urllib.parse import parse_qsl, urlsplit
 
@@ -239,10 +240,10 @@ request_params = st.fixed_dictionaries(
 )
 
 
-def _sdk_request(
-    method: str, algorithm: str, params: dict[str, object], host: str = "127.0.0.1:8080"
-) -> dict[str, str]:
-    sdk = Base(
+@functools.cache
+def _sdk(method: str, algorithm: str, host: str) -> Base:
+    # One client per configuration: constructing one loads the TLS trust store.
+    return Base(
         {
             "secretId": SECRET_ID,
             "secretKey": SECRET_KEY,
@@ -252,6 +253,12 @@ def _sdk_request(
             "endpoint": host,
         }
     )
+
+
+def _sdk_request(
+    method: str, algorithm: str, params: dict[str, object], host: str = "127.0.0.1:8080"
+) -> dict[str, str]:
+    sdk = _sdk(method, algorithm, host)
     if method == "GET":
         url = urlsplit(sdk.generateUrl("ProcessFileByProcedure", params))
         assert url.netloc == host
