@@ -44,7 +44,10 @@ def _opt_float(value: object) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond any float
+            return None
         return number if math.isfinite(number) else None
     if isinstance(value, str) and _NUM_TEXT.fullmatch(value.strip()):
         return float(value.strip())
