@@ -802,3 +802,21 @@ def test_lvb_sign_with_absurd_t() -> None:
     assert lvb_sign_problem({"t": 10**5000, "sign": "x"}, LVB_KEY, 0) == (
         "t: expected the expiry as Unix seconds"
     )
+
+
+def test_task_query_of_a_running_procedure_lists_sub_task_progress() -> None:
+    data = payload("v2-ProcedureStateChanged.json")["data"]
+    data["status"] = "PROCESSING"
+    data["processTaskList"][1]["status"] = "PROCESSING"
+    queried = event_from_task_info(
+        {"code": 0, "type": "procedure", "status": "PROCESSING", "data": data, "extra": 1}
+    )
+    assert (queried.terminal, queried.success) == (False, None)
+    assert queried.sub_tasks[1].status == "PROCESSING"
+    assert queried.raw["extra"] == 1
+    waiting = event_from_task_info(
+        {"code": 0, "type": "procedure", "status": "WAITING", "data": {"vodTaskId": "p-1"}}
+    )
+    assert (waiting.task_id, waiting.terminal) == ("p-1", False)
+    with pytest.raises(MalformedEvent, match=r"data\.status"):
+        event_from_task_info({"code": 0, "type": "procedure", "data": {"vodTaskId": "p-1"}})

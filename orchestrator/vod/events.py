@@ -166,9 +166,6 @@ class Outputs(_Frozen):
     meta: MediaMeta | None = None
 
 
-SubTaskStatus = Literal["SUCCESS", "FAIL", "PROCESSING"]
-
-
 class SubTask(_Frozen):
     """One task of a procedure (``processTaskList`` / ``MediaProcessResultSet`` entry)."""
 
@@ -285,7 +282,9 @@ def event_from_task_info(info: GetTaskInfoResponse | Body) -> VodEvent:
     """The event the task's callback would have carried, rebuilt from a GetTaskInfo answer.
 
     Same ``kind``, outcome and ``dedup_key`` as the matching callback when ``data`` is identical;
-    ``source`` is ``query``. A task that is not finished gives a non-terminal event.
+    ``source`` is ``query``. A task that is not finished gives a non-terminal event. Raises the
+    ``VodError`` of a failed answer, and ``MalformedEvent`` when a finished task's data is
+    unreadable.
     """
     if not isinstance(info, GetTaskInfoResponse):
         info = GetTaskInfoResponse.parse(info)
@@ -294,25 +293,31 @@ def event_from_task_info(info: GetTaskInfoResponse | Body) -> VodEvent:
     occurred = _timestamp(info.finish_time)
     finished = info.status is None or info.status.upper() in {"FINISH", "FINISHED"}
     raw: dict[str, JsonValue] = info.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if info.data is None or (not finished and kind != "ProcedureStateChanged"):
-        # Nothing (or only progress) to read yet: correlate by the data's IDs where present.
-        data = GenericDataV2.model_validate(info.data or {})
-        return VodEvent(
-            source="query",
-            kind=kind,
-            task_id=data.vod_task_id,
-            file_id=data.file_id,
-            terminal=False,
-            occurred_at=occurred,
-            dedup_key=_key("v4", {"eventType": kind, "data": info.data, "status": info.status}),
-            raw=raw,
-        )
-    body: dict[str, JsonValue] = {"version": "4.0", "eventType": kind, "data": info.data}
-    try:
-        event = _v4_event(body, "query", occurred_at=occurred)
-    except ValidationError as exc:
-        raise _malformed(exc) from None
-    return event.model_copy(update={"raw": raw})
+    if info.data is not None and (finished or kind == "ProcedureStateChanged"):
+        # A running procedure's data already lists its sub-tasks' progress: worth reading.
+        body: dict[str, JsonValue] = {"version": "4.0", "eventType": kind, "data": info.data}
+        try:
+            event = _v4_event(body, "query", occurred_at=occurred)
+        except ValidationError as exc:
+            if finished:
+                raise _malformed(exc) from None
+        except MalformedEvent:
+            if finished:
+                raise
+        else:
+            return event.model_copy(update={"raw": raw})
+    # Nothing (or only progress) to read yet: correlate by the data's IDs where present.
+    data = GenericDataV2.model_validate(info.data or {})
+    return VodEvent(
+        source="query",
+        kind=kind,
+        task_id=data.vod_task_id,
+        file_id=data.file_id,
+        terminal=False,
+        occurred_at=occurred,
+        dedup_key=_key("v4", {"eventType": kind, "data": info.data, "status": info.status}),
+        raw=raw,
+    )
 
 
 def normalize_task_id(task_id: str) -> str:
@@ -1171,7 +1176,6 @@ __all__ = [
     "Source",
     "SpriteOutput",
     "SubTask",
-    "SubTaskStatus",
     "VodEvent",
     "event_from_task_info",
     "lvb_sign_problem",

@@ -133,6 +133,7 @@ class ProcessFileByProcedureResponse(VodResponse):
 class GetTaskInfoResponse(VodResponse):
     """``data`` is the same object the task's callback carries as its ``data``."""
 
+    model_config = ConfigDict(extra="allow")  # kept whole: the inbox records the answer as sent
     ACTION: ClassVar[str] = "GetTaskInfo"
 
     type: OptStr = None  # procedure, transcode, pull, clip, ...
