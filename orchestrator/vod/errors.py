@@ -1,0 +1,307 @@
+"""Errors of the VOD v2 protocol: what a VOD answer or task can fail with, and whether to retry.
+
+Every failure that crosses the VOD boundary is a ``VodError`` carrying an ``ErrorClass``; the state
+machine decides retries and run outcomes from the class alone, never from codes. The tree::
+
+    VodError                       base: code, message, code_desc, action, error_class, retryable
+    ├── InvalidParameter           invalid_params     1000, 4000; 6100 (wrong endpoint)    no retry
+    │   └── InvalidRequestParams   invalid_params     found locally before sending, or by
+    │                                                 the engine parsing a request          no retry
+    ├── FileNotFound               file_not_found     10008, 5000                           no retry
+    ├── DuplicateTask              duplicate_task     50005: already submitted, recover     no retry
+    ├── ProcedureInvalid           procedure_invalid  50007                                 no retry
+    ├── FrequencyLimit             frequency_limit    4400: quota, back off                 retry
+    ├── AuthError                  auth               4100-4110, 4200, 4300, 4500, 4600     no retry
+    │   └── AccountError           auth               5200, 5300: purchase / balance        no retry
+    ├── InternalError              internal           1, 1001, 1003, 2000, 10022, 50006,
+    │                                                 5100, 6000, 6200; unknown 6000-6999   retry
+    ├── TransportError             transport          connection failed, no answer          retry
+    │   ├── MalformedResponse      transport          an answer that is not a VOD envelope  retry
+    │   └── VodTimeout             timeout            no answer in time                     retry
+    ├── MediaError                 media              bad source media (task errCode 30009) no retry
+    ├── TemplateError              template           a workflow template did not resolve   no retry
+    ├── VerificationError          verification       outputs failed a usability check      no retry
+    └── WebhookRejected            rejected           a webhook receiver answered 4xx       no retry
+
+    MalformedEvent (ValueError)    an inbound callback body vodflow cannot read (answer 4xx);
+                                   not a VodError: nothing was asked of VOD.
+
+Decisions where the reference is silent:
+
+* Unknown codes become a plain ``VodError`` of class ``internal``, retryable only in 6000-6999
+  (Tencent's "server side" range). Anything else unknown is not retried: a run step fails with the
+  code in its message rather than spending the 100/minute quota on a request VOD does not accept.
+* ``5400`` (partial success) is not retried: a retry could repeat the part that succeeded; the
+  sweeper's task queries find out what exists.
+* ``6100`` (version not supported) means the request went to the wrong domain: a configuration
+  fault, so ``invalid_params`` and not retried.
+* ``4200``/``4500`` (expired / replayed request) are auth failures and not retried, as the seed's
+  clients do; a clock that is hours off will not heal by retrying.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from types import MappingProxyType
+from typing import ClassVar
+
+
+class ErrorClass(StrEnum):
+    """Why something failed, in the words the state machine decides with."""
+
+    invalid_params = "invalid_params"
+    file_not_found = "file_not_found"
+    duplicate_task = "duplicate_task"
+    procedure_invalid = "procedure_invalid"
+    frequency_limit = "frequency_limit"
+    internal = "internal"
+    transport = "transport"
+    auth = "auth"
+    rejected = "rejected"
+    media = "media"
+    template = "template"
+    verification = "verification"
+    timeout = "timeout"
+
+
+#: What each documented code means, in a few words (Tencent's seed table and common v2 codes).
+CODE_MEANINGS: Mapping[int, str] = MappingProxyType(
+    {
+        1: "internal error",
+        1000: "invalid parameter",
+        1001: "internal error",
+        1003: "internal error",
+        2000: "internal error",
+        4000: "invalid request parameters",
+        4100: "authentication failed",
+        4101: "sub-account not authorized",
+        4102: "sub-account not authorized for this resource",
+        4103: "sub-account not authorized for this API",
+        4104: "secret key does not exist",
+        4105: "token invalid",
+        4106: "MFA check failed",
+        4107: "sub-account authorization failed",
+        4108: "sub-account authorization failed",
+        4109: "sub-account authorization failed",
+        4110: "sub-account authorization failed",
+        4200: "request expired",
+        4300: "access denied",
+        4400: "quota exceeded (frequency limit)",
+        4500: "replay attack (Nonce reused or Timestamp out of range)",
+        4600: "protocol not supported",
+        5000: "resource does not exist",
+        5100: "resource operation failed",
+        5200: "purchase failed",
+        5300: "insufficient balance",
+        5400: "partial success",
+        6000: "internal server error",
+        6100: "version not supported (wrong domain?)",
+        6200: "API temporarily unavailable",
+        10008: "file does not exist",
+        10022: "internal error",
+        50005: "the same procedure task already exists",
+        50006: "procedure task creation failed",
+        50007: "procedure parameter invalid",
+    }
+)
+
+
+class VodError(Exception):
+    """A VOD call or task failed; ``error_class`` says why, ``retryable`` whether to try again."""
+
+    error_class: ClassVar[ErrorClass] = ErrorClass.internal
+    default_retryable: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int | None = None,
+        code_desc: str | None = None,
+        action: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        self.code = code
+        self.message = message
+        self.code_desc = code_desc
+        self.action = action
+        self._retryable = self.default_retryable if retryable is None else retryable
+        super().__init__(self._describe())
+
+    @property
+    def retryable(self) -> bool:
+        """True when the same call may succeed later (frequency limit, transient faults)."""
+        return self._retryable
+
+    def _describe(self) -> str:
+        where = self.action or "VOD"
+        if self.code is None:
+            return f"{where}: {self.message}"
+        meaning = CODE_MEANINGS.get(self.code, "unknown code")
+        said = self.message or self.code_desc or ""
+        tail = f": {said}" if said and said != meaning else ""
+        return f"{where} answered code {self.code} ({meaning}){tail}"
+
+
+class InvalidParameter(VodError):
+    """VOD rejected the request's parameters (1000, 4000)."""
+
+    error_class = ErrorClass.invalid_params
+
+
+class InvalidRequestParams(InvalidParameter):
+    """A request broke a rule of the API; ``parameter`` names it, ``expected`` says what fits.
+
+    Raised before anything is sent (building a request) and by the embedded engine parsing one;
+    the engine answers it with code 1000 or 4000.
+    """
+
+    def __init__(self, parameter: str, expected: str, *, action: str | None = None) -> None:
+        self.parameter = parameter
+        self.expected = expected
+        super().__init__(f"parameter {parameter!r}: {expected}", code=None, action=action)
+
+
+class FileNotFound(VodError):
+    """The fileId (or another resource) does not exist (10008, 5000)."""
+
+    error_class = ErrorClass.file_not_found
+
+
+class DuplicateTask(VodError):
+    """50005: the same procedure task already exists; already submitted, recover its task IDs."""
+
+    error_class = ErrorClass.duplicate_task
+
+
+class ProcedureInvalid(VodError):
+    """50007: the procedure name or its parameters are not valid for this account."""
+
+    error_class = ErrorClass.procedure_invalid
+
+
+class FrequencyLimit(VodError):
+    """4400: the account's call quota is exhausted; back off and try again."""
+
+    error_class = ErrorClass.frequency_limit
+    default_retryable = True
+
+
+class AuthError(VodError):
+    """The request was not authenticated or not authorized (41xx, 4200, 4300, 4500, 4600)."""
+
+    error_class = ErrorClass.auth
+
+
+class AccountError(AuthError):
+    """The account cannot pay for the operation (5200, 5300); a person must act."""
+
+
+class InternalError(VodError):
+    """VOD failed on its side; the same call may succeed later."""
+
+    error_class = ErrorClass.internal
+    default_retryable = True
+
+
+class TransportError(VodError):
+    """No VOD answer was received (connection refused, reset, TLS failure)."""
+
+    error_class = ErrorClass.transport
+    default_retryable = True
+
+
+class MalformedResponse(TransportError):
+    """Something answered, but not with a VOD JSON envelope (a proxy page, a truncated body)."""
+
+
+class VodTimeout(TransportError):
+    """No answer (or no task result) arrived in time."""
+
+    error_class = ErrorClass.timeout
+
+
+class MediaError(VodError):
+    """The source media cannot be processed (VOD task errCode 30009)."""
+
+    error_class = ErrorClass.media
+
+
+class TemplateError(VodError):
+    """A workflow template could not be resolved into request parameters."""
+
+    error_class = ErrorClass.template
+
+
+class VerificationError(VodError):
+    """A task reported success but its outputs failed a usability check."""
+
+    error_class = ErrorClass.verification
+
+
+class WebhookRejected(VodError):
+    """A webhook receiver answered 4xx: sending the same body again will not help."""
+
+    error_class = ErrorClass.rejected
+
+
+class MalformedEvent(ValueError):
+    """An inbound event body cannot be read; ``reason`` says which field and what was expected."""
+
+    def __init__(self, reason: str, *, field: str | None = None) -> None:
+        self.reason = reason
+        self.field = field
+        super().__init__(f"{field}: {reason}" if field else reason)
+
+
+_AUTH_CODES = frozenset({4100, *range(4101, 4111), 4200, 4300, 4500, 4600})
+_INTERNAL_CODES = frozenset({1, 1001, 1003, 2000, 10022, 50006, 5100, 6000, 6200})
+
+_CODE_TYPES: Mapping[int, type[VodError]] = MappingProxyType(
+    {
+        1000: InvalidParameter,
+        4000: InvalidParameter,
+        6100: InvalidParameter,
+        10008: FileNotFound,
+        5000: FileNotFound,
+        50005: DuplicateTask,
+        50007: ProcedureInvalid,
+        4400: FrequencyLimit,
+        5200: AccountError,
+        5300: AccountError,
+        **dict.fromkeys(_AUTH_CODES, AuthError),
+        **dict.fromkeys(_INTERNAL_CODES, InternalError),
+    }
+)
+
+
+def error_for_code(
+    code: int, message: str = "", code_desc: str | None = None, action: str | None = None
+) -> VodError:
+    """The typed error for a non-zero ``code`` in a VOD answer (see the module docstring)."""
+    error_type = _CODE_TYPES.get(code)
+    if error_type is not None:
+        return error_type(message, code=code, code_desc=code_desc, action=action)
+    # Unknown code: only Tencent's server-side range is worth another try.
+    return VodError(
+        message,
+        code=code,
+        code_desc=code_desc,
+        action=action,
+        retryable=6000 <= code <= 6999,
+    )
+
+
+#: VOD task errCodes (processTaskList[].errCode, per-task event status) and their class.
+TASK_ERROR_CLASSES: Mapping[int, ErrorClass] = MappingProxyType(
+    {
+        30009: ErrorClass.media,  # "source file abnormal"
+        30010: ErrorClass.internal,  # "system failure or unknown"
+    }
+)
+
+
+def task_error_class(err_code: int) -> ErrorClass:
+    """The class of a failed VOD task's errCode; undocumented codes count as VOD-side failures."""
+    return TASK_ERROR_CLASSES.get(err_code, ErrorClass.internal)

@@ -1,0 +1,165 @@
+"""The VOD error hierarchy: every documented code has a class and a retry decision."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.vod.errors import (
+    CODE_MEANINGS,
+    TASK_ERROR_CLASSES,
+    AccountError,
+    AuthError,
+    DuplicateTask,
+    ErrorClass,
+    FileNotFound,
+    FrequencyLimit,
+    InternalError,
+    InvalidParameter,
+    InvalidRequestParams,
+    MalformedEvent,
+    MalformedResponse,
+    MediaError,
+    ProcedureInvalid,
+    TemplateError,
+    TransportError,
+    VerificationError,
+    VodError,
+    VodTimeout,
+    WebhookRejected,
+    error_for_code,
+    task_error_class,
+)
+
+
+def test_error_class_members_are_exactly_the_state_machines() -> None:
+    assert [member.value for member in ErrorClass] == [
+        "invalid_params",
+        "file_not_found",
+        "duplicate_task",
+        "procedure_invalid",
+        "frequency_limit",
+        "internal",
+        "transport",
+        "auth",
+        "rejected",
+        "media",
+        "template",
+        "verification",
+        "timeout",
+    ]
+
+
+EXPECTED: dict[int, tuple[type[VodError], ErrorClass, bool]] = {
+    1: (InternalError, ErrorClass.internal, True),
+    1000: (InvalidParameter, ErrorClass.invalid_params, False),
+    1001: (InternalError, ErrorClass.internal, True),
+    1003: (InternalError, ErrorClass.internal, True),
+    2000: (InternalError, ErrorClass.internal, True),
+    4000: (InvalidParameter, ErrorClass.invalid_params, False),
+    4100: (AuthError, ErrorClass.auth, False),
+    4104: (AuthError, ErrorClass.auth, False),
+    4110: (AuthError, ErrorClass.auth, False),
+    4200: (AuthError, ErrorClass.auth, False),
+    4300: (AuthError, ErrorClass.auth, False),
+    4400: (FrequencyLimit, ErrorClass.frequency_limit, True),
+    4500: (AuthError, ErrorClass.auth, False),
+    4600: (AuthError, ErrorClass.auth, False),
+    5000: (FileNotFound, ErrorClass.file_not_found, False),
+    5100: (InternalError, ErrorClass.internal, True),
+    5200: (AccountError, ErrorClass.auth, False),
+    5300: (AccountError, ErrorClass.auth, False),
+    5400: (VodError, ErrorClass.internal, False),
+    6000: (InternalError, ErrorClass.internal, True),
+    6100: (InvalidParameter, ErrorClass.invalid_params, False),
+    6200: (InternalError, ErrorClass.internal, True),
+    10008: (FileNotFound, ErrorClass.file_not_found, False),
+    10022: (InternalError, ErrorClass.internal, True),
+    50005: (DuplicateTask, ErrorClass.duplicate_task, False),
+    50006: (InternalError, ErrorClass.internal, True),
+    50007: (ProcedureInvalid, ErrorClass.procedure_invalid, False),
+}
+
+
+@pytest.mark.parametrize("code", sorted(CODE_MEANINGS))
+def test_every_documented_code_maps_to_a_class(code: int) -> None:
+    error = error_for_code(code, "server words", "codeDesc", "ProcessFileByProcedure")
+    assert error.code == code
+    assert error.code_desc == "codeDesc"
+    assert error.action == "ProcessFileByProcedure"
+    if code in EXPECTED:
+        kind, error_class, retryable = EXPECTED[code]
+        assert type(error) is kind
+        assert error.error_class is error_class
+        assert error.retryable is retryable
+    message = str(error)
+    assert "ProcessFileByProcedure" in message
+    assert str(code) in message
+    assert CODE_MEANINGS[code] in message
+    assert "server words" in message
+
+
+def test_all_4101_to_4110_are_auth_failures() -> None:
+    for code in range(4101, 4111):
+        assert isinstance(error_for_code(code), AuthError)
+
+
+@pytest.mark.parametrize(
+    ("code", "retryable"), [(6999, True), (6001, True), (5999, False), (4999, False), (77, False)]
+)
+def test_unknown_codes_retry_only_in_the_server_range(code: int, retryable: bool) -> None:
+    error = error_for_code(code, "", None, "GetTaskInfo")
+    assert type(error) is VodError
+    assert error.error_class is ErrorClass.internal
+    assert error.retryable is retryable
+    assert "unknown code" in str(error)
+
+
+def test_message_falls_back_to_code_desc() -> None:
+    assert str(error_for_code(4400, "", "QuotaExceeded", "PullEvent")) == (
+        "PullEvent answered code 4400 (quota exceeded (frequency limit)): QuotaExceeded"
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "error_class", "retryable"),
+    [
+        (TransportError("connection refused"), ErrorClass.transport, True),
+        (MalformedResponse("not JSON"), ErrorClass.transport, True),
+        (VodTimeout("no answer in 10 s"), ErrorClass.timeout, True),
+        (MediaError("errCode 30009"), ErrorClass.media, False),
+        (TemplateError("{{ steps.x }} is undefined"), ErrorClass.template, False),
+        (VerificationError("no video stream"), ErrorClass.verification, False),
+        (WebhookRejected("receiver said 422"), ErrorClass.rejected, False),
+        (InvalidRequestParams("fileId", "required"), ErrorClass.invalid_params, False),
+    ],
+)
+def test_local_errors_carry_their_class(
+    error: VodError, error_class: ErrorClass, retryable: bool
+) -> None:
+    assert error.error_class is error_class
+    assert error.retryable is retryable
+    assert error.code is None
+
+
+def test_retryable_can_be_overridden_per_instance() -> None:
+    assert not InternalError("gave up", retryable=False).retryable
+
+
+def test_invalid_request_params_names_parameter_and_action() -> None:
+    error = InvalidRequestParams("gen.concat.dstType", "required", action="ProcessFileByProcedure")
+    assert str(error) == "ProcessFileByProcedure: parameter 'gen.concat.dstType': required"
+    assert isinstance(error, InvalidParameter)
+
+
+def test_task_error_classes() -> None:
+    assert TASK_ERROR_CLASSES[30009] is ErrorClass.media
+    assert TASK_ERROR_CLASSES[30010] is ErrorClass.internal
+    assert task_error_class(30009) is ErrorClass.media
+    assert task_error_class(-43001) is ErrorClass.internal
+
+
+def test_malformed_event_is_a_value_error_with_field_and_reason() -> None:
+    problem = MalformedEvent("expected a string", field="data.vodTaskId")
+    assert isinstance(problem, ValueError)
+    assert not isinstance(problem, VodError)
+    assert str(problem) == "data.vodTaskId: expected a string"
