@@ -36,26 +36,9 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from orchestrator import template
 from orchestrator.durations import format_duration
 from orchestrator.spec import RetryPolicy, Step, Workflow
+from orchestrator.vod.errors import ErrorClass
 
 # --- Vocabulary -----------------------------------------------------------------------------
-
-
-class ErrorClass(StrEnum):
-    """Why something failed, in the terms the machine decides on."""
-
-    INVALID_PARAMS = "invalid_params"
-    FILE_NOT_FOUND = "file_not_found"
-    DUPLICATE_TASK = "duplicate_task"
-    PROCEDURE_INVALID = "procedure_invalid"
-    FREQUENCY_LIMIT = "frequency_limit"
-    INTERNAL = "internal"
-    TRANSPORT = "transport"
-    AUTH = "auth"
-    REJECTED = "rejected"
-    MEDIA = "media"
-    TEMPLATE = "template"
-    VERIFICATION = "verification"
-    TIMEOUT = "timeout"
 
 
 RETRYABLE = frozenset(

@@ -50,33 +50,33 @@ def test_error_class_members_are_exactly_the_state_machines() -> None:
 
 
 EXPECTED: dict[int, tuple[type[VodError], ErrorClass, bool]] = {
-    1: (InternalError, ErrorClass.internal, True),
-    1000: (InvalidParameter, ErrorClass.invalid_params, False),
-    1001: (InternalError, ErrorClass.internal, True),
-    1003: (InternalError, ErrorClass.internal, True),
-    2000: (InternalError, ErrorClass.internal, True),
-    4000: (InvalidParameter, ErrorClass.invalid_params, False),
-    4100: (AuthError, ErrorClass.auth, False),
-    4104: (AuthError, ErrorClass.auth, False),
-    4110: (AuthError, ErrorClass.auth, False),
-    4200: (AuthError, ErrorClass.auth, False),
-    4300: (AuthError, ErrorClass.auth, False),
-    4400: (FrequencyLimit, ErrorClass.frequency_limit, True),
-    4500: (AuthError, ErrorClass.auth, False),
-    4600: (AuthError, ErrorClass.auth, False),
-    5000: (FileNotFound, ErrorClass.file_not_found, False),
-    5100: (InternalError, ErrorClass.internal, True),
-    5200: (AccountError, ErrorClass.auth, False),
-    5300: (AccountError, ErrorClass.auth, False),
-    5400: (VodError, ErrorClass.internal, False),
-    6000: (InternalError, ErrorClass.internal, True),
-    6100: (InvalidParameter, ErrorClass.invalid_params, False),
-    6200: (InternalError, ErrorClass.internal, True),
-    10008: (FileNotFound, ErrorClass.file_not_found, False),
-    10022: (InternalError, ErrorClass.internal, True),
-    50005: (DuplicateTask, ErrorClass.duplicate_task, False),
-    50006: (InternalError, ErrorClass.internal, True),
-    50007: (ProcedureInvalid, ErrorClass.procedure_invalid, False),
+    1: (InternalError, ErrorClass.INTERNAL, True),
+    1000: (InvalidParameter, ErrorClass.INVALID_PARAMS, False),
+    1001: (InternalError, ErrorClass.INTERNAL, True),
+    1003: (InternalError, ErrorClass.INTERNAL, True),
+    2000: (InternalError, ErrorClass.INTERNAL, True),
+    4000: (InvalidParameter, ErrorClass.INVALID_PARAMS, False),
+    4100: (AuthError, ErrorClass.AUTH, False),
+    4104: (AuthError, ErrorClass.AUTH, False),
+    4110: (AuthError, ErrorClass.AUTH, False),
+    4200: (AuthError, ErrorClass.AUTH, False),
+    4300: (AuthError, ErrorClass.AUTH, False),
+    4400: (FrequencyLimit, ErrorClass.FREQUENCY_LIMIT, True),
+    4500: (AuthError, ErrorClass.AUTH, False),
+    4600: (AuthError, ErrorClass.AUTH, False),
+    5000: (FileNotFound, ErrorClass.FILE_NOT_FOUND, False),
+    5100: (InternalError, ErrorClass.INTERNAL, True),
+    5200: (AccountError, ErrorClass.AUTH, False),
+    5300: (AccountError, ErrorClass.AUTH, False),
+    5400: (VodError, ErrorClass.INTERNAL, False),
+    6000: (InternalError, ErrorClass.INTERNAL, True),
+    6100: (InvalidParameter, ErrorClass.INVALID_PARAMS, False),
+    6200: (InternalError, ErrorClass.INTERNAL, True),
+    10008: (FileNotFound, ErrorClass.FILE_NOT_FOUND, False),
+    10022: (InternalError, ErrorClass.INTERNAL, True),
+    50005: (DuplicateTask, ErrorClass.DUPLICATE_TASK, False),
+    50006: (InternalError, ErrorClass.INTERNAL, True),
+    50007: (ProcedureInvalid, ErrorClass.PROCEDURE_INVALID, False),
 }
 
 
@@ -109,7 +109,7 @@ def test_all_4101_to_4110_are_auth_failures() -> None:
 def test_unknown_codes_retry_only_in_the_server_range(code: int, retryable: bool) -> None:
     error = error_for_code(code, "", None, "GetTaskInfo")
     assert type(error) is VodError
-    assert error.error_class is ErrorClass.internal
+    assert error.error_class is ErrorClass.INTERNAL
     assert error.retryable is retryable
     assert "unknown code" in str(error)
 
@@ -123,14 +123,14 @@ def test_message_falls_back_to_code_desc() -> None:
 @pytest.mark.parametrize(
     ("error", "error_class", "retryable"),
     [
-        (TransportError("connection refused"), ErrorClass.transport, True),
-        (MalformedResponse("not JSON"), ErrorClass.transport, True),
-        (VodTimeout("no answer in 10 s"), ErrorClass.timeout, True),
-        (MediaError("errCode 30009"), ErrorClass.media, False),
-        (TemplateError("{{ steps.x }} is undefined"), ErrorClass.template, False),
-        (VerificationError("no video stream"), ErrorClass.verification, False),
-        (WebhookRejected("receiver said 422"), ErrorClass.rejected, False),
-        (InvalidRequestParams("fileId", "required"), ErrorClass.invalid_params, False),
+        (TransportError("connection refused"), ErrorClass.TRANSPORT, True),
+        (MalformedResponse("not JSON"), ErrorClass.TRANSPORT, True),
+        (VodTimeout("no answer in 10 s"), ErrorClass.TIMEOUT, True),
+        (MediaError("errCode 30009"), ErrorClass.MEDIA, False),
+        (TemplateError("{{ steps.x }} is undefined"), ErrorClass.TEMPLATE, False),
+        (VerificationError("no video stream"), ErrorClass.VERIFICATION, False),
+        (WebhookRejected("receiver said 422"), ErrorClass.REJECTED, False),
+        (InvalidRequestParams("fileId", "required"), ErrorClass.INVALID_PARAMS, False),
     ],
 )
 def test_local_errors_carry_their_class(
@@ -152,10 +152,10 @@ def test_invalid_request_params_names_parameter_and_action() -> None:
 
 
 def test_task_error_classes() -> None:
-    assert TASK_ERROR_CLASSES[30009] is ErrorClass.media
-    assert TASK_ERROR_CLASSES[30010] is ErrorClass.internal
-    assert task_error_class(30009) is ErrorClass.media
-    assert task_error_class(-43001) is ErrorClass.internal
+    assert TASK_ERROR_CLASSES[30009] is ErrorClass.MEDIA
+    assert TASK_ERROR_CLASSES[30010] is ErrorClass.INTERNAL
+    assert task_error_class(30009) is ErrorClass.MEDIA
+    assert task_error_class(-43001) is ErrorClass.INTERNAL
 
 
 def test_malformed_event_is_a_value_error_with_field_and_reason() -> None:

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from orchestrator.vod.errors import ErrorClass, MalformedEvent
 from orchestrator.vod.events import (
+    _V4_READERS,
     VodEvent,
     event_from_task_info,
     lvb_sign_problem,
@@ -126,7 +127,7 @@ def test_procedure_with_a_failed_sub_task_fails() -> None:
     assert event.terminal
     assert event.success is False
     assert (event.error_code, event.error_message) == (30010, "system failure")
-    assert event.error_class is ErrorClass.internal
+    assert event.error_class is ErrorClass.INTERNAL
     assert [(t.task_type, t.status, t.error_code) for t in event.sub_tasks] == [
         ("Transcode", "SUCCESS", 0),
         ("Transcode", "FAIL", 30010),
@@ -367,7 +368,7 @@ def test_task_status_int_or_string(status: object, success: bool, code: int | No
     event = parse_event(body)
     assert event.success is success
     assert event.error_code == code
-    assert event.error_class is (None if success else ErrorClass.internal)
+    assert event.error_class is (None if success else ErrorClass.INTERNAL)
 
 
 def test_transcode_failure_from_the_documentation() -> None:
@@ -410,7 +411,7 @@ def test_procedure_statuses_and_sub_task_statuses() -> None:
     body["data"]["processTaskList"][1]["status"] = 30009
     body["data"]["processTaskList"][1]["errCode"] = 30009
     media = parse_event(body)
-    assert (media.success, media.error_code, media.error_class) == (False, 30009, ErrorClass.media)
+    assert (media.success, media.error_code, media.error_class) == (False, 30009, ErrorClass.MEDIA)
 
     body = payload("v2-ProcedureStateChanged.json")
     body["data"]["processTaskList"] = [body["data"]["processTaskList"][0]]
@@ -553,6 +554,8 @@ def test_unknown_event_types_become_generic_events() -> None:
     data=st.dictionaries(st.text(max_size=10), st.text(max_size=10) | st.integers(), max_size=5),
 )
 def test_any_event_type_parses(kind: str, data: dict[str, Any]) -> None:
+    # (hypothesis also tries the names it finds in the code: known types need their fields)
+    assume(kind not in _V4_READERS)
     event = parse_event({"version": "4.0", "eventType": kind, "data": data})
     assert event.kind == kind
 

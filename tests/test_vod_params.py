@@ -81,7 +81,7 @@ def test_seed_example_by_stream_info_is_refused_for_its_end_before_start() -> No
     )
     assert problem.parameter == "gen.clip.streamInfo.endTime"
     assert "after startTime 15020876538" in str(problem)
-    assert problem.error_class is ErrorClass.invalid_params
+    assert problem.error_class is ErrorClass.INVALID_PARAMS
     assert not problem.retryable
 
 

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from orchestrator import machine as m
 from orchestrator.store.sql import insert_ignore
 from orchestrator.store.tables import HistoryRow, OutboxCommand, Run, StepRow, TaskRow, Timer
-from orchestrator.vod.ids import fold_task_id
+from orchestrator.vod.events import normalize_task_id
 
 runs = Run.__table__  # type: ignore[attr-defined]
 steps = StepRow.__table__  # type: ignore[attr-defined]
@@ -192,7 +192,7 @@ async def save_decision(
                         run_id=after.run_id,
                         step=step.name,
                         position=position,
-                        folded_id=fold_task_id(task.task_id),
+                        folded_id=normalize_task_id(task.task_id),
                         **values,
                     )
                 )

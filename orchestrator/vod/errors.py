@@ -50,19 +50,19 @@ from typing import ClassVar
 class ErrorClass(StrEnum):
     """Why something failed, in the words the state machine decides with."""
 
-    invalid_params = "invalid_params"
-    file_not_found = "file_not_found"
-    duplicate_task = "duplicate_task"
-    procedure_invalid = "procedure_invalid"
-    frequency_limit = "frequency_limit"
-    internal = "internal"
-    transport = "transport"
-    auth = "auth"
-    rejected = "rejected"
-    media = "media"
-    template = "template"
-    verification = "verification"
-    timeout = "timeout"
+    INVALID_PARAMS = "invalid_params"
+    FILE_NOT_FOUND = "file_not_found"
+    DUPLICATE_TASK = "duplicate_task"
+    PROCEDURE_INVALID = "procedure_invalid"
+    FREQUENCY_LIMIT = "frequency_limit"
+    INTERNAL = "internal"
+    TRANSPORT = "transport"
+    AUTH = "auth"
+    REJECTED = "rejected"
+    MEDIA = "media"
+    TEMPLATE = "template"
+    VERIFICATION = "verification"
+    TIMEOUT = "timeout"
 
 
 #: What each documented code means, in a few words (Tencent's seed table and common v2 codes).
@@ -110,7 +110,7 @@ CODE_MEANINGS: Mapping[int, str] = MappingProxyType(
 class VodError(Exception):
     """A VOD call or task failed; ``error_class`` says why, ``retryable`` whether to try again."""
 
-    error_class: ClassVar[ErrorClass] = ErrorClass.internal
+    error_class: ClassVar[ErrorClass] = ErrorClass.INTERNAL
     default_retryable: ClassVar[bool] = False
 
     def __init__(
@@ -147,7 +147,7 @@ class VodError(Exception):
 class InvalidParameter(VodError):
     """VOD rejected the request's parameters (1000, 4000)."""
 
-    error_class = ErrorClass.invalid_params
+    error_class = ErrorClass.INVALID_PARAMS
 
 
 class InvalidRequestParams(InvalidParameter):
@@ -166,32 +166,32 @@ class InvalidRequestParams(InvalidParameter):
 class FileNotFound(VodError):
     """The fileId (or another resource) does not exist (10008, 5000)."""
 
-    error_class = ErrorClass.file_not_found
+    error_class = ErrorClass.FILE_NOT_FOUND
 
 
 class DuplicateTask(VodError):
     """50005: the same procedure task already exists; already submitted, recover its task IDs."""
 
-    error_class = ErrorClass.duplicate_task
+    error_class = ErrorClass.DUPLICATE_TASK
 
 
 class ProcedureInvalid(VodError):
     """50007: the procedure name or its parameters are not valid for this account."""
 
-    error_class = ErrorClass.procedure_invalid
+    error_class = ErrorClass.PROCEDURE_INVALID
 
 
 class FrequencyLimit(VodError):
     """4400: the account's call quota is exhausted; back off and try again."""
 
-    error_class = ErrorClass.frequency_limit
+    error_class = ErrorClass.FREQUENCY_LIMIT
     default_retryable = True
 
 
 class AuthError(VodError):
     """The request was not authenticated or not authorized (41xx, 4200, 4300, 4500, 4600)."""
 
-    error_class = ErrorClass.auth
+    error_class = ErrorClass.AUTH
 
 
 class AccountError(AuthError):
@@ -201,14 +201,14 @@ class AccountError(AuthError):
 class InternalError(VodError):
     """VOD failed on its side; the same call may succeed later."""
 
-    error_class = ErrorClass.internal
+    error_class = ErrorClass.INTERNAL
     default_retryable = True
 
 
 class TransportError(VodError):
     """No VOD answer was received (connection refused, reset, TLS failure)."""
 
-    error_class = ErrorClass.transport
+    error_class = ErrorClass.TRANSPORT
     default_retryable = True
 
 
@@ -219,31 +219,31 @@ class MalformedResponse(TransportError):
 class VodTimeout(TransportError):
     """No answer (or no task result) arrived in time."""
 
-    error_class = ErrorClass.timeout
+    error_class = ErrorClass.TIMEOUT
 
 
 class MediaError(VodError):
     """The source media cannot be processed (VOD task errCode 30009)."""
 
-    error_class = ErrorClass.media
+    error_class = ErrorClass.MEDIA
 
 
 class TemplateError(VodError):
     """A workflow template could not be resolved into request parameters."""
 
-    error_class = ErrorClass.template
+    error_class = ErrorClass.TEMPLATE
 
 
 class VerificationError(VodError):
     """A task reported success but its outputs failed a usability check."""
 
-    error_class = ErrorClass.verification
+    error_class = ErrorClass.VERIFICATION
 
 
 class WebhookRejected(VodError):
     """A webhook receiver answered 4xx: sending the same body again will not help."""
 
-    error_class = ErrorClass.rejected
+    error_class = ErrorClass.REJECTED
 
 
 class MalformedEvent(ValueError):
@@ -296,12 +296,12 @@ def error_for_code(
 #: VOD task errCodes (processTaskList[].errCode, per-task event status) and their class.
 TASK_ERROR_CLASSES: Mapping[int, ErrorClass] = MappingProxyType(
     {
-        30009: ErrorClass.media,  # "source file abnormal"
-        30010: ErrorClass.internal,  # "system failure or unknown"
+        30009: ErrorClass.MEDIA,  # "source file abnormal"
+        30010: ErrorClass.INTERNAL,  # "system failure or unknown"
     }
 )
 
 
 def task_error_class(err_code: int) -> ErrorClass:
     """The class of a failed VOD task's errCode; undocumented codes count as VOD-side failures."""
-    return TASK_ERROR_CLASSES.get(err_code, ErrorClass.internal)
+    return TASK_ERROR_CLASSES.get(err_code, ErrorClass.INTERNAL)

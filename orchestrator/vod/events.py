@@ -431,7 +431,7 @@ def _failure(success: bool | None, code: int | None, message: str | None) -> dic
     return {
         "error_code": code,
         "error_message": message,
-        "error_class": task_error_class(code) if code is not None else ErrorClass.internal,
+        "error_class": task_error_class(code) if code is not None else ErrorClass.INTERNAL,
     }
 
 

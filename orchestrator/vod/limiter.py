@@ -47,17 +47,17 @@ class Grant:
 
 def decide(
     calls: list[float], blocked_until: float, now: float, quota: Quota
-) -> tuple[list[float], float]:
-    """Pure: ``(calls kept, seconds to wait)``; a wait of 0 means the call is made now."""
+) -> tuple[list[float], float | None]:
+    """Pure: ``(calls kept, seconds to wait)``; the wait is None when the call is made now."""
     recent = [t for t in calls if t > now - quota.window]
     if blocked_until > now:
         return recent, blocked_until - now
     if len(recent) >= quota.rate:
-        return recent, recent[-quota.rate] + quota.window - now
+        return recent, max(recent[-quota.rate] + quota.window - now, 1e-3)
     span = quota.burst * quota.window / quota.rate
     if len(recent) >= quota.burst and recent[-quota.burst] > now - span:
-        return recent, recent[-quota.burst] + span - now
-    return [*recent, now], 0.0
+        return recent, max(recent[-quota.burst] + span - now, 1e-3)
+    return [*recent, now], None
 
 
 class Limiter:
@@ -90,7 +90,9 @@ class Limiter:
         def change(calls: list[float], blocked: float) -> tuple[list[float], float, Grant]:
             now = self.clock()
             kept, wait = decide(calls, blocked, now, quota)
-            return kept, blocked, Grant(at=now if wait == 0 else None, wait=wait)
+            if wait is None:
+                return kept, blocked, Grant(at=now, wait=0.0)
+            return kept, blocked, Grant(at=None, wait=wait)
 
         async with self.db.transaction() as conn:
             return await update_bucket(conn, self.key(action), change)
