@@ -49,6 +49,15 @@ def schema() -> None:
 @app.command()
 def validate(
     paths: Annotated[list[Path], typer.Argument(help="Workflow files or directories.")],
+    dry_run: Annotated[
+        Path | None,
+        typer.Option(
+            "--dry-run",
+            metavar="EVENT.json",
+            help="An event body (VOD or live-service callback): show which workflows it "
+            "starts and the exact ProcessFileByProcedure parameters each step would send.",
+        ),
+    ] = None,
 ) -> None:
     """Check workflow files; print every problem as file:line:column."""
     try:
@@ -58,6 +67,15 @@ def validate(
             typer.echo(str(problem), err=True)
         typer.echo(f"{len(exc.problems)} problem(s) found", err=True)
         raise typer.Exit(1) from None
+    if dry_run is not None:
+        from orchestrator.dryrun import DryRunError, dry_run_event
+
+        try:
+            typer.echo(dry_run_event(dry_run, loaded))
+        except DryRunError as exc:
+            typer.echo(f"vodflow: {exc}", err=True)
+            raise typer.Exit(1) from None
+        return
     for item in loaded:
         typer.echo(f"ok  {item.path}  ({item.spec.name}, version {item.version})")
 

@@ -130,12 +130,13 @@ class _Trigger(_Model):
     )
 
     def matches(self, context: Mapping[str, object]) -> bool:
-        return all(_match_one(context.get(key), want) for key, want in self.match.items())
+        return all(match_value(context.get(key), want) for key, want in self.match.items())
 
 
-def _match_one(value: object, want: MatchValue) -> bool:
+def match_value(value: object, want: MatchValue) -> bool:
+    """One ``match:`` entry: exact (numbers by value), glob for strings, any-of for lists."""
     if isinstance(want, list):
-        return any(_match_one(value, item) for item in want)
+        return any(match_value(value, item) for item in want)
     if value is None:
         return False
     if isinstance(want, str) and any(ch in want for ch in "*?["):

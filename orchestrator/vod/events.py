@@ -198,6 +198,7 @@ class VodEvent(_Frozen):
     kind: str
     task_id: str | None = None
     file_id: str | None = None
+    file_name: str | None = None
     stream_id: str | None = None
     terminal: bool = True
     success: bool | None = None
@@ -511,6 +512,7 @@ def _v4_new_file(data: JsonValue) -> dict[str, object]:
     body = _read(NewFileUploadDataV2, data, "data")
     return {
         "file_id": body.file_id,
+        "file_name": body.file_name,
         "stream_id": body.stream_id,
         "success": True,
         "procedure_task_id": body.procedure_task_id,
@@ -932,6 +934,7 @@ def _v3_file_upload(event: JsonValue, where: str) -> dict[str, object]:
     source_info = info.source_info if info else None
     return {
         "file_id": body.file_id,
+        "file_name": info.name if info else None,
         "success": True,
         "procedure_task_id": body.procedure_task_id,
         "source_type": source_info.source_type if source_info else None,
