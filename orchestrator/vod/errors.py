@@ -186,6 +186,8 @@ class FrequencyLimit(VodError):
 
     error_class = ErrorClass.FREQUENCY_LIMIT
     default_retryable = True
+    retry_after: float | None = None
+    """Seconds to wait, as the shared limiter decided when it was told of this answer."""
 
 
 class AuthError(VodError):
