@@ -37,6 +37,7 @@ from orchestrator import template
 from orchestrator.durations import format_duration
 from orchestrator.spec import RetryPolicy, Step, Workflow
 from orchestrator.vod.errors import ErrorClass
+from orchestrator.vod.responses import TaskRef
 
 # --- Vocabulary -----------------------------------------------------------------------------
 
@@ -190,11 +191,6 @@ def new_run(
 
 
 # --- Inputs ---------------------------------------------------------------------------------
-
-
-class TaskRef(_Frozen):
-    task_id: str
-    kind: str
 
 
 class Trigger(_Frozen):
@@ -498,7 +494,8 @@ def _on_submit_succeeded(ctx: _Ctx, event: SubmitSucceeded) -> str:
     tasks = list(step.tasks)
     adopted = []
     for ref in event.tasks:
-        awaited = spec.wait_for == "all" or ref.kind in spec.wait_for
+        # A procedure task stands for all of its sub-tasks (its event reports on each of them).
+        awaited = spec.wait_for == "all" or ref.kind in spec.wait_for or ref.kind == "procedure"
         existing = next((i for i, t in enumerate(tasks) if t.task_id == ref.task_id), None)
         if existing is None:
             tasks.append(
@@ -955,19 +952,25 @@ def _check_step_done(ctx: _Ctx, step: StepState) -> str:
 _LIST_OUTPUTS = ("play", "sprites", "snapshots", "files")
 
 
+_GEN_FIRST = {"clip": 0, "concat": 1}
+
+
 def _merge_outputs(step: StepState) -> dict[str, JsonValue]:
-    """One step's outputs from its current attempt's tasks, in task order."""
+    """One step's outputs from its current attempt's tasks.
+
+    Lists (play, sprites, ...) are joined in task order. For single values the procedure's own
+    tasks win over gen's clip and concat: ``fileId`` is the file the procedure ran on.
+    """
     merged: dict[str, JsonValue] = {}
     lists: dict[str, list[JsonValue]] = {key: [] for key in _LIST_OUTPUTS}
     task_ids: dict[str, JsonValue] = {}
-    for task in step.current_tasks():
-        if task.status is not TaskStatus.SUCCEEDED:
-            continue
+    done = [t for t in step.current_tasks() if t.status is TaskStatus.SUCCEEDED]
+    for task in sorted(done, key=lambda t: _GEN_FIRST.get(t.kind, 2)):
         task_ids[task.kind] = task.task_id
         for key, value in task.outputs.items():
             if key in lists and isinstance(value, list):
                 lists[key].extend(value)
-            elif value not in (None, "") and key not in merged:
+            elif value not in (None, ""):
                 merged[key] = value
     merged.update(lists)
     merged["taskIds"] = task_ids

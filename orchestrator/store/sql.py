@@ -14,3 +14,9 @@ def insert_ignore(
     if conn.dialect.name == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing(index_elements=conflict)
     return sqlite.insert(table).on_conflict_do_nothing(index_elements=conflict)
+
+
+def lit(value: str) -> sa.BindParameter[str]:
+    """A status rendered into the SQL text, not bound: a partial index ``WHERE status = 'x'``
+    is only usable by a plan that sees the literal (PostgreSQL's cached generic plans don't)."""
+    return sa.literal(value, literal_execute=True)

@@ -1,0 +1,189 @@
+"""What the outbox's commands do in the world, each turned back into an input for the machine.
+
+``submit`` calls ProcessFileByProcedure; ``recover`` finds the tasks of a request VOD already
+accepted (after its 50005 answer); ``notify`` POSTs a Standard Webhooks message; ``verify``
+checks that a step's outputs are usable. Every outcome, success or failure, becomes a machine
+input: this module decides nothing about runs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from pydantic import JsonValue
+from standardwebhooks.webhooks import Webhook
+
+from orchestrator import machine as m
+from orchestrator.verify import OutputChecker
+from orchestrator.vod.client import VodClient
+from orchestrator.vod.errors import ErrorClass, FrequencyLimit, InvalidRequestParams, VodError
+from orchestrator.vod.params import ProcessFileByProcedureRequest, flatten
+from orchestrator.vod.responses import TaskRef
+
+log = logging.getLogger(__name__)
+
+
+class Actions:
+    def __init__(
+        self,
+        client: VodClient,
+        http: httpx.AsyncClient,
+        *,
+        webhook_secret: str | None,
+        checker: OutputChecker,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.client = client
+        self.http = http
+        self.webhook = Webhook(webhook_secret) if webhook_secret else None
+        self.checker = checker
+        self.clock = clock
+
+    async def perform(self, command: m.Command, *, tries: int) -> m.Input:
+        """Carry out one outbox command; ``tries`` > 1 means an earlier try may have got through."""
+        handlers: dict[type, Callable[[Any, int], Awaitable[m.Input]]] = {
+            m.Submit: self._submit,
+            m.Recover: self._recover,
+            m.Notify: self._notify,
+            m.Verify: self._verify,
+        }
+        return await handlers[type(command)](command, tries)
+
+    # --- submit / recover ---------------------------------------------------------------
+
+    async def _submit(self, command: m.Submit, tries: int) -> m.Input:
+        try:
+            request = ProcessFileByProcedureRequest.from_params(flatten(command.request))
+        except InvalidRequestParams as exc:
+            return _failed(command, exc)
+        if tries > 1:
+            # The previous send's outcome is unknown (its process died mid-call): VOD may have
+            # accepted it. Look before sending again, so a crash never makes a second job.
+            found = await self._find_tasks(command.request, since=None)
+            if found:
+                return m.SubmitSucceeded(
+                    step=command.step, attempt=command.attempt, tasks=found, recovered=True
+                )
+        try:
+            answer = await self.client.process_file(request)
+        except VodError as exc:
+            return _failed(command, exc)
+        return m.SubmitSucceeded(step=command.step, attempt=command.attempt, tasks=answer.tasks)
+
+    async def _recover(self, command: m.Recover, tries: int) -> m.Input:
+        try:
+            found = await self._find_tasks(command.request, since=None)
+        except VodError as exc:
+            return _failed(command, exc)
+        if not found:
+            return m.SubmitFailed(
+                step=command.step,
+                attempt=command.attempt,
+                error_class=ErrorClass.INTERNAL,
+                message="VOD answered 50005 (duplicate task) but lists no task for this request",
+            )
+        return m.SubmitSucceeded(
+            step=command.step, attempt=command.attempt, tasks=found, recovered=True
+        )
+
+    async def _find_tasks(
+        self, request: dict[str, JsonValue], since: datetime | None
+    ) -> tuple[TaskRef, ...]:
+        """The procedure task VOD runs (or ran) for this request, found by fileId and procedure.
+
+        Tencent's GetTaskList filters by fileId; a request that makes its file with ``gen`` has
+        none, and is matched on the request itself where VOD echoes it (the embedded engine does).
+        """
+        file_id = request.get("fileId")
+        procedure = request.get("procedure")
+        for status in ("PROCESSING", "WAITING", "FINISHED"):
+            answer = await self.client.get_task_list(
+                status, file_id=file_id if isinstance(file_id, str) else None
+            )
+            for entry in answer.task_list:
+                extra = entry.model_extra or {}
+                if extra.get("procedure") not in (None, procedure):
+                    continue
+                if not isinstance(file_id, str) and extra.get("request") != request:
+                    continue
+                if isinstance(file_id, str) and entry.file_id not in (None, file_id):
+                    continue
+                task_id = entry.vod_task_id or entry.task_id
+                if task_id:
+                    return _tasks_of(entry.model_dump(by_alias=True), task_id)
+        return ()
+
+    # --- notify -------------------------------------------------------------------------
+
+    async def _notify(self, command: m.Notify, tries: int) -> m.Input:
+        body = json.dumps(command.payload, ensure_ascii=False, separators=(",", ":"))
+        now = self.clock()
+        headers = {
+            "content-type": "application/json",
+            "webhook-id": command.webhook_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+        }
+        if self.webhook is not None:
+            headers["webhook-signature"] = self.webhook.sign(command.webhook_id, now, body)
+        try:
+            answer = await self.http.post(
+                command.url, content=body.encode(), headers=headers, timeout=command.timeout
+            )
+        except httpx.TimeoutException:
+            return _notify_failed(
+                command, ErrorClass.TIMEOUT, f"no answer within {command.timeout:g}s"
+            )
+        except httpx.TransportError as exc:
+            return _notify_failed(command, ErrorClass.TRANSPORT, f"cannot reach it: {exc!s}")
+        if answer.is_success:
+            outputs: dict[str, JsonValue] = {
+                "status": answer.status_code,
+                "webhookId": command.webhook_id,
+                "url": command.url,
+            }
+            return m.SubmitSucceeded(step=command.step, attempt=command.attempt, outputs=outputs)
+        # 4xx: the receiver refuses this message; 5xx, 408 and 429: it may take it later.
+        retry = answer.status_code >= 500 or answer.status_code in (408, 429)
+        cls = ErrorClass.INTERNAL if retry else ErrorClass.REJECTED
+        return _notify_failed(
+            command, cls, f"answered HTTP {answer.status_code}: {answer.text[:200]}"
+        )
+
+    # --- verify -------------------------------------------------------------------------
+
+    async def _verify(self, command: m.Verify, tries: int) -> m.Input:
+        problem = await self.checker.check(command.outputs)
+        if problem is None:
+            return m.VerifySucceeded(step=command.step, attempt=command.attempt)
+        return m.VerifyFailed(step=command.step, attempt=command.attempt, reason=problem)
+
+
+def _tasks_of(entry: dict[str, Any], task_id: str) -> tuple[TaskRef, ...]:
+    kind = "procedure" if "procedure" in task_id.lower() else str(entry.get("type") or "procedure")
+    return (TaskRef(task_id=task_id, kind=kind),)
+
+
+def _failed(command: m.Submit | m.Recover, exc: VodError) -> m.SubmitFailed:
+    retry_after = exc.retry_after if isinstance(exc, FrequencyLimit) else None
+    return m.SubmitFailed(
+        step=command.step,
+        attempt=command.attempt,
+        error_class=exc.error_class,
+        code=exc.code,
+        message=str(exc),
+        retry_after=retry_after,
+    )
+
+
+def _notify_failed(command: m.Notify, cls: ErrorClass, what: str) -> m.SubmitFailed:
+    return m.SubmitFailed(
+        step=command.step,
+        attempt=command.attempt,
+        error_class=cls,
+        message=f"webhook {command.url} {what}",
+    )

@@ -1,0 +1,513 @@
+"""The runner: drains the inbox and the outbox through the state machine.
+
+Inbox: every pending event is applied in a savepoint of one transaction per batch: triggers start
+runs (or join a stream's session window), task events are correlated with the run that recorded
+their task ID and fed to the machine, and the machine's commands become outbox and timer rows in
+the same transaction. An event whose task is not known yet waits as an orphan; the transaction
+that records a task ID makes its orphans pending again, so they are applied right after.
+
+Outbox: due commands are claimed with a lease, carried out (VOD calls, webhooks, output checks)
+outside any transaction, and their outcome is applied to the machine in the transaction that
+marks the command done. A process that dies between the call and that transaction leaves the
+command in flight; when its lease expires the sweeper hands it back and it is sent again, looking
+for the first send's tasks before sending (and VOD's 50005 covers the rest), so no job runs twice.
+
+Both loops wake at once when rows are added in this process and poll as a fallback for rows other
+processes add.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from pydantic import JsonValue, TypeAdapter
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orchestrator import machine as m
+from orchestrator import triggers
+from orchestrator.actions import Actions
+from orchestrator.registry import Registry
+from orchestrator.spec import LoadedWorkflow, StreamSession, Workflow
+from orchestrator.store import queues, windows
+from orchestrator.store.db import Database
+from orchestrator.store.queues import InboxStatus
+from orchestrator.store.runs import create_run, load_run, save_decision
+from orchestrator.store.tasks import find_task
+from orchestrator.vod.errors import MalformedEvent
+from orchestrator.vod.events import VodEvent, parse_event
+
+log = logging.getLogger("vodflow.runner")
+COMMANDS: TypeAdapter[m.Command] = TypeAdapter(m.Command)
+
+EVENT_TASK_KINDS = {
+    "TranscodeComplete": "transcode",
+    "CreateImageSpriteComplete": "imageSprite",
+    "ProcedureStateChanged": "procedure",
+    "ClipComplete": "clip",
+    "ConcatComplete": "concat",
+    "CreateSnapshotByTimeOffsetComplete": "snapshotByTimeOffset",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_run_id(now: datetime) -> str:
+    """Sortable by creation time: milliseconds in hex, then randomness."""
+    return f"run_{int(now.timestamp() * 1000):012x}{secrets.token_hex(5)}"
+
+
+def replica_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A committed change to a run, for listeners (logs, metrics, live updates)."""
+
+    run_id: str
+    workflow: str
+    entry: m.HistoryEntry
+    status: m.RunStatus
+    commands: tuple[m.Command, ...]
+
+
+Listener = Callable[[Transition], None]
+
+
+@dataclass
+class _Batch:
+    transitions: list[Transition] = field(default_factory=list)
+    outbox_rows: int = 0
+    woke_orphans: int = 0
+
+
+class Runner:
+    def __init__(
+        self,
+        db: Database,
+        registry: Registry,
+        actions: Actions,
+        *,
+        default_expected: timedelta = timedelta(minutes=10),
+        clock: Callable[[], datetime] = utcnow,
+        owner: str | None = None,
+        batch: int = 256,
+        lease: timedelta = timedelta(minutes=2),
+        poll_every: float = 1.0,
+        concurrency: int = 16,
+    ) -> None:
+        self.db = db
+        self.registry = registry
+        self.actions = actions
+        self.default_expected = default_expected
+        self.clock = clock
+        self.owner = owner or replica_name()
+        self.batch = batch
+        self.lease = lease
+        self.poll_every = poll_every
+        self.inbox_wake = asyncio.Event()
+        self.outbox_wake = asyncio.Event()
+        self.listeners: list[Listener] = []
+        self._slots = asyncio.Semaphore(concurrency)
+        self._inflight: set[asyncio.Task[None]] = set()
+
+    # --- the loops ------------------------------------------------------------------------
+
+    async def serve(self) -> None:
+        """Run both loops until cancelled."""
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._loop(self.inbox_wake, self.drain_inbox, "inbox"))
+            group.create_task(self._loop(self.outbox_wake, self.drain_outbox, "outbox"))
+
+    async def _loop(self, wake: asyncio.Event, drain: Callable[[], Any], name: str) -> None:
+        while True:
+            wake.clear()
+            try:
+                busy = await drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s drain failed; retrying", name)
+                busy = 0
+                await asyncio.sleep(self.poll_every)
+            if busy:
+                continue  # more may be waiting
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=self.poll_every)
+
+    def _announce(self, batch: _Batch) -> None:
+        for transition in batch.transitions:
+            step = transition.entry.step or "-"
+            log.info(
+                "%s -> %s: %s",
+                transition.entry.from_status,
+                transition.entry.to_status,
+                transition.entry.reason,
+                extra={
+                    "run_id": transition.run_id,
+                    "step": step,
+                    "task_id": transition.entry.detail.get("task_id", "-"),
+                    "input": transition.entry.input,
+                },
+            )
+            for listener in self.listeners:
+                try:
+                    listener(transition)
+                except Exception:
+                    log.exception("a transition listener failed")
+        if batch.outbox_rows:
+            self.outbox_wake.set()
+        if batch.woke_orphans:
+            self.inbox_wake.set()
+
+    # --- transitions ----------------------------------------------------------------------
+
+    async def _spec(self, conn: AsyncConnection, version: str) -> Workflow:
+        return await self.registry.spec_for(conn, version)
+
+    async def transition(
+        self, conn: AsyncConnection, run_id: str, event: m.Input, now: datetime, batch: _Batch
+    ) -> m.Decision | None:
+        """Load, decide, save: one transition inside the caller's transaction."""
+        before = await load_run(conn, run_id, for_update=True)
+        if before is None:
+            return None
+        spec = await self._spec(conn, before.version)
+        decision = m.decide(spec, before, event, now)
+        await self._save(conn, before, decision, now, batch)
+        return decision
+
+    async def _save(
+        self,
+        conn: AsyncConnection,
+        before: m.RunState,
+        decision: m.Decision,
+        now: datetime,
+        batch: _Batch,
+    ) -> None:
+        new_tasks = await save_decision(conn, before, decision, now=now)
+        if new_tasks:
+            batch.woke_orphans += await queues.wake_orphans(conn, [t.task_id for t in new_tasks])
+        batch.outbox_rows += sum(isinstance(c, m.OUTBOUND) for c in decision.commands)
+        batch.transitions.append(
+            Transition(
+                run_id=decision.state.run_id,
+                workflow=decision.state.workflow,
+                entry=decision.history,
+                status=decision.state.status,
+                commands=decision.commands,
+            )
+        )
+
+    async def start_run(
+        self,
+        conn: AsyncConnection,
+        workflow: LoadedWorkflow,
+        context: dict[str, JsonValue],
+        *,
+        dedup_key: str | None,
+        now: datetime,
+        batch: _Batch,
+        event_id: int | None = None,
+        started_by: str = "",
+    ) -> str | None:
+        """Create a run and apply its trigger. None when the dedup key already started one."""
+        spec = workflow.spec
+        run_id = new_run_id(now)
+        state = m.new_run(run_id, spec, workflow.version, context, now)
+        stream_id = context.get("streamId")
+        file_id = context.get("fileId")
+        created = await create_run(
+            conn,
+            state,
+            {s.name: s.kind for s in spec.steps},
+            dedup_key=dedup_key,
+            stream_id=stream_id if isinstance(stream_id, str) else None,
+            file_id=file_id if isinstance(file_id, str) else None,
+            trigger_event_id=event_id,
+        )
+        if not created:
+            return None
+        decision = m.decide(spec, state, m.Trigger(event=started_by), now)
+        await self._save(conn, state, decision, now, batch)
+        return run_id
+
+    async def apply(self, run_id: str, event: m.Input) -> m.Decision | None:
+        """Apply one input in its own transaction (operators' actions, timers, poll results)."""
+        batch = _Batch()
+        now = self.clock()
+        async with self.db.transaction() as conn:
+            decision = await self.transition(conn, run_id, event, now, batch)
+        self._announce(batch)
+        return decision
+
+    # --- inbox ----------------------------------------------------------------------------
+
+    async def drain_inbox(self) -> int:
+        batch = _Batch()
+        now = self.clock()
+        async with self.db.transaction() as conn:
+            rows = await queues.pending_inbox(conn, self.batch)
+            for row in rows:
+                try:
+                    async with conn.begin_nested():
+                        status, run_id, note = await self._apply_row(conn, row, now, batch)
+                except Exception as exc:
+                    log.exception("applying inbox event %s failed", row["id"])
+                    status, run_id, note = InboxStatus.FAILED, None, f"{type(exc).__name__}: {exc}"
+                await queues.mark_inbox(conn, row["id"], status, now=now, run_id=run_id, note=note)
+        self._announce(batch)
+        return len(rows)
+
+    async def _apply_row(
+        self, conn: AsyncConnection, row: dict[str, Any], now: datetime, batch: _Batch
+    ) -> tuple[str, str | None, str]:
+        try:
+            event = parse_event(row["body"], source=row["source"])
+        except MalformedEvent as exc:
+            return InboxStatus.INVALID, None, str(exc)
+        if triggers.contexts_for(event):
+            return await self._trigger(conn, event, row, now, batch)
+        if event.kind == "lvb.stream_end" and event.stream_id:
+            quiet = {
+                w.spec.name: t.quiet
+                for w in self.registry.all()
+                for t in w.spec.triggers
+                if isinstance(t, StreamSession)
+            }
+            touched = await windows.touch_stream(conn, event.stream_id, now, quiet)
+            if touched:
+                return (
+                    InboxStatus.APPLIED,
+                    None,
+                    f"stream {event.stream_id} ended: its session waits",
+                )
+            return InboxStatus.IGNORED, None, f"stream {event.stream_id} ended; no open session"
+        if not event.task_id:
+            return InboxStatus.IGNORED, None, f"{event.kind} carries no task ID to correlate"
+        return await self._task_event(conn, event, now, batch)
+
+    async def _trigger(
+        self,
+        conn: AsyncConnection,
+        event: VodEvent,
+        row: dict[str, Any],
+        now: datetime,
+        batch: _Batch,
+    ) -> tuple[str, str | None, str]:
+        matches = triggers.match(event, self.registry.all())
+        if not matches:
+            return InboxStatus.IGNORED, None, "no workflow's trigger matches this event"
+        notes: list[str] = []
+        first_run: str | None = None
+        for found in matches:
+            spec = found.workflow.spec
+            trigger = spec.triggers[found.trigger_index]
+            if isinstance(trigger, StreamSession):
+                stream_id = str(found.context.fields["streamId"])
+                segment = {**found.context.fields, "receivedAt": int(now.timestamp())}
+                window_id, added = await windows.add_segment(
+                    conn,
+                    workflow=spec.name,
+                    stream_id=stream_id,
+                    segment=segment,
+                    now=now,
+                    quiet=trigger.quiet,
+                    max_length=trigger.max_length,
+                )
+                verb = "joined" if added else "was already in"
+                notes.append(f"{verb} {spec.name}'s session {window_id} of stream {stream_id}")
+                continue
+            run_id = await self.start_run(
+                conn,
+                found.workflow,
+                found.context.fields,
+                dedup_key=found.dedup_key,
+                now=now,
+                batch=batch,
+                event_id=row["id"],
+                started_by=f"inbox event {row['id']} ({event.kind} from {event.source})",
+            )
+            if run_id is None:
+                notes.append(f"{spec.name}: a run for {found.context.identity} already exists")
+            else:
+                first_run = first_run or run_id
+                notes.append(f"started {spec.name} run {run_id}")
+        return InboxStatus.APPLIED, first_run, "; ".join(notes)
+
+    async def _task_event(
+        self, conn: AsyncConnection, event: VodEvent, now: datetime, batch: _Batch
+    ) -> tuple[str, str | None, str]:
+        assert event.task_id is not None
+        owner = await find_task(conn, event.task_id)
+        if owner is None:
+            return InboxStatus.ORPHAN, None, f"no run has recorded task {event.task_id} yet"
+        note = "" if owner.exact else f"matched {owner.task_id} by its case-folded ID; "
+        decision = await self.transition(
+            conn, owner.run_id, task_input(event, owner.task_id), now, batch
+        )
+        if decision is None:
+            return InboxStatus.FAILED, owner.run_id, "the task's run is missing"
+        reason = decision.history.reason
+        status = InboxStatus.LATE if reason.startswith("late ") else InboxStatus.APPLIED
+        if reason.startswith("duplicate "):
+            status = InboxStatus.IGNORED
+        return status, owner.run_id, note + reason
+
+    # --- outbox ---------------------------------------------------------------------------
+
+    async def drain_outbox(self) -> int:
+        now = self.clock()
+        async with self.db.transaction() as conn:
+            rows = await queues.claim_outbox(conn, self.owner, now, self.lease, self.batch)
+        for row in rows:
+            await self._slots.acquire()
+            task = asyncio.create_task(self._perform(row))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+        return len(rows)
+
+    async def _perform(self, row: dict[str, Any]) -> None:
+        try:
+            command = COMMANDS.validate_python(row["payload"])
+            outcome = await self.actions.perform(command, tries=row["tries"])
+            batch = _Batch()
+            now = self.clock()
+            async with self.db.transaction() as conn:
+                mine = await queues.finish_outbox(
+                    conn,
+                    row["id"],
+                    self.owner,
+                    now=now,
+                    result=outcome.model_dump(mode="json"),
+                    error=getattr(outcome, "message", None),
+                )
+                if mine:
+                    await self.transition(conn, row["run_id"], outcome, now, batch)
+                else:
+                    log.warning(
+                        "outbox command %s: lease lost before its outcome was recorded",
+                        row["idempotency_key"],
+                    )
+            self._announce(batch)
+        except Exception as exc:
+            log.exception("outbox command %s failed", row["idempotency_key"])
+            async with self.db.transaction() as conn:
+                await queues.release_outbox(
+                    conn,
+                    row["id"],
+                    self.owner,
+                    retry_at=self.clock() + timedelta(seconds=min(60, 2 ** row["tries"])),
+                    error=f"{type(exc).__name__}: {exc}",
+                )
+        finally:
+            self._slots.release()
+
+    async def idle(self) -> None:
+        """Wait until every command this runner started has been recorded (tests, shutdown)."""
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight), return_exceptions=True)
+
+
+def task_input(event: VodEvent, task_id: str) -> m.TaskEvent:
+    """A VOD event as the machine's TaskEvent for the task vodflow knows as ``task_id``."""
+    message = event.error_message or ""
+    if not event.success and event.sub_tasks:
+        failed = [s for s in event.sub_tasks if s.status != "SUCCESS"]
+        message = message or "; ".join(
+            f"{s.task_type} {s.status.lower()}: {s.message or s.error_code}" for s in failed
+        )
+    return m.TaskEvent(
+        task_id=task_id,
+        event_type=event.kind,
+        event_key=event.dedup_key,
+        terminal=event.terminal,
+        success=bool(event.success),
+        error_class=event.error_class,
+        error_code=event.error_code,
+        message=message,
+        outputs=outputs_of(event),
+    )
+
+
+def outputs_of(event: VodEvent) -> dict[str, JsonValue]:
+    """An event's outputs as the camelCase fields workflow templates read."""
+    parts = [event.outputs, *(s.outputs for s in event.sub_tasks if s.status == "SUCCESS")]
+    play: list[JsonValue] = []
+    sprites: list[JsonValue] = []
+    snapshots: list[JsonValue] = []
+    files: list[JsonValue] = []
+    cover: str | None = None
+    duration: float | None = None
+    for out in parts:
+        play += [
+            _drop_none(
+                {
+                    "url": p.url,
+                    "definition": p.definition,
+                    "width": p.width,
+                    "height": p.height,
+                    "bitrate": p.bitrate,
+                    "size": p.size,
+                    "duration": p.duration,
+                    "container": p.container,
+                }
+            )
+            for p in out.play
+        ]
+        sprites += [
+            _drop_none(
+                {
+                    "definition": s.definition,
+                    "totalCount": s.total_count,
+                    "imageUrls": list(s.image_urls),
+                    "webVttUrl": s.webvtt_url,
+                }
+            )
+            for s in out.sprites
+        ]
+        snapshots += [
+            _drop_none({"url": s.url, "timeOffset": s.time_offset_ms, "definition": s.definition})
+            for s in out.snapshots
+        ]
+        files += [
+            _drop_none({"fileId": f.file_id, "url": f.url, "fileType": f.file_type})
+            for f in out.files
+        ]
+        cover = cover or out.cover_url
+        if out.meta is not None and out.meta.duration and duration is None:
+            duration = out.meta.duration
+    file_id = event.file_id
+    if event.kind in ("ClipComplete", "ConcatComplete") and files:
+        first = files[0]
+        file_id = first.get("fileId") if isinstance(first, dict) else file_id  # type: ignore[assignment]
+    return _drop_none(
+        {
+            "fileId": file_id,
+            "fileUrl": next(
+                (f.get("url") for f in files if isinstance(f, dict) and f.get("fileId") == file_id),
+                None,
+            ),
+            "play": play,
+            "sprites": sprites,
+            "snapshots": snapshots,
+            "files": files,
+            "coverUrl": cover,
+            "duration": duration,
+        }
+    )
+
+
+def _drop_none(values: dict[str, Any]) -> dict[str, JsonValue]:
+    return {k: v for k, v in values.items() if v is not None}

@@ -1,0 +1,291 @@
+"""The inbox, the outbox and timers: durable queues with leases, as named queries.
+
+Inbox events are every inbound body as received (dedup key unique: a resent callback is not stored
+twice). Outbox commands are every outbound call, written in the transaction that decided them and
+claimed with a lease, so a process that dies mid-call leaves a row another process re-sends once
+the lease expires. Timers are due inputs for the machine (timeouts, retries), claimed the same way.
+
+Claims use ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, so replicas never take the same row; SQLite
+serializes writers, which gives the same guarantee on one machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from orchestrator.store.sql import insert_ignore, lit
+from orchestrator.store.tables import InboxEvent, OutboxCommand, Timer
+
+inbox = InboxEvent.__table__  # type: ignore[attr-defined]
+outbox = OutboxCommand.__table__  # type: ignore[attr-defined]
+timers = Timer.__table__  # type: ignore[attr-defined]
+
+
+class InboxStatus:
+    PENDING = "pending"  # accepted, not applied yet
+    APPLIED = "applied"  # changed a run (or started one, or joined a session)
+    ORPHAN = "orphan"  # a task event whose task is not known yet: waits for its task ID
+    LATE = "late"  # reached a run that had already ended: recorded, not applied
+    IGNORED = "ignored"  # nothing to do (no workflow matches, an unknown kind, a duplicate task)
+    UNMATCHED = "unmatched"  # an orphan nobody claimed before it expired
+    INVALID = "invalid"  # malformed or failed authentication: kept for inspection
+    FAILED = "failed"  # applying it raised: kept, with the error, for replay
+
+
+@dataclass(frozen=True)
+class NewInboxEvent:
+    source: str
+    event_type: str
+    dedup_key: str | None
+    body: str
+    task_id: str | None = None
+    file_id: str | None = None
+    stream_id: str | None = None
+    status: str = InboxStatus.PENDING
+    note: str | None = None
+
+
+async def insert_inbox(
+    conn: AsyncConnection, events: Sequence[NewInboxEvent], now: datetime
+) -> list[int | None]:
+    """Insert events; returns each one's id, or None where its dedup key was already stored."""
+    ids: list[int | None] = []
+    for event in events:
+        row = (
+            await conn.execute(
+                insert_ignore(conn, inbox, ["dedup_key"])
+                .values(
+                    received_at=now,
+                    source=event.source,
+                    event_type=event.event_type,
+                    dedup_key=event.dedup_key,
+                    body=event.body,
+                    status=event.status,
+                    task_id=event.task_id,
+                    file_id=event.file_id,
+                    stream_id=event.stream_id,
+                    note=event.note,
+                )
+                .returning(inbox.c.id)
+            )
+        ).first()
+        ids.append(None if row is None else int(row[0]))
+    return ids
+
+
+async def pending_inbox(conn: AsyncConnection, limit: int) -> list[dict[str, Any]]:
+    """The oldest pending events, locked for this transaction (skipped by other replicas)."""
+    query = (
+        sa.select(inbox)
+        .where(inbox.c.status == lit(InboxStatus.PENDING))
+        .order_by(inbox.c.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    return [dict(r) for r in (await conn.execute(query)).mappings()]
+
+
+async def mark_inbox(
+    conn: AsyncConnection,
+    event_id: int,
+    status: str,
+    *,
+    now: datetime,
+    run_id: str | None = None,
+    note: str | None = None,
+) -> None:
+    await conn.execute(
+        inbox.update()
+        .where(inbox.c.id == event_id)
+        .values(status=status, run_id=run_id, note=note, applied_at=now)
+    )
+
+
+async def wake_orphans(conn: AsyncConnection, task_ids: Sequence[str]) -> int:
+    """Orphans waiting for these task IDs become pending again (they can be matched now)."""
+    if not task_ids:
+        return 0
+    result = await conn.execute(
+        inbox.update()
+        .where(inbox.c.status == lit(InboxStatus.ORPHAN), inbox.c.task_id.in_(list(task_ids)))
+        .values(status=InboxStatus.PENDING)
+    )
+    return int(result.rowcount or 0)
+
+
+async def expire_orphans(conn: AsyncConnection, older_than: datetime, now: datetime) -> int:
+    result = await conn.execute(
+        inbox.update()
+        .where(inbox.c.status == lit(InboxStatus.ORPHAN), inbox.c.received_at < older_than)
+        .values(
+            status=InboxStatus.UNMATCHED,
+            applied_at=now,
+            note="no run recorded this task ID before the orphan expired",
+        )
+    )
+    return int(result.rowcount or 0)
+
+
+async def replay_inbox(conn: AsyncConnection, event_id: int) -> bool:
+    """Make an event pending again (an operator's replay). False when there is no such event."""
+    result = await conn.execute(
+        inbox.update()
+        .where(inbox.c.id == event_id, inbox.c.status != InboxStatus.INVALID)
+        .values(status=InboxStatus.PENDING, applied_at=None)
+    )
+    return bool(result.rowcount)
+
+
+# --- outbox -------------------------------------------------------------------------------
+
+
+async def claim_outbox(
+    conn: AsyncConnection, owner: str, now: datetime, lease: timedelta, limit: int
+) -> list[dict[str, Any]]:
+    """Claim due outbox commands: they become in_flight under ``owner`` until the lease ends."""
+    rows = (
+        (
+            await conn.execute(
+                sa.select(outbox)
+                .where(outbox.c.status == lit("pending"), outbox.c.next_attempt_at <= now)
+                .order_by(outbox.c.next_attempt_at, outbox.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        .mappings()
+        .all()
+    )
+    if not rows:
+        return []
+    ids = [r["id"] for r in rows]
+    await conn.execute(
+        outbox.update()
+        .where(outbox.c.id.in_(ids))
+        .values(
+            status="in_flight",
+            lease_owner=owner,
+            lease_until=now + lease,
+            tries=outbox.c.tries + 1,
+        )
+    )
+    return [{**dict(r), "tries": r["tries"] + 1} for r in rows]
+
+
+async def finish_outbox(
+    conn: AsyncConnection,
+    command_id: int,
+    owner: str,
+    *,
+    now: datetime,
+    result: Any,
+    error: str | None = None,
+) -> bool:
+    """Record a command's outcome; False when the lease was lost (another replica took over)."""
+    done = await conn.execute(
+        outbox.update()
+        .where(
+            outbox.c.id == command_id,
+            outbox.c.status == lit("in_flight"),
+            outbox.c.lease_owner == owner,
+        )
+        .values(
+            status="done",
+            result=result,
+            last_error=error,
+            done_at=now,
+            lease_owner=None,
+            lease_until=None,
+        )
+    )
+    return bool(done.rowcount)
+
+
+async def release_outbox(
+    conn: AsyncConnection, command_id: int, owner: str, *, retry_at: datetime, error: str
+) -> None:
+    """Give a command back to the queue, to be tried again at ``retry_at``."""
+    await conn.execute(
+        outbox.update()
+        .where(outbox.c.id == command_id, outbox.c.lease_owner == owner)
+        .values(
+            status="pending",
+            next_attempt_at=retry_at,
+            last_error=error,
+            lease_owner=None,
+            lease_until=None,
+        )
+    )
+
+
+async def expire_outbox_leases(conn: AsyncConnection, now: datetime) -> list[int]:
+    """In-flight commands whose owner stopped renewing: back to pending, to be sent again."""
+    rows = (
+        (
+            await conn.execute(
+                sa.select(outbox.c.id)
+                .where(outbox.c.status == lit("in_flight"), outbox.c.lease_until < now)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        .scalars()
+        .all()
+    )
+    if rows:
+        await conn.execute(
+            outbox.update()
+            .where(outbox.c.id.in_(rows))
+            .values(
+                status="pending",
+                next_attempt_at=now,
+                lease_owner=None,
+                lease_until=None,
+                last_error="the lease expired while the command was in flight",
+            )
+        )
+    return list(rows)
+
+
+# --- timers -------------------------------------------------------------------------------
+
+
+async def claim_due_timers(
+    conn: AsyncConnection, now: datetime, limit: int
+) -> list[dict[str, Any]]:
+    """Due timers, marked fired in this transaction (the caller applies them in it too)."""
+    rows = (
+        (
+            await conn.execute(
+                sa.select(timers)
+                .where(timers.c.status == lit("pending"), timers.c.due_at <= now)
+                .order_by(timers.c.due_at)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        .mappings()
+        .all()
+    )
+    if rows:
+        await conn.execute(
+            timers.update().where(timers.c.id.in_([r["id"] for r in rows])).values(status="fired")
+        )
+    return [dict(r) for r in rows]
+
+
+async def next_timer_due(conn: AsyncConnection) -> datetime | None:
+    due: datetime | None = (
+        await conn.execute(
+            sa.select(timers.c.due_at)
+            .where(timers.c.status == lit("pending"))
+            .order_by(timers.c.due_at)
+            .limit(1)
+        )
+    ).scalar()
+    return due
