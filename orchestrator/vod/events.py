@@ -254,12 +254,14 @@ def parse_pull_event_response(body: Body) -> list[tuple[str, VodEvent]]:
     return pairs
 
 
-def pull_event_items(body: Body) -> list[tuple[str, VodEvent | MalformedEvent]]:
+def pull_event_items(
+    body: Body | PullEventResponse,
+) -> list[tuple[str, VodEvent | MalformedEvent]]:
     """Like ``parse_pull_event_response``, but an unreadable entry is returned, not raised.
 
     Raises ``VodError`` for a failed call (``MalformedResponse`` for a body that is not one).
     """
-    answer = PullEventResponse.parse(body)
+    answer = body if isinstance(body, PullEventResponse) else PullEventResponse.parse(body)
     items: list[tuple[str, VodEvent | MalformedEvent]] = []
     for entry in answer.event_list:
         content = entry.event_content

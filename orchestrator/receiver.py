@@ -1,0 +1,188 @@
+"""The receiver: VOD's and the live service's callbacks into the durable inbox.
+
+Every accepted body is committed to the inbox before the 2xx answer (nothing accepted is lost).
+Commits are grouped: callbacks arriving together share one transaction, and each is answered
+only after the transaction holding it committed, so the durable path keeps up with bursts that
+one commit per request could not. A resent body (same dedup key) is answered 2xx and stored once.
+
+Authentication: both endpoints need the callback token (``?token=`` in the URL configured in the
+VOD / live console, or the ``X-Vodflow-Token`` header; compared in constant time). Live-service
+bodies must also carry a valid ``sign`` (MD5(key + t)) that has not expired, when a live callback
+key is configured. Unauthenticated requests get 401 and are not stored; authenticated but
+malformed bodies get 400 with the reason and are kept as invalid events for inspection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from orchestrator.store import queues
+from orchestrator.store.db import Database
+from orchestrator.store.queues import InboxStatus, NewInboxEvent
+from orchestrator.vod.errors import MalformedEvent
+from orchestrator.vod.events import VodEvent, lvb_sign_problem, parse_event
+
+log = logging.getLogger("vodflow.receiver")
+
+
+def inbox_row(event: VodEvent, body: str, source: str) -> NewInboxEvent:
+    return NewInboxEvent(
+        source=source,
+        event_type=event.kind[:80],
+        dedup_key=event.dedup_key,
+        body=body,
+        task_id=event.task_id,
+        file_id=event.file_id,
+        stream_id=event.stream_id,
+    )
+
+
+@dataclass
+class _Pending:
+    event: NewInboxEvent
+    done: asyncio.Future[int | None]
+
+
+class InboxWriter:
+    """Commits inbox rows in groups; ``add`` returns once the row's transaction committed."""
+
+    def __init__(
+        self,
+        db: Database,
+        on_commit: Callable[[], None] = lambda: None,
+        *,
+        max_batch: int = 256,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.db = db
+        self.on_commit = on_commit
+        self.max_batch = max_batch
+        self.clock = clock
+        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
+        self.batches = 0
+        self.rows = 0
+
+    async def add(self, event: NewInboxEvent) -> int | None:
+        """The new row's id, or None when the dedup key was already stored (a duplicate)."""
+        done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+        await self._queue.put(_Pending(event, done))
+        return await done
+
+    async def serve(self) -> None:
+        while True:
+            group = [await self._queue.get()]
+            while len(group) < self.max_batch and not self._queue.empty():
+                group.append(self._queue.get_nowait())
+            try:
+                async with self.db.transaction() as conn:
+                    ids = await queues.insert_inbox(conn, [p.event for p in group], self.clock())
+            except Exception as exc:
+                for pending in group:
+                    if not pending.done.done():
+                        pending.done.set_exception(exc)
+                continue
+            self.batches += 1
+            self.rows += len(group)
+            for pending, row_id in zip(group, ids, strict=True):
+                if not pending.done.done():
+                    pending.done.set_result(row_id)
+            self.on_commit()
+
+
+class Receiver:
+    def __init__(
+        self,
+        writer: InboxWriter,
+        *,
+        callback_token: str,
+        lvb_key: str | None,
+        max_body: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.writer = writer
+        self.callback_token = callback_token
+        self.lvb_key = lvb_key
+        self.max_body = max_body
+        self.clock = clock
+        self.counts: dict[tuple[str, str, str], int] = {}
+        self.routes = [
+            Route("/callbacks/vod", self.vod, methods=["POST"]),
+            Route("/callbacks/lvb", self.lvb, methods=["POST"]),
+        ]
+
+    def _count(self, source: str, kind: str, outcome: str) -> None:
+        key = (source, kind, outcome)
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    def _authorized(self, request: Request) -> bool:
+        given = request.query_params.get("token") or request.headers.get("x-vodflow-token") or ""
+        return hmac.compare_digest(given.encode(), self.callback_token.encode())
+
+    async def _body(self, request: Request) -> bytes | JSONResponse:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
+            return _refuse(413, f"the body is {declared} bytes; at most {self.max_body} accepted")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > self.max_body:
+                return _refuse(413, f"the body exceeds {self.max_body} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def vod(self, request: Request) -> JSONResponse:
+        return await self._accept(request, "vod")
+
+    async def lvb(self, request: Request) -> JSONResponse:
+        return await self._accept(request, "lvb")
+
+    async def _accept(self, request: Request, source: str) -> JSONResponse:
+        if not self._authorized(request):
+            self._count(source, "-", "unauthorized")
+            return _refuse(401, "missing or wrong callback token (?token= or X-Vodflow-Token)")
+        body = await self._body(request)
+        if isinstance(body, JSONResponse):
+            self._count(source, "-", "too_large")
+            return body
+        text = body.decode("utf-8", errors="replace")
+        try:
+            event = parse_event(body, source="lvb" if source == "lvb" else "vod")
+        except MalformedEvent as exc:
+            self._count(source, "-", "malformed")
+            await self.writer.add(
+                NewInboxEvent(
+                    source=source,
+                    event_type="malformed",
+                    dedup_key=None,
+                    body=text,
+                    status=InboxStatus.INVALID,
+                    note=str(exc),
+                )
+            )
+            return _refuse(400, str(exc))
+        if source == "lvb" and self.lvb_key is not None:
+            problem = lvb_sign_problem(event.raw, self.lvb_key, self.clock())
+            if problem is not None:
+                self._count(source, event.kind, "bad_sign")
+                return _refuse(401, problem)
+        row_id = await self.writer.add(inbox_row(event, text, source))
+        if row_id is None:
+            self._count(source, event.kind, "duplicate")
+            return JSONResponse({"code": 0, "message": "duplicate: already received"})
+        self._count(source, event.kind, "accepted")
+        return JSONResponse({"code": 0, "message": "ok", "eventId": row_id})
+
+
+def _refuse(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"code": status, "error": reason}, status_code=status)

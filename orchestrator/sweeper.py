@@ -1,0 +1,318 @@
+"""The sweeper: APScheduler jobs that heal what stalls.
+
+Jobs (each claims its rows with a lease or a row lock, so concurrent sweeps never double-act):
+
+- ``timers``: due step/run timeouts and retries become machine inputs.
+- ``tasks``: a task with no result by its expected time is asked about (GetTaskInfo); a finished
+  task's answer is turned into the same event its callback would have been and goes through the
+  inbox (so a late callback and the query result dedupe). Unfinished tasks are asked again with
+  backoff, at least hourly, so every task is reconciled long before Tencent forgets it (72 h).
+- ``outbox``: commands whose lease expired (their process died mid-call) are sent again.
+- ``sessions``: stream sessions quiet for long enough start their run.
+- ``orphans``: events whose task never appeared are marked unmatched after a day.
+- ``pull`` (reliable-callback mode): PullEvent, commit to the inbox, then ConfirmEvent.
+
+The sweeper watches itself: every job records when it last started and succeeded; a job that has
+not succeeded within three of its intervals is reported as stalled (a sweeper can hang too).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+
+from orchestrator import machine as m
+from orchestrator import triggers
+from orchestrator.receiver import inbox_row
+from orchestrator.runner import Runner, _Batch
+from orchestrator.store import jobs as job_store
+from orchestrator.store import queues, tasks, windows
+from orchestrator.store.db import Database
+from orchestrator.store.queues import InboxStatus, NewInboxEvent
+from orchestrator.vod.client import VodClient
+from orchestrator.vod.errors import ErrorClass, MalformedEvent, VodError
+from orchestrator.vod.events import event_from_task_info, pull_event_items
+
+log = logging.getLogger("vodflow.sweeper")
+TASK_QUERY_WINDOW = timedelta(hours=72)
+MAX_POLL_GAP = timedelta(hours=1)
+STALLED_AFTER_INTERVALS = 3
+
+
+@dataclass(frozen=True)
+class JobHealth:
+    name: str
+    interval: float
+    last_started_at: datetime | None
+    last_success_at: datetime | None
+    last_error: str | None
+    stalled: bool
+    findings: dict[str, int]
+
+
+def next_poll(polls: int, expected_gap: timedelta, now: datetime) -> datetime:
+    """Ask again after expected_gap × 2^polls, at most an hour later."""
+    return now + min(expected_gap * (1 << min(polls, 20)), MAX_POLL_GAP)
+
+
+class Sweeper:
+    def __init__(
+        self,
+        db: Database,
+        runner: Runner,
+        client: VodClient,
+        *,
+        interval: float = 5.0,
+        reliable: bool = False,
+        orphan_ttl: timedelta = timedelta(days=1),
+        poll_gap: timedelta = timedelta(minutes=1),
+        batch: int = 200,
+        lease: timedelta = timedelta(minutes=2),
+    ) -> None:
+        self.db = db
+        self.runner = runner
+        self.client = client
+        self.interval = interval
+        self.reliable = reliable
+        self.orphan_ttl = orphan_ttl
+        self.poll_gap = poll_gap
+        self.batch = batch
+        self.lease = lease
+        self.scheduler: AsyncIOScheduler | None = None
+        self.jobs: dict[str, tuple[float, Callable[[], Awaitable[dict[str, int]]]]] = {
+            "timers": (interval, self.fire_timers),
+            "tasks": (interval, self.poll_tasks),
+            "outbox": (interval, self.expire_leases),
+            "sessions": (interval, self.close_sessions),
+            "orphans": (max(interval, 60.0), self.expire_orphans),
+        }
+        if reliable:
+            self.jobs["pull"] = (1.0, self.pull_events)
+
+    @property
+    def now(self) -> datetime:
+        now: datetime = self.runner.clock()
+        return now
+
+    # --- scheduling -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.scheduler = AsyncIOScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
+        )
+        for name, (every, _) in self.jobs.items():
+            self.scheduler.add_job(
+                self.run_job,
+                "interval",
+                seconds=every,
+                args=[name],
+                id=name,
+                next_run_time=self.now,
+            )
+        self.scheduler.start()
+
+    def stop(self) -> None:
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
+    async def run_job(self, name: str) -> dict[str, int]:
+        """Run one job now, recording its heartbeat and findings."""
+        every, job = self.jobs[name]
+        async with self.db.transaction() as conn:
+            await job_store.job_started(conn, name, every, self.now)
+        try:
+            findings = await job()
+        except Exception as exc:
+            log.exception("sweeper job %s failed", name)
+            async with self.db.transaction() as conn:
+                await job_store.job_finished(
+                    conn, name, self.now, error=f"{type(exc).__name__}: {exc}"
+                )
+            return {}
+        async with self.db.transaction() as conn:
+            await job_store.job_finished(conn, name, self.now, findings=findings)
+        if any(findings.values()):
+            log.info("sweep %s: %s", name, findings, extra={"job": name})
+        return findings
+
+    async def sweep(self) -> dict[str, dict[str, int]]:
+        """Every job once, in order (tests and `vodflow sweep`)."""
+        return {name: await self.run_job(name) for name in self.jobs}
+
+    async def health(self) -> list[JobHealth]:
+        async with self.db.read() as conn:
+            rows = await job_store.all_jobs(conn)
+        now = self.now
+        out = []
+        for row in rows:
+            last = row["last_success_at"]
+            limit = timedelta(seconds=row["interval_seconds"] * STALLED_AFTER_INTERVALS)
+            out.append(
+                JobHealth(
+                    name=row["name"],
+                    interval=row["interval_seconds"],
+                    last_started_at=row["last_started_at"],
+                    last_success_at=last,
+                    last_error=row["last_error"],
+                    stalled=last is None or now - last > limit,
+                    findings=row["last_findings"] or {},
+                )
+            )
+        return out
+
+    # --- jobs -----------------------------------------------------------------------------
+
+    async def fire_timers(self) -> dict[str, int]:
+        batch = _Batch()
+        now = self.now
+        async with self.db.transaction() as conn:
+            due = await queues.claim_due_timers(conn, now, self.batch)
+            for timer in due:
+                event = m.TimerFired(
+                    timer=timer["kind"], step=timer["step"], attempt=timer["attempt"]
+                )
+                async with conn.begin_nested():
+                    await self.runner.transition(conn, timer["run_id"], event, now, batch)
+        self.runner._announce(batch)
+        timed_out = sum(1 for t in due if t["kind"] != "retry")
+        return {"fired": len(due), "timeouts": timed_out, "retries": len(due) - timed_out}
+
+    async def poll_tasks(self) -> dict[str, int]:
+        now = self.now
+        async with self.db.transaction() as conn:
+            due = await tasks.claim_due_polls(conn, self.runner.owner, now, self.lease, self.batch)
+        found = {"stalled": len(due), "recovered": 0, "still_running": 0, "lost": 0, "errors": 0}
+        for task in due:
+            outcome = await self._poll_one(task)
+            found[outcome] += 1
+        if found["recovered"] or found["lost"]:
+            self.runner.inbox_wake.set()
+        return found
+
+    async def _poll_one(self, task: dict[str, Any]) -> str:
+        task_id = task["task_id"]
+        now = self.now
+        try:
+            answer = await self.client.get_task_info(task_id)
+        except VodError as exc:
+            if exc.error_class == "file_not_found" or exc.code in (10008, 5000):
+                return await self._lost(task, f"VOD no longer knows task {task_id}: {exc}")
+            async with self.db.transaction() as conn:
+                await tasks.record_poll(
+                    conn, task_id, now=now, status="error", next_poll_at=now + self.poll_gap
+                )
+            log.warning("asking VOD about task %s failed: %s", task_id, exc)
+            return "errors"
+        status = (answer.status or "").upper()
+        if answer.data and status in ("FINISH", "FINISHED", ""):
+            try:
+                event = event_from_task_info(answer)
+            except MalformedEvent as exc:
+                log.warning("VOD's answer about task %s is unreadable: %s", task_id, exc)
+                event = None
+            if event is not None and event.terminal:
+                body = json.dumps(event.raw, ensure_ascii=False)
+                async with self.db.transaction() as conn:
+                    await queues.insert_inbox(conn, [inbox_row(event, body, "query")], now)
+                    await tasks.record_poll(
+                        conn, task_id, now=now, status=status, next_poll_at=None
+                    )
+                return "recovered"
+        age = now - task["submitted_at"]
+        if age > TASK_QUERY_WINDOW:
+            return await self._lost(task, f"task {task_id} has not finished within 72 hours")
+        gap = next_poll(task["polls"], self.poll_gap, now)
+        async with self.db.transaction() as conn:
+            await tasks.record_poll(conn, task_id, now=now, status=status or "?", next_poll_at=gap)
+        return "still_running"
+
+    async def _lost(self, task: dict[str, Any], reason: str) -> str:
+        now = self.now
+        event = m.TaskEvent(
+            task_id=task["task_id"],
+            event_type="TaskQuery",
+            event_key=f"lost/{task['task_id']}",
+            success=False,
+            error_class=ErrorClass.INTERNAL,
+            message=reason,
+        )
+        batch = _Batch()
+        async with self.db.transaction() as conn:
+            await tasks.record_poll(
+                conn, task["task_id"], now=now, status="lost", next_poll_at=None
+            )
+            await self.runner.transition(conn, task["run_id"], event, now, batch)
+        self.runner._announce(batch)
+        return "lost"
+
+    async def expire_leases(self) -> dict[str, int]:
+        async with self.db.transaction() as conn:
+            expired = await queues.expire_outbox_leases(conn, self.now)
+        if expired:
+            self.runner.outbox_wake.set()
+        return {"expired_leases": len(expired)}
+
+    async def close_sessions(self) -> dict[str, int]:
+        batch = _Batch()
+        now = self.now
+        started = 0
+        async with self.db.transaction() as conn:
+            due = await windows.claim_due_windows(conn, now, self.batch)
+            for window in due:
+                workflow = self.runner.registry.current.get(window["workflow"])
+                run_id = None
+                if workflow is not None:
+                    context = triggers.session_context(list(window["segments"]))
+                    run_id = await self.runner.start_run(
+                        conn,
+                        workflow,
+                        context,
+                        dedup_key=f"{workflow.spec.name}/stream.session/{window['id']}",
+                        now=now,
+                        batch=batch,
+                        started_by=f"stream {window['stream_id']} quiet since "
+                        f"{window['last_activity_at'].isoformat()} "
+                        f"({len(window['segments'])} recording(s))",
+                    )
+                    started += run_id is not None
+                await windows.close_window(conn, window["id"], run_id)
+        self.runner._announce(batch)
+        return {"closed": len(due), "runs_started": started}
+
+    async def expire_orphans(self) -> dict[str, int]:
+        async with self.db.transaction() as conn:
+            count = await queues.expire_orphans(conn, self.now - self.orphan_ttl, self.now)
+        return {"unmatched": count}
+
+    async def pull_events(self) -> dict[str, int]:
+        items = pull_event_items(await self.client.pull_event())
+        if not items:
+            return {"pulled": 0}
+        rows = []
+        for handle, event in items:
+            if isinstance(event, MalformedEvent):
+                rows.append(
+                    NewInboxEvent(
+                        source="pull",
+                        event_type="malformed",
+                        dedup_key=None,
+                        body=json.dumps({"msgHandle": handle}),
+                        status=InboxStatus.INVALID,
+                        note=event.reason,
+                    )
+                )
+            else:
+                rows.append(inbox_row(event, json.dumps(event.raw, ensure_ascii=False), "pull"))
+        async with self.db.transaction() as conn:
+            await queues.insert_inbox(conn, rows, self.now)
+        self.runner.inbox_wake.set()
+        # Confirmed only after the inbox committed: a crash before this line means VOD sends
+        # them again, and the dedup keys make the second copy a no-op.
+        await self.client.confirm_event([handle for handle, _ in items])
+        return {"pulled": len(items)}
