@@ -10,7 +10,9 @@ import asyncio
 import itertools
 import math
 import os
+import re
 import signal
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 import pytest
 
 from orchestrator.engine import ffmpeg as ffmpeg_module
+from orchestrator.engine import media as media_module
 from orchestrator.engine.ffmpeg import (
     FFmpeg,
     MediaError,
@@ -52,13 +55,16 @@ class Recordings:
     short: Path  # 6 s, same parameters: joins with `long` by stream copy
     large: Path  # 6 s, 640x360: does not
     silent: Path  # 4 s, 320x180, no audio
+    marked: Path  # 8 s, 160x90: a white frame and a 30 ms beep at every whole second
 
 
 @pytest.fixture(scope="session")
 def recordings(tmp_path_factory: pytest.TempPathFactory) -> Recordings:
     root = tmp_path_factory.mktemp("recordings")
     media = Media(FFmpeg(threads=2))
-    rec = Recordings(root / "long.mp4", root / "short.mp4", root / "large.mp4", root / "silent.mp4")
+    rec = Recordings(
+        *(root / f"{name}.mp4" for name in ("long", "short", "large", "silent", "marked"))
+    )
     small: dict[str, Any] = {"width": 320, "height": 180, "fps": FPS, "gop_seconds": GOP}
 
     async def make() -> None:
@@ -67,6 +73,23 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> Recordings:
             media.make_test_media(rec.short, 6, tone=660, **small),
             media.make_test_media(rec.large, 6, width=640, height=360, gop_seconds=GOP),
             media.make_test_media(rec.silent, 4, audio=False, **small),
+            ffmpeg_out(
+                *(
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    "color=c=black:s=160x90:r=30,"
+                    "drawbox=c=white:t=fill:enable='lt(mod(t\\,1)\\,0.03)'",
+                ),
+                *(
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    "aevalsrc='if(lt(mod(t\\,1)\\,0.03)\\,0.8*sin(2*PI*1000*t)\\,0)':s=48000",
+                ),
+                *("-t", "8", "-c:v", "libx264", "-preset", "veryfast", "-g", "60"),
+                *("-sc_threshold", "0", "-pix_fmt", "yuv420p", "-c:a", "aac", str(rec.marked)),
+            ),
         )
 
     asyncio.run(make())
@@ -133,6 +156,44 @@ def crop(picture: bytes, picture_width: int, x: int, y: int, w: int, h: int) -> 
         picture[(y + r) * picture_width + x : (y + r) * picture_width + x + w] for r in range(h)
     )
     return b"".join(rows)
+
+
+def top_level_boxes(path: Path) -> list[str]:
+    """The types of an MP4's top-level boxes, in file order."""
+    kinds = []
+    with path.open("rb") as f:
+        while header := f.read(8):
+            size, kind = struct.unpack(">I4s", header)
+            if size == 1:
+                size = struct.unpack(">Q", f.read(8))[0] - 8
+            kinds.append(kind.decode())
+            f.seek(size - 8, 1)
+    return kinds
+
+
+async def markers(path: Path) -> tuple[list[float], list[float]]:
+    """Times of the white frames and of the beeps of a `marked` recording, on its timeline."""
+    # showinfo logs each frame's presentation time and mean brightness.
+    proc = await asyncio.create_subprocess_exec(
+        FFmpeg().exe, "-nostdin", "-i", str(path), "-map", "0:v:0",
+        "-vf", "scale=8:8,format=gray,showinfo", "-f", "null", "-",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await proc.communicate()
+    flashes = [
+        float(m.group(1))
+        for m in re.finditer(r"pts_time:([\d.]+).*? mean:\[(\d+)", err.decode())
+        if int(m.group(2)) > 128
+    ]
+    pcm = await ffmpeg_out(
+        "-i", str(path), "-map", "0:a:0", "-ac", "1", "-ar", "48000", "-f", "s16le", "-"
+    )
+    samples = struct.unpack(f"<{len(pcm) // 2}h", pcm)
+    beeps: list[float] = []
+    for i, value in enumerate(samples):
+        if abs(value) > 8000 and (not beeps or i / 48000 - beeps[-1] > 0.5):
+            beeps.append(i / 48000)
+    return flashes, beeps
 
 
 def parse_vtt(text: str) -> list[tuple[float, float, str]]:
@@ -323,6 +384,18 @@ async def test_clip_copies_from_the_keyframe_before_start(
     clip_crcs = [crc for _, crc in await packets(result.path)]
     assert len(clip_crcs) >= 7 * FPS
     assert set(clip_crcs) <= source_crcs
+    # The index sits before the media (written into reserved space, no second pass).
+    assert top_level_boxes(result.path)[:3] == ["ftyp", "moov", "free"]
+
+
+async def test_a_too_small_moov_reservation_falls_back_to_faststart(
+    media: Media, recordings: Recordings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(media_module, "_moov_reserve", lambda parts: 1024)
+    result = await media.clip(recordings.long, tmp_path / "clip.mp4", 2, 10)
+    boxes = top_level_boxes(result.path)
+    assert boxes.index("moov") < boxes.index("mdat")
+    assert abs((await media.probe(result.path)).duration - 8.0) <= 0.2
 
 
 async def test_clip_counts_negative_offsets_from_the_end(
@@ -373,6 +446,18 @@ async def test_accurate_clip_is_frame_exact_and_copies_whole_gops(
     audio = await packets(result.path, "a")
     assert audio
     assert audio[0][0] >= 0
+
+
+async def test_accurate_clip_keeps_sound_and_picture_in_sync(
+    media: Media, recordings: Recordings, tmp_path: Path
+) -> None:
+    result = await media.clip(recordings.marked, tmp_path / "sync.mp4", 2.5, 7.5, accurate=True)
+    assert result.method == "smart"
+    flashes, beeps = await markers(result.path)
+    # Whole seconds of the source fall at 0.5, 1.5, ... of the clip, in picture and in sound.
+    assert [round(t, 2) for t in flashes] == [0.5, 1.5, 2.5, 3.5, 4.5]
+    assert len(beeps) == 5
+    assert all(abs(b - f) <= 0.025 for b, f in zip(beeps, flashes, strict=True))
 
 
 async def test_accurate_clip_inside_one_gop_is_re_encoded(
@@ -551,6 +636,29 @@ async def test_sprites_span_sheets_and_the_vtt_covers_the_whole_file(
         assert 0 <= y <= 92 - h
 
 
+async def test_sprites_without_the_packet_filter_pick_the_same_frames(
+    media: Media, recordings: Recordings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    template = SpriteTemplate(10, interval=2.5, rows=2, columns=3, width=64, height=36)
+    piped = await media.sprites(recordings.long, tmp_path / "piped", template)
+
+    async def old_version() -> tuple[int, int]:
+        return (4, 4)
+
+    monkeypatch.setattr(media.ffmpeg, "version", old_version)
+    decoded = await media.sprites(recordings.long, tmp_path / "decoded", template)
+    assert piped.total_count == decoded.total_count == 5
+    a = await gray("-i", str(piped.sheets[0]))
+    b = await gray("-i", str(decoded.sheets[0]))
+    assert mean_difference(a, b) < 1
+    # Intervals start at 0, 2.5, 5, 7.5, 10; their first keyframes are 0, 4, 6, 8, 10.
+    for k, keyframe in enumerate([0, 4, 6, 8, 10]):
+        expected = await gray(
+            "-ss", str(keyframe), "-i", str(recordings.long), "-vf", "scale=64:36"
+        )
+        assert mean_difference(crop(a, 192, (k % 3) * 64, (k // 3) * 36, 64, 36), expected) < 4
+
+
 async def test_sprites_need_video(media: Media, tmp_path: Path) -> None:
     audio = tmp_path / "tone.m4a"
     await ffmpeg_out("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(audio))
@@ -559,7 +667,9 @@ async def test_sprites_need_video(media: Media, tmp_path: Path) -> None:
 
 
 def test_webvtt_last_cue_ends_at_the_duration() -> None:
-    text = sprite_webvtt(5.5, 2, 3, 1, 3, 10, 6, ["a.jpg"])
+    text = sprite_webvtt(
+        5.5, 2, 3, columns=3, per_sheet=3, width=10, height=6, sheet_urls=["a.jpg"]
+    )
     assert parse_vtt(text) == [
         (0.0, 2.0, "a.jpg#xywh=0,0,10,6"),
         (2.0, 4.0, "a.jpg#xywh=10,0,10,6"),
