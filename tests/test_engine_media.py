@@ -354,6 +354,25 @@ async def test_a_failed_run_carries_reason_command_and_exit_code(tmp_path: Path)
     assert "exit code" in str(error)
 
 
+async def test_a_missing_ffmpeg_binary_is_a_media_error(tmp_path: Path) -> None:
+    ff = FFmpeg(str(tmp_path / "ffmpeg"), threads=1)
+    with pytest.raises(MediaError, match=r"cannot start ffmpeg '.*/ffmpeg'"):
+        await ff.run(["-version"])
+
+
+async def test_a_failed_pipeline_reports_the_cause(tmp_path: Path) -> None:
+    ff = FFmpeg()
+    reader = ["-f", "nut", "-i", "pipe:0", "-f", "null", "-"]
+    with pytest.raises(MediaError, match="No such file or directory"):  # the writer's input
+        await ff.run_piped(["-i", str(tmp_path / "absent.mp4"), "-f", "nut", "pipe:1"], reader)
+    writer = ["-f", "lavfi", "-i", "testsrc2=size=64x36:rate=30", "-f", "nut", "pipe:1"]
+    with pytest.raises(MediaError, match="No such filter: 'nosuchfilter'") as caught:
+        await ff.run_piped(
+            writer, ["-f", "nut", "-i", "pipe:0", "-vf", "nosuchfilter", "-f", "null", "-"]
+        )
+    assert "pipe:0" in caught.value.command
+
+
 # --- test recordings ---------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ import dataclasses
 import os
 import re
 import shlex
+import signal
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -225,11 +226,7 @@ class FFmpeg:
             )
         return result
 
-    async def run_piped(
-        self,
-        first: Sequence[str],
-        second: Sequence[str],
-    ) -> None:
+    async def run_piped(self, first: Sequence[str], second: Sequence[str]) -> None:
         """Run ``ffmpeg first | ffmpeg second`` (the first writes to ``pipe:1``, the second reads
         ``pipe:0``). Both are killed if either fails, the task is cancelled or the timeout passes.
         """
@@ -264,14 +261,17 @@ class FFmpeg:
         p1, p2 = procs
         async with _killed_on_exit(p1, cmd1, self.timeout), _killed_on_exit(p2, cmd2, self.timeout):
             (_, err1), (_, err2) = await asyncio.gather(p1.communicate(), p2.communicate())
-        # The reader's reason is the useful one when both fail: the writer then only saw EPIPE.
-        for proc, cmd, err in ((p2, cmd2, err2), (p1, cmd1, err1)):
-            if proc.returncode != 0:
-                raise MediaError(
-                    ffmpeg_reason(err.decode(errors="replace")),
-                    command=cmd,
-                    returncode=proc.returncode,
-                )
+        reasons = [ffmpeg_reason(err.decode(errors="replace")) for err in (err1, err2)]
+        failed = [
+            MediaError(reason, command=cmd, returncode=proc.returncode)
+            for proc, cmd, reason in zip((p1, p2), (cmd1, cmd2), reasons, strict=True)
+            if proc.returncode != 0
+        ]
+        if failed:
+            # When both fail, one failure caused the other: a writer that lost its reader
+            # reports a broken pipe, a reader that lost its writer reports bad input.
+            writer_lost_reader = "Broken pipe" in reasons[0] or p1.returncode == -signal.SIGPIPE
+            raise failed[-1] if writer_lost_reader else failed[0]
 
     async def version(self) -> tuple[int, int] | None:
         """(major, minor) of the binary, or None for a development build without a version."""
@@ -319,25 +319,9 @@ class FFmpeg:
     async def _measure_duration(self, info: MediaInfo) -> MediaInfo:
         # Raw elementary streams and some live captures carry no duration in their headers; read
         # every packet (stream copy, no decoding) and take the last timestamp FFmpeg reached.
-        result = await self.run(
-            [
-                "-i",
-                str(info.path),
-                "-map",
-                "0:V?",
-                "-map",
-                "0:a?",
-                "-c",
-                "copy",
-                "-f",
-                "null",
-                "-progress",
-                "pipe:1",
-                "-nostats",
-                "-",
-            ],
-            capture_stdout=True,
-        )
+        copy = ["-i", str(info.path), "-map", "0:V?", "-map", "0:a?", "-c", "copy"]
+        progress = ["-f", "null", "-progress", "pipe:1", "-nostats", "-"]
+        result = await self.run([*copy, *progress], capture_stdout=True)
         times = re.findall(r"^out_time_us=(\d+)$", result.stdout, re.MULTILINE)
         duration = int(times[-1]) / 1e6 if times else 0.0
         bitrate = info.bitrate or (round(info.size * 8 / duration) if duration > 0 else None)

@@ -441,9 +441,13 @@ class Media:
         graph: list[str] = []
         segments: list[str] = []
 
+        n_inputs = 0
+
         def add_input(*args: str) -> int:
+            nonlocal n_inputs
             inputs.extend([*self.ffmpeg.thread_args, *args])
-            return inputs.count("-i") - 1
+            n_inputs += 1
+            return n_inputs - 1
 
         for k, info in enumerate(infos):
             index = add_input("-i", str(info.path))
