@@ -1,49 +1,205 @@
-"""Wiring: the Starlette application that one `vodflow serve` process runs."""
+"""Wiring: the one process `vodflow serve` runs.
+
+It serves the callback receiver, the dashboard API and page, metrics, and (by default) the
+embedded VOD engine's API at /v2/index.php, and runs the inbox writer, the runner's loops and the
+sweeper. With the defaults the client calls the engine in this same process over HTTP, and the
+engine's callbacks come back to this process's receiver: the same path Tencent Cloud would take.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
+import httpx
 import sqlalchemy as sa
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 from orchestrator import __version__, dashboard
+from orchestrator.actions import Actions
 from orchestrator.config import Settings
+from orchestrator.engine.ffmpeg import FFmpeg
+from orchestrator.hooks import WebhookSink
+from orchestrator.keys import Keys, load_keys
+from orchestrator.receiver import InboxWriter, Receiver
 from orchestrator.registry import Registry
+from orchestrator.runner import Runner
 from orchestrator.store.db import Database
+from orchestrator.sweeper import Sweeper
+from orchestrator.verify import OutputChecker, url_duration
+from orchestrator.vod.client import VodClient
+from orchestrator.vod.errors import VodError
+from orchestrator.vod.limiter import Limiter, Quota
+
+log = logging.getLogger("vodflow")
+
+
+@dataclass
+class Services:
+    """Everything one process runs, built once from the settings."""
+
+    settings: Settings
+    keys: Keys
+    db: Database
+    registry: Registry
+    http: httpx.AsyncClient
+    limiter: Limiter
+    client: VodClient
+    runner: Runner
+    writer: InboxWriter
+    receiver: Receiver
+    sweeper: Sweeper
+    sink: WebhookSink
+    engine: Any = None
+    background: list[asyncio.Task[None]] = field(default_factory=list)
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+def build_services(settings: Settings, registry: Registry) -> Services:
+    keys = load_keys(settings)
+    db = Database(settings.sqlalchemy_url)
+    http = httpx.AsyncClient(timeout=httpx.Timeout(30.0), follow_redirects=False)
+    limiter = Limiter(
+        db,
+        keys.vod_secret_id,
+        {
+            "ProcessFileByProcedure": Quota(settings.vod_rate_per_minute, settings.vod_burst),
+            "PullEvent": Quota(1000, 50),
+            "ConfirmEvent": Quota(1000, 50),
+        },
+        Quota(100, 10),
+    )
+    client = VodClient(
+        settings.vod_url,
+        secret_id=keys.vod_secret_id,
+        secret_key=keys.vod_secret_key,
+        region=settings.vod_region,
+        signature_method=settings.vod_signature_method,
+        limiter=limiter,
+        timeout=settings.vod_timeout,
+    )
+    ffmpeg = FFmpeg(str(settings.ffmpeg) if settings.ffmpeg else None)
+
+    async def source_duration(file_id: str) -> float | None:
+        try:
+            info = await client.get_video_info(file_id)
+        except VodError:
+            return None
+        return info.basic_info.duration if info.basic_info else None
+
+    checker = OutputChecker(http, lambda url: url_duration(ffmpeg, url), source_duration)
+    actions = Actions(client, http, webhook_secret=keys.webhook_secret, checker=checker)
+    runner = Runner(
+        db,
+        registry,
+        actions,
+        default_expected=timedelta(seconds=settings.task_poll_after_seconds),
+    )
+    writer = InboxWriter(db, on_commit=runner.inbox_wake.set)
+    receiver = Receiver(
+        writer,
+        callback_token=keys.callback_token,
+        lvb_key=settings.lvb_callback_key.get_secret_value() if settings.lvb_callback_key else None,
+        max_body=settings.max_body_bytes,
+    )
+    sweeper = Sweeper(
+        db,
+        runner,
+        client,
+        interval=settings.sweep_interval,
+        reliable=settings.reliable_callbacks,
+        poll_gap=timedelta(seconds=settings.task_poll_after_seconds),
+    )
+    return Services(
+        settings=settings,
+        keys=keys,
+        db=db,
+        registry=registry,
+        http=http,
+        limiter=limiter,
+        client=client,
+        runner=runner,
+        writer=writer,
+        receiver=receiver,
+        sweeper=sweeper,
+        sink=WebhookSink(keys.webhook_secret),
+    )
 
 
 async def healthz(request: Request) -> JSONResponse:
-    db: Database = request.app.state.db
+    services: Services = request.app.state.services
     try:
-        async with db.read() as conn:
+        async with services.db.read() as conn:
             await conn.execute(sa.text("SELECT 1"))
     except Exception as exc:
         return JSONResponse({"status": "unavailable", "database": str(exc)}, status_code=503)
-    return JSONResponse({"status": "ok", "version": __version__})
+    sweeps = await services.sweeper.health()
+    stalled = [job.name for job in sweeps if job.stalled]
+    body: dict[str, object] = {"status": "degraded" if stalled else "ok", "version": __version__}
+    if stalled:
+        body["stalledJobs"] = stalled
+    return JSONResponse(body)
+
+
+async def start(services: Services) -> None:
+    async with services.db.transaction() as conn:
+        await services.registry.record_versions(conn, datetime.now(UTC))
+    if services.engine is not None:
+        await services.engine.start()
+    services.background = [
+        asyncio.create_task(services.writer.serve(), name="inbox-writer"),
+        asyncio.create_task(services.runner.serve(), name="runner"),
+    ]
+    services.sweeper.start()
+
+
+async def stop(services: Services) -> None:
+    services.sweeper.stop()
+    for task in services.background:
+        task.cancel()
+    for task in services.background:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    await services.runner.idle()
+    if services.engine is not None:
+        await services.engine.stop()
+    await services.client.aclose()
+    await services.http.aclose()
+    await services.db.close()
 
 
 def create_app(settings: Settings, registry: Registry | None = None) -> Starlette:
-    """The whole service as an ASGI app; start-up opens the database and records workflows."""
+    """The whole service as an ASGI app."""
     registry = registry or Registry.from_paths([settings.workflows])
+    services = build_services(settings, registry)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        db = Database(settings.sqlalchemy_url)
-        app.state.db = db
-        app.state.settings = settings
-        app.state.registry = registry
-        async with db.transaction() as conn:
-            await registry.record_versions(conn, datetime.now(UTC))
+        await start(services)
         try:
             yield
         finally:
-            await db.close()
+            await stop(services)
 
-    routes = [Route("/healthz", healthz, methods=["GET"]), *dashboard.routes]
-    return Starlette(routes=routes, lifespan=lifespan)
+    routes: list[BaseRoute] = [
+        Route("/healthz", healthz, methods=["GET"]),
+        *services.receiver.routes,
+        *services.sink.routes,
+        *dashboard.routes,
+    ]
+    if services.engine is not None:
+        routes.extend(services.engine.routes)
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.services = services
+    app.state.settings = settings
+    app.state.registry = registry
+    return app

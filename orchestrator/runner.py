@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import secrets
@@ -36,10 +37,10 @@ from orchestrator import machine as m
 from orchestrator import triggers
 from orchestrator.actions import Actions
 from orchestrator.registry import Registry
-from orchestrator.spec import LoadedWorkflow, StreamSession, Workflow
-from orchestrator.store import queues, windows
+from orchestrator.spec import LoadedWorkflow, Manual, StreamSession, Workflow
+from orchestrator.store import queues, views, windows
 from orchestrator.store.db import Database
-from orchestrator.store.queues import InboxStatus
+from orchestrator.store.queues import InboxStatus, NewInboxEvent
 from orchestrator.store.runs import create_run, load_run, save_decision
 from orchestrator.store.tasks import find_task
 from orchestrator.vod.errors import MalformedEvent
@@ -90,6 +91,14 @@ class _Batch:
     transitions: list[Transition] = field(default_factory=list)
     outbox_rows: int = 0
     woke_orphans: int = 0
+
+
+class TriggerRefused(Exception):
+    """A manual trigger the workflow does not accept; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Runner:
@@ -251,6 +260,86 @@ class Runner:
             decision = await self.transition(conn, run_id, event, now, batch)
         self._announce(batch)
         return decision
+
+    async def trigger_manual(
+        self,
+        workflow_name: str,
+        params: dict[str, JsonValue],
+        *,
+        idempotency_key: str | None = None,
+        actor: str = "api",
+    ) -> tuple[str, bool]:
+        """Start a run of a workflow with a manual trigger. Returns (run ID, newly started).
+
+        The request is recorded in the inbox like every other event. With an idempotency key a
+        repeated request returns the run the first one started.
+        """
+        workflow = self.registry.current.get(workflow_name)
+        if workflow is None:
+            known = ", ".join(sorted(self.registry.current)) or "none"
+            raise TriggerRefused(404, f"no workflow named {workflow_name!r} (known: {known})")
+        manual = [t for t in workflow.spec.triggers if isinstance(t, Manual)]
+        if not manual:
+            raise TriggerRefused(
+                422, f"workflow {workflow_name!r} has no manual trigger; add `- type: manual`"
+            )
+        missing = [name for name in manual[0].params if name not in params]
+        if missing:
+            raise TriggerRefused(
+                422, f"workflow {workflow_name!r} needs params: {', '.join(missing)}"
+            )
+        if not manual[0].matches(params):
+            raise TriggerRefused(
+                422, f"params do not match the manual trigger's match: {manual[0].match}"
+            )
+        dedup = f"{workflow_name}/manual/{idempotency_key}" if idempotency_key else None
+        body = json.dumps(
+            {
+                "workflow": workflow_name,
+                "params": params,
+                "actor": actor,
+                "idempotencyKey": idempotency_key,
+            },
+            ensure_ascii=False,
+        )
+        batch = _Batch()
+        now = self.clock()
+        async with self.db.transaction() as conn:
+            (event_id,) = await queues.insert_inbox(
+                conn,
+                [
+                    NewInboxEvent(
+                        source="manual",
+                        event_type="manual",
+                        dedup_key=dedup,
+                        body=body,
+                        status=InboxStatus.APPLIED,
+                    )
+                ],
+                now,
+            )
+            run_id = None
+            if event_id is not None:
+                run_id = await self.start_run(
+                    conn,
+                    workflow,
+                    params,
+                    dedup_key=dedup,
+                    now=now,
+                    batch=batch,
+                    event_id=event_id,
+                    started_by=f"manual trigger by {actor}",
+                )
+            if run_id is None or event_id is None:
+                existing = await views.run_by_dedup_key(conn, dedup or "")
+                if existing is None:
+                    raise TriggerRefused(409, "an equal request is being processed; try again")
+                return existing, False
+            await queues.mark_inbox(
+                conn, event_id, InboxStatus.APPLIED, now=now, run_id=run_id, note="manual trigger"
+            )
+        self._announce(batch)
+        return run_id, True
 
     # --- inbox ----------------------------------------------------------------------------
 

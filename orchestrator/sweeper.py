@@ -217,7 +217,9 @@ class Sweeper:
                 log.warning("VOD's answer about task %s is unreadable: %s", task_id, exc)
                 event = None
             if event is not None and event.terminal:
-                body = json.dumps(event.raw, ensure_ascii=False)
+                # Stored as the callback VOD would have sent, so it reads (and dedupes) like one.
+                callback = {"version": "4.0", "eventType": event.kind, "data": answer.data}
+                body = json.dumps(callback, ensure_ascii=False)
                 async with self.db.transaction() as conn:
                     await queues.insert_inbox(conn, [inbox_row(event, body, "query")], now)
                     await tasks.record_poll(

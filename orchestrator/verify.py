@@ -13,10 +13,13 @@ import re
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urljoin
 
 import httpx
 from pydantic import JsonValue
+
+from orchestrator.engine.ffmpeg import FFmpeg, parse_probe
 
 Probe = Callable[[str], Awaitable[float]]
 """The duration (seconds) of the media at a URL."""
@@ -27,6 +30,14 @@ _CUE = re.compile(
     r"(\d+):(\d{2}):(\d{2})\.(\d{3})\s+-->\s+(\d+):(\d{2}):(\d{2})\.(\d{3})[^\n]*\n([^\n]+)"
 )
 _XYWH = re.compile(r"^(.*)#xywh=(\d+),(\d+),(\d+),(\d+)$")
+
+
+async def url_duration(ffmpeg: FFmpeg, url: str) -> float:
+    """The duration FFmpeg reads from the media at ``url`` (headers only; HLS from its playlist)."""
+    result = await ffmpeg.run(["-i", url], loglevel="info", check=False)
+    if "Input #0" not in result.stderr:
+        raise ValueError(f"FFmpeg cannot read {url}: {result.stderr.strip()[-300:]}")
+    return parse_probe(result.stderr, Path(url), 0).duration
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,334 @@
+"""The orchestrator end to end over real HTTP, with a scriptable VOD: callbacks early, twice, out
+of order or never; VOD throttling, refusing and failing; crashes between a call and its record;
+stream sessions. (tests/test_e2e.py runs the same service against the real embedded engine.)"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator.app import create_app
+from orchestrator.config import load_settings
+from orchestrator.store import migrate
+from tests.conftest import free_port
+from tests.fakevod import FakeVod, new_file_upload, sprite_complete, transcode_complete
+from tests.servers import serving
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+TOKEN = "test-token"
+SECRET_ID, SECRET_KEY = "AKIDflowtest", "flow-secret"
+
+TRANSCODE = """
+name: transcode
+triggers: [{type: recording.finished}, {type: manual, params: [fileId]}]
+retry: {max_attempts: 2, backoff: {initial: 300ms, max: 1s, jitter: 0}}
+steps:
+  - name: transcode
+    process: {fileId: "{{ trigger.fileId }}", procedure: TranscodeAndSprite}
+    expected: 1s
+    timeout: %(timeout)s
+    verify: false
+"""
+SESSION = """
+name: session
+triggers: [{type: stream.session, match: {streamId: "talk_*"}, quiet: 1s}]
+steps:
+  - name: replay
+    process:
+      gen:
+        clip: {streamInfo: {streamId: "{{ trigger.streamId }}", startTime: "{{ trigger.startTime }}", endTime: "{{ trigger.endTime }}"}}
+        concat: {dstType: mp4}
+      procedure: TranscodeAndSprite
+    verify: false
+"""
+
+
+@dataclass
+class Service:
+    base: str
+    vod: FakeVod
+    http: httpx.AsyncClient
+
+    async def callback(self, body: dict[str, Any], path: str = "/callbacks/vod") -> httpx.Response:
+        return await self.http.post(f"{self.base}{path}?token={TOKEN}", json=body)
+
+    async def run(self, run_id: str) -> dict[str, Any]:
+        answer = await self.http.get(f"{self.base}/api/runs/{run_id}")
+        answer.raise_for_status()
+        result: dict[str, Any] = answer.json()
+        return result
+
+    async def runs(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = (await self.http.get(f"{self.base}/api/runs")).json()["runs"]
+        return result
+
+    async def wait(self, check: Callable[[], Any], timeout: float = 15.0) -> Any:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            value = await check()
+            if value:
+                return value
+            assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
+            await asyncio.sleep(0.05)
+
+    async def status_is(self, run_id: str, *statuses: str) -> dict[str, Any]:
+        async def check() -> dict[str, Any] | None:
+            run = await self.run(run_id)
+            return run if run["status"] in statuses else None
+
+        result: dict[str, Any] = await self.wait(check)
+        return result
+
+    async def one_run(self) -> str:
+        async def check() -> str | None:
+            runs = await self.runs()
+            return runs[0]["id"] if runs else None
+
+        run_id: str = await self.wait(check)
+        return run_id
+
+    async def submitted(self, count: int = 1) -> None:
+        async def check() -> bool:
+            return len(self.vod.submitted) >= count
+
+        await self.wait(check)
+
+
+@pytest.fixture
+async def service(tmp_path: Path, database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Service]:
+    marker = request.node.get_closest_marker("step_timeout")
+    workflows = tmp_path / "workflows"
+    workflows.mkdir()
+    (workflows / "transcode.yaml").write_text(TRANSCODE % {"timeout": marker.args[0] if marker else "1h"})
+    (workflows / "session.yaml").write_text(SESSION)
+    migrate.upgrade(database_url)
+    vod = FakeVod(SECRET_KEY)
+    async with serving(vod.app()) as vod_base:
+        port = free_port()
+        settings = load_settings(
+            data_dir=tmp_path / "data",
+            database_url=database_url,
+            workflows=workflows,
+            port=port,
+            vod_endpoint=f"{vod_base}/v2/index.php",
+            vod_secret_id=SECRET_ID,
+            vod_secret_key=SECRET_KEY,
+            callback_token=TOKEN,
+            engine=False,
+            sweep_interval=0.2,
+            task_poll_after="1s",
+        )
+        app = create_app(settings)
+        async with serving(app, port) as base, httpx.AsyncClient(timeout=10) as http:
+            yield Service(base, vod, http)
+
+
+async def test_recording_finished_runs_to_success_with_callbacks(service: Service) -> None:
+    assert (await service.callback(new_file_upload("f1"))).status_code == 200
+    run_id = await service.one_run()
+    await service.submitted()
+    sent = service.vod.submitted[0]
+    assert sent.params["fileId"] == "f1"
+    assert sent.params["procedure"] == "TranscodeAndSprite"
+    await service.status_is(run_id, "awaiting_callback")
+    await service.callback(transcode_complete(sent.tasks["transcode"], "f1"))
+    await service.callback(sprite_complete(sent.tasks["imageSprite"], "f1"))
+    run = await service.status_is(run_id, "succeeded")
+    outputs = run["steps"][0]["outputs"]
+    assert outputs["play"][0]["url"] == "http://files.example/f1/f20.mp4"
+    assert outputs["sprites"][0]["webVttUrl"] == "http://files.example/f1/sprite.vtt"
+    assert [e["status"] for e in run["events"]][-2:] == ["applied", "applied"]
+    assert [h["input"] for h in run["history"]] == [
+        "trigger",
+        "submit_succeeded",
+        "task_event",
+        "task_event",
+    ]
+
+
+async def test_the_same_recording_announced_twice_starts_one_run(service: Service) -> None:
+    await service.callback(new_file_upload("f1"))
+    dup = await service.callback(new_file_upload("f1"))
+    assert dup.json()["message"].startswith("duplicate")
+    await service.submitted()
+    await asyncio.sleep(0.5)
+    assert len(await service.runs()) == 1
+    assert len(service.vod.submitted) == 1
+
+
+async def test_callbacks_before_the_submit_answer_wait_as_orphans(service: Service) -> None:
+    service.vod.delay = 1.0
+    await service.callback(new_file_upload("f1"))
+    run_id = await service.one_run()
+
+    async def accepted() -> bool:
+        return bool(service.vod.submitted)
+
+    await service.wait(accepted)
+    sent = service.vod.submitted[0]
+    # VOD finished before vodflow stored its answer: the callbacks come first.
+    await service.callback(transcode_complete(sent.tasks["transcode"], "f1"))
+    await service.callback(sprite_complete(sent.tasks["imageSprite"], "f1"))
+    run = await service.status_is(run_id, "succeeded")
+    notes = [e["note"] for e in run["events"] if e["event_type"] != "NewFileUpload"]
+    assert all("succeeded" in n for n in notes)
+
+
+async def test_duplicated_and_reordered_callbacks_apply_once(service: Service) -> None:
+    await service.callback(new_file_upload("f1"))
+    run_id = await service.one_run()
+    await service.submitted()
+    await service.status_is(run_id, "awaiting_callback")
+    sent = service.vod.submitted[0]
+    sprite = sprite_complete(sent.tasks["imageSprite"], "f1")
+    transcode = transcode_complete(sent.tasks["transcode"], "f1")
+    for body in (sprite, sprite, transcode, sprite, transcode):
+        assert (await service.callback(body)).status_code == 200
+    run = await service.status_is(run_id, "succeeded")
+    task_events = [h for h in run["history"] if h["input"] == "task_event"]
+    assert len(task_events) == 2  # the resends never reached the run
+
+
+async def test_a_dropped_callback_is_recovered_by_the_sweepers_task_query(service: Service) -> None:
+    await service.callback(new_file_upload("f1"))
+    run_id = await service.one_run()
+    await service.submitted()
+    sent = service.vod.submitted[0]
+    await service.status_is(run_id, "awaiting_callback")
+    await service.callback(sprite_complete(sent.tasks["imageSprite"], "f1"))
+    # The transcode callback is lost; VOD knows the task finished.
+    service.vod.task_info[sent.tasks["transcode"]] = {
+        "type": "transcode",
+        "status": "FINISH",
+        "data": transcode_complete(sent.tasks["transcode"], "f1")["data"],
+    }
+    run = await service.status_is(run_id, "succeeded")
+    recovered = [e for e in run["events"] if e["source"] == "query"]
+    assert len(recovered) == 1
+    assert service.vod.calls_of("GetTaskInfo")
+
+
+async def test_frequency_limit_backs_off_then_succeeds(service: Service) -> None:
+    service.vod.script.append(lambda _: {"code": 4400, "message": "frequency limit"})
+    await service.callback(new_file_upload("f1"))
+    run_id = await service.one_run()
+    run = await service.status_is(run_id, "retrying")
+    assert "throttled" in run["history"][-1]["reason"]
+    assert run["steps"][0]["attempt"] == 1
+
+
+async def test_duplicate_task_recovers_without_a_second_job(service: Service) -> None:
+    def already_running(params: dict[str, str]) -> dict[str, Any]:
+        service.vod.accept(params)  # VOD had accepted an earlier, unrecorded request
+        return {"code": 50005, "message": "procedure task already exists"}
+
+    service.vod.script.append(already_running)
+    await service.callback(new_file_upload("f1"))
+    run_id = await service.one_run()
+    run = await service.status_is(run_id, "awaiting_callback")
+
+    async def recovered() -> dict[str, Any] | None:
+        current = await service.run(run_id)
+        return current if current["steps"][0]["tasks"] else None
+
+    run = await service.wait(recovered)
+    (task,) = run["steps"][0]["tasks"]
+    assert task["task_id"] == service.vod.submitted[0].procedure_id
+    assert task["kind"] == "procedure"
+    assert len(service.vod.calls_of("ProcessFileByProcedure")) == 1
+
+
+async def test_a_failed_task_is_retried_per_policy(service: Service) -> None:
+    await service.callback(new_file_upload("f1"))
+    run_id = await service.one_run()
+    await service.submitted()
+    await service.status_is(run_id, "awaiting_callback")
+    first = service.vod.submitted[0]
+    await service.callback(transcode_complete(first.tasks["transcode"], "f1", ok=False))
+    await service.submitted(2)
+    second = service.vod.submitted[1]
+    await service.status_is(run_id, "awaiting_callback")
+    await service.callback(transcode_complete(second.tasks["transcode"], "f1"))
+    await service.callback(sprite_complete(second.tasks["imageSprite"], "f1"))
+    run = await service.status_is(run_id, "succeeded")
+    assert run["steps"][0]["attempt"] == 2
+
+
+@pytest.mark.step_timeout("1s")
+async def test_a_step_timing_out_is_retried_then_fails(service: Service) -> None:
+    await service.callback(new_file_upload("f1"))
+    run_id = await service.one_run()
+    run = await service.status_is(run_id, "failed")
+    assert "no result from VOD within 1s" in run["error"]
+    assert run["steps"][0]["attempt"] == 2
+    assert len(service.vod.submitted) == 2
+
+
+async def test_a_stream_session_of_three_segments_is_one_run(service: Service) -> None:
+    for n, (start, end) in enumerate([(1000, 1060), (1065, 1120), (1130, 1190)]):
+        body = {
+            "event_type": 100,
+            "stream_id": "talk_7",
+            "channel_id": "talk_7",
+            "file_id": f"seg{n}",
+            "start_time": start,
+            "end_time": end,
+            "duration": end - start,
+            "file_format": "mp4",
+            "video_url": f"http://files.example/seg{n}.mp4",
+            "t": 4102444800,
+            "sign": "unchecked",
+        }
+        assert (await service.callback(body, "/callbacks/lvb")).status_code == 200
+    def session_calls() -> list[dict[str, str]]:
+        return [c.params for c in service.vod.submitted if "gen.concat.dstType" in c.params]
+
+    async def submitted() -> bool:
+        return bool(session_calls())
+
+    await service.wait(submitted)
+    await asyncio.sleep(1.5)
+    runs = [r for r in await service.runs() if r["workflow"] == "session"]
+    assert len(runs) == 1
+    run = await service.run(runs[0]["id"])
+    assert run["context"]["fileIds"] == ["seg0", "seg1", "seg2"]
+    (params,) = session_calls()
+    assert params["gen.clip.streamInfo.streamId"] == "talk_7"
+    assert params["gen.clip.streamInfo.startTime"] == "1000"
+    assert params["gen.clip.streamInfo.endTime"] == "1190"
+
+
+async def test_manual_trigger_with_idempotency_key(service: Service) -> None:
+    url = f"{service.base}/api/runs"
+    body = {"workflow": "transcode", "params": {"fileId": "f9"}, "idempotencyKey": "k1"}
+    first = await service.http.post(url, json=body)
+    again = await service.http.post(url, json=body)
+    assert first.status_code == 201
+    assert again.status_code == 200
+    assert first.json()["runId"] == again.json()["runId"]
+    missing = await service.http.post(url, json={"workflow": "transcode", "params": {}})
+    assert missing.status_code == 422
+    assert "needs params: fileId" in missing.json()["error"]
+    unknown = await service.http.post(url, json={"workflow": "nope"})
+    assert unknown.status_code == 404
+
+
+async def test_bad_callbacks_are_refused_and_kept_for_inspection(service: Service) -> None:
+    no_token = await service.http.post(f"{service.base}/callbacks/vod", json=new_file_upload("f"))
+    assert no_token.status_code == 401
+    junk = await service.http.post(
+        f"{service.base}/callbacks/vod?token={TOKEN}", content=b"{not json"
+    )
+    assert junk.status_code == 400
+    assert "not JSON" in junk.json()["error"]
+    huge = await service.http.post(
+        f"{service.base}/callbacks/vod?token={TOKEN}", content=b"x" * 2_000_000
+    )
+    assert huge.status_code == 413
+    assert await service.runs() == []
