@@ -126,6 +126,8 @@ def main() -> None:
             )
             print(f"  done in {time.perf_counter() - started:.0f} s")
         info = runner.run(media.probe(src))
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"load average before: {load} on {os.cpu_count()} cores")
         print(
             f"source: {src.name}: {info.duration:.0f} s, {info.size / 1e6:.0f} MB, "
             f"{(info.bitrate or 0) / 1000:.0f} kbit/s; FFmpeg {exe}"
@@ -188,7 +190,7 @@ def main() -> None:
         rows.append(Row("transcode 60 s to 480p", 60, ours, ref, "same settings", "≤1.05"))
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\nmedian of {opts.repeat} runs after one warm-up each; load average now {load}\n")
+    print(f"\nmedian of {opts.repeat} runs after one warm-up each; load average after: {load}\n")
     header = ("operation", "vodflow s", "reference s", "ratio", "realtime", "goal", "reference")
     table = [header] + [
         (r.name, f"{r.ours:.3f}", f"{r.reference:.3f}", f"{r.ratio:.2f}",

@@ -73,27 +73,23 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> Recordings:
             media.make_test_media(rec.short, 6, tone=660, **small),
             media.make_test_media(rec.large, 6, width=640, height=360, gop_seconds=GOP),
             media.make_test_media(rec.silent, 4, audio=False, **small),
-            ffmpeg_out(
-                *(
-                    "-f",
-                    "lavfi",
-                    "-i",
-                    "color=c=black:s=160x90:r=30,"
-                    "drawbox=c=white:t=fill:enable='lt(mod(t\\,1)\\,0.03)'",
-                ),
-                *(
-                    "-f",
-                    "lavfi",
-                    "-i",
-                    "aevalsrc='if(lt(mod(t\\,1)\\,0.03)\\,0.8*sin(2*PI*1000*t)\\,0)':s=48000",
-                ),
-                *("-t", "8", "-c:v", "libx264", "-preset", "veryfast", "-g", "60"),
-                *("-sc_threshold", "0", "-pix_fmt", "yuv420p", "-c:a", "aac", str(rec.marked)),
-            ),
+            make_marked(rec.marked, 8),
         )
 
     asyncio.run(make())
     return rec
+
+
+async def make_marked(dst: Path, duration: int) -> None:
+    """A recording whose picture flashes white and whose sound beeps at every whole second."""
+    every_second = "lt(mod(t\\,1)\\,0.03)"
+    flash = f"color=c=black:s=160x90:r=30,drawbox=c=white:t=fill:enable='{every_second}'"
+    beep = f"aevalsrc='if({every_second}\\,0.8*sin(2*PI*1000*t)\\,0)':s=48000"
+    await ffmpeg_out(
+        *("-f", "lavfi", "-i", flash, "-f", "lavfi", "-i", beep, "-t", str(duration)),
+        *("-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-sc_threshold", "0"),
+        *("-pix_fmt", "yuv420p", "-c:a", "aac", str(dst)),
+    )
 
 
 @pytest.fixture
@@ -124,9 +120,9 @@ async def packets(path: Path, stream: str = "v") -> list[tuple[int, str]]:
     return [(int(r[2]), r[5].strip()) for r in rows]
 
 
-async def frame_hashes(path: Path, *seek: str) -> list[str]:
+async def frame_hashes(path: Path) -> list[str]:
     """MD5 of each decoded video frame."""
-    text = await ffmpeg_out(*seek, "-i", str(path), "-map", "0:v:0", "-f", "framemd5", "-")
+    text = await ffmpeg_out("-i", str(path), "-map", "0:v:0", "-f", "framemd5", "-")
     return [line.split(",")[-1].strip() for line in text.decode().splitlines() if line[:1] != "#"]
 
 
@@ -487,6 +483,19 @@ async def test_accurate_clip_inside_one_gop_is_re_encoded(
     info = await media.probe(result.path)
     assert abs(info.duration - 1.0) <= FRAME
     assert len(await frame_hashes(result.path)) == FPS
+
+
+async def test_accurate_clip_with_an_old_ffmpeg_re_encodes(
+    media: Media, recordings: Recordings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def old_version() -> tuple[int, int]:
+        return (4, 4)  # no packet expressions: no splice, and no audio copy with a filter
+
+    monkeypatch.setattr(media.ffmpeg, "version", old_version)
+    result = await media.clip(recordings.long, tmp_path / "old.mp4", 3.1, 8.9, accurate=True)
+    assert result.method == "encode"
+    assert len(await frame_hashes(result.path)) == round(5.8 * FPS)
+    assert abs((await media.probe(result.path)).duration - 5.8) <= FRAME
 
 
 async def test_accurate_clip_on_keyframes_is_a_stream_copy(

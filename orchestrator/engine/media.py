@@ -2,9 +2,10 @@
 sprites, snapshots, and test recordings, each one or a few FFmpeg runs.
 
 Stream copy wherever the operation allows it (clips on keyframes, concat of like streams, HLS
-packaging); encoding only where it must (transcode, the head of a frame-accurate clip); sprites
-decode only the keyframes they show. Every operation is a coroutine; FFmpeg runs in subprocesses
-that are killed when the awaiting task is cancelled (see :mod:`orchestrator.engine.ffmpeg`).
+packaging); encoding only where it must (transcode, the partial GOPs at the ends of a
+frame-accurate clip); sprites decode only the keyframes they show. Every operation is a
+coroutine; FFmpeg runs in subprocesses that are killed when the awaiting task is cancelled (see
+:mod:`orchestrator.engine.ffmpeg`).
 
 Single-file outputs are written under a temporary name beside the destination and renamed when
 FFmpeg succeeds, so a file that exists is complete.
@@ -134,9 +135,8 @@ class SnapshotTemplate:
 
 @dataclass(frozen=True)
 class ClipResult:
-    """A clip and how it was made: ``copy`` (stream copy from the keyframe at or before
-    ``start``), ``smart`` (head re-encoded up to the first keyframe, the rest copied) or
-    ``encode`` (the whole clip re-encoded)."""
+    """A clip and how it was made: ``copy`` (stream copy, whole GOPs), ``smart`` (the partial
+    GOPs at the ends re-encoded, the GOPs between copied) or ``encode`` (all re-encoded)."""
 
     path: Path
     method: Literal["copy", "smart", "encode"]
@@ -263,8 +263,9 @@ class Media:
         half = 0.5 / (video.fps or 25.0)  # half a frame: the tolerance for "on a keyframe"
         if end is not None and end >= info.duration - half:
             end = None
-        if video.codec != "h264" or fmt == "flv":
-            # The splice relies on H.264 carrying its parameter sets in-band; FLV cannot.
+        if video.codec != "h264" or fmt == "flv" or not await self._packet_expressions():
+            # The splice relies on H.264 carrying its parameter sets in-band (FLV cannot) and
+            # on selecting packets by expression.
             await self._clip_encode(info, dst, start, end, fmt)
             return ClipResult(dst, "encode")
         first = next((k for k in await self._keyframes(info, start) if k >= start - half), None)
@@ -386,12 +387,18 @@ class Media:
         args += ["-c:v", "libx264", "-preset", "veryfast", "-crf", "17"]
         if info.video is not None:
             args += ["-pix_fmt", info.video.pix_fmt or "yuv420p", *_x264_profile(info.video)]
-        if info.audio is not None and info.audio.codec in {"aac", "mp3"}:
+        copyable = info.audio is not None and info.audio.codec in {"aac", "mp3"}
+        if copyable and await self._packet_expressions():
             # Cut without decoding, dropping what input seeking hands over from before `start`.
             args += ["-c:a", "copy", "-bsf:a", "noise=drop=lt(pts\\,0)"]
         else:
             args += ["-c:a", "aac", "-b:a", "128k"]
         await self._write([*args, *self.ffmpeg.thread_args], dst, fmt)
+
+    async def _packet_expressions(self) -> bool:
+        """Whether FFmpeg's ``noise`` bitstream filter takes a ``drop`` expression (5.0 on)."""
+        version = await self.ffmpeg.version()
+        return version is None or version >= (5, 0)
 
     # concat -------------------------------------------------------------------------------------
 
@@ -586,8 +593,7 @@ class Media:
             ),
             *("-f", "image2", "-start_number", "1", "-y", str(out / "%d.jpg")),
         ]
-        version = await self.ffmpeg.version()
-        if version is None or version >= (5, 0):
+        if await self._packet_expressions():
             keep = first_of_interval.replace("TIME", "pts*tb")
             await self.ffmpeg.run_piped(
                 [
