@@ -50,7 +50,9 @@ class FakeVod:
     async def endpoint(self, request: Request) -> Response:
         form = await request.form() if request.method == "POST" else request.query_params
         params = {k: str(v) for k, v in form.items()}
-        if not verify(params, request.method, request.headers["host"], "/v2/index.php", self.secret_key):
+        if not verify(
+            params, request.method, request.headers["host"], "/v2/index.php", self.secret_key
+        ):
             return JSONResponse({"code": 4100, "message": "signature mismatch"})
         self.calls.append(params)
         action = params["Action"]
@@ -64,7 +66,9 @@ class FakeVod:
         if action == "GetTaskInfo":
             answer = self.task_info.get(params["vodTaskId"])
             if answer is None:
-                return JSONResponse({"code": 0, "message": "", "type": "transcode", "status": "PROCESSING"})
+                return JSONResponse(
+                    {"code": 0, "message": "", "type": "transcode", "status": "PROCESSING"}
+                )
             return JSONResponse({"code": 0, "message": "", **answer})
         if action == "GetTaskList":
             entries = [
@@ -88,7 +92,12 @@ class FakeVod:
         tasks = {"transcode": f"transcode-{n:032x}", "imageSprite": f"CreateImageSprite-{n:032x}"}
         procedure_id = f"1250000001-procedurev2-{n:032x}"
         self.submitted.append(Submitted(params, tasks, procedure_id))
-        return {"code": 0, "message": "", "codeDesc": "Success", **{f"{k}TaskId": v for k, v in tasks.items()}}
+        return {
+            "code": 0,
+            "message": "",
+            "codeDesc": "Success",
+            **{f"{k}TaskId": v for k, v in tasks.items()},
+        }
 
 
 def transcode_complete(task_id: str, file_id: str, *, ok: bool = True) -> dict[str, Any]:
@@ -102,7 +111,13 @@ def transcode_complete(task_id: str, file_id: str, *, ok: bool = True) -> dict[s
             "fileId": file_id,
             "duration": 10,
             "playSet": [
-                {"url": f"http://files.example/{file_id}/f20.mp4", "definition": 20, "vbitrate": 300000, "vheight": 480, "vwidth": 854}
+                {
+                    "url": f"http://files.example/{file_id}/f20.mp4",
+                    "definition": 20,
+                    "vbitrate": 300000,
+                    "vheight": 480,
+                    "vwidth": 854,
+                }
             ]
             if ok
             else [],

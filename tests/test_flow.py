@@ -42,7 +42,11 @@ steps:
   - name: replay
     process:
       gen:
-        clip: {streamInfo: {streamId: "{{ trigger.streamId }}", startTime: "{{ trigger.startTime }}", endTime: "{{ trigger.endTime }}"}}
+        clip:
+          streamInfo:
+            streamId: "{{ trigger.streamId }}"
+            startTime: "{{ trigger.startTime }}"
+            endTime: "{{ trigger.endTime }}"
         concat: {dstType: mp4}
       procedure: TranscodeAndSprite
     verify: false
@@ -68,8 +72,8 @@ class Service:
         result: list[dict[str, Any]] = (await self.http.get(f"{self.base}/api/runs")).json()["runs"]
         return result
 
-    async def wait(self, check: Callable[[], Any], timeout: float = 15.0) -> Any:
-        deadline = asyncio.get_running_loop().time() + timeout
+    async def wait(self, check: Callable[[], Any], within: float = 15.0) -> Any:
+        deadline = asyncio.get_running_loop().time() + within
         while True:
             value = await check()
             if value:
@@ -101,11 +105,15 @@ class Service:
 
 
 @pytest.fixture
-async def service(tmp_path: Path, database_url: str, request: pytest.FixtureRequest) -> AsyncIterator[Service]:
+async def service(
+    tmp_path: Path, database_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[Service]:
     marker = request.node.get_closest_marker("step_timeout")
     workflows = tmp_path / "workflows"
     workflows.mkdir()
-    (workflows / "transcode.yaml").write_text(TRANSCODE % {"timeout": marker.args[0] if marker else "1h"})
+    (workflows / "transcode.yaml").write_text(
+        TRANSCODE % {"timeout": marker.args[0] if marker else "1h"}
+    )
     (workflows / "session.yaml").write_text(SESSION)
     migrate.upgrade(database_url)
     vod = FakeVod(SECRET_KEY)
@@ -286,6 +294,7 @@ async def test_a_stream_session_of_three_segments_is_one_run(service: Service) -
             "sign": "unchecked",
         }
         assert (await service.callback(body, "/callbacks/lvb")).status_code == 200
+
     def session_calls() -> list[dict[str, str]]:
         return [c.params for c in service.vod.submitted if "gen.concat.dstType" in c.params]
 

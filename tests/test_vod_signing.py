@@ -213,7 +213,8 @@ algorithms = st.sampled_from(["HmacSHA1", "HmacSHA256"])
 
 @settings(max_examples=200, deadline=None)
 @given(
-    params=st.dictionaries(names, values, max_size=12),
+    # The SDK signs before it adds Signature; a server leaves Signature out of what it checks.
+    params=st.dictionaries(names.filter(lambda n: n != "Signature"), values, max_size=12),
     method=methods,
     algorithm=algorithms,
     host=hosts,
