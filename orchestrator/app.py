@@ -104,7 +104,7 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         actions,
         default_expected=timedelta(seconds=settings.task_poll_after_seconds),
     )
-    writer = InboxWriter(db, on_commit=runner.inbox_wake.set)
+    writer = InboxWriter(db, on_commit=runner.inbox_wake.set, remember=runner.remember)
     receiver = Receiver(
         writer,
         callback_token=keys.callback_token,
@@ -138,8 +138,7 @@ def build_services(settings: Settings, registry: Registry) -> Services:
 async def healthz(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
     try:
-        async with services.db.read() as conn:
-            await conn.execute(sa.text("SELECT 1"))
+        await services.db.query(lambda conn: conn.execute(sa.text("SELECT 1")))
     except Exception as exc:
         return JSONResponse({"status": "unavailable", "database": str(exc)}, status_code=503)
     sweeps = await services.sweeper.health()
@@ -151,8 +150,7 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def start(services: Services) -> None:
-    async with services.db.transaction() as conn:
-        await services.registry.record_versions(conn, datetime.now(UTC))
+    await services.db.write(services.registry.record_versions, datetime.now(UTC))
     if services.engine is not None:
         await services.engine.start()
     services.background = [

@@ -125,32 +125,29 @@ async def list_runs(request: Request) -> JSON:
     except (ValueError, json.JSONDecodeError) as exc:
         return problem(422, f"bad query parameter: {exc}")
     statuses = [s for s in q.getlist("status") for s in s.split(",") if s]
-    async with request.app.state.services.db.read() as conn:
-        rows = await views.list_runs(
-            conn,
-            workflow=q.get("workflow"),
-            status=statuses or None,
-            stream_id=q.get("streamId"),
-            file_id=q.get("fileId"),
-            since=since,
-            until=until,
-            before=cursor,
-            limit=limit,
-        )
+    rows = await request.app.state.services.db.query(
+        views.list_runs,
+        workflow=q.get("workflow"),
+        status=statuses or None,
+        stream_id=q.get("streamId"),
+        file_id=q.get("fileId"),
+        since=since,
+        until=until,
+        before=cursor,
+        limit=limit,
+    )
     return JSON({"runs": rows, "nextCursor": _next_cursor(rows, limit)})
 
 
 async def get_run(request: Request) -> JSON:
-    async with request.app.state.services.db.read() as conn:
-        run = await views.run_detail(conn, request.path_params["run_id"])
+    run = await request.app.state.services.db.query(views.run_detail, request.path_params["run_id"])
     if run is None:
         return problem(404, f"no run {request.path_params['run_id']!r}")
     return JSON(run)
 
 
 async def find_by_task(request: Request) -> JSON:
-    async with request.app.state.services.db.read() as conn:
-        owner = await find_task(conn, request.path_params["task_id"])
+    owner = await request.app.state.services.db.query(find_task, request.path_params["task_id"])
     if owner is None:
         return problem(404, f"no run recorded task {request.path_params['task_id']!r}")
     return JSON({"runId": owner.run_id, "step": owner.step, "taskId": owner.task_id})

@@ -50,6 +50,7 @@ def inbox_row(event: VodEvent, body: str, source: str) -> NewInboxEvent:
 @dataclass
 class _Pending:
     event: NewInboxEvent
+    parsed: VodEvent | None
     done: asyncio.Future[int | None]
 
 
@@ -61,21 +62,27 @@ class InboxWriter:
         db: Database,
         on_commit: Callable[[], None] = lambda: None,
         *,
+        remember: Callable[[int, VodEvent], None] = lambda _id, _event: None,
         max_batch: int = 256,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.db = db
         self.on_commit = on_commit
+        self.remember = remember
         self.max_batch = max_batch
         self.clock = clock
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self.batches = 0
         self.rows = 0
 
-    async def add(self, event: NewInboxEvent) -> int | None:
-        """The new row's id, or None when the dedup key was already stored (a duplicate)."""
+    async def add(self, event: NewInboxEvent, parsed: VodEvent | None = None) -> int | None:
+        """The new row's id, or None when the dedup key was already stored (a duplicate).
+
+        ``parsed`` (the body as the receiver read it) is handed to the runner after the commit,
+        so it does not parse the body again.
+        """
         done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Pending(event, done))
+        await self._queue.put(_Pending(event, parsed, done))
         return await done
 
     async def serve(self) -> None:
@@ -84,8 +91,9 @@ class InboxWriter:
             while len(group) < self.max_batch and not self._queue.empty():
                 group.append(self._queue.get_nowait())
             try:
-                async with self.db.transaction() as conn:
-                    ids = await queues.insert_inbox(conn, [p.event for p in group], self.clock())
+                ids = await self.db.write(
+                    queues.insert_inbox, [p.event for p in group], self.clock()
+                )
             except Exception as exc:
                 for pending in group:
                     if not pending.done.done():
@@ -94,6 +102,8 @@ class InboxWriter:
             self.batches += 1
             self.rows += len(group)
             for pending, row_id in zip(group, ids, strict=True):
+                if row_id is not None and pending.parsed is not None:
+                    self.remember(row_id, pending.parsed)
                 if not pending.done.done():
                     pending.done.set_result(row_id)
             self.on_commit()
@@ -176,7 +186,7 @@ class Receiver:
             if problem is not None:
                 self._count(source, event.kind, "bad_sign")
                 return _refuse(401, problem)
-        row_id = await self.writer.add(inbox_row(event, text, source))
+        row_id = await self.writer.add(inbox_row(event, text, source), event)
         if row_id is None:
             self._count(source, event.kind, "duplicate")
             return JSONResponse({"code": 0, "message": "duplicate: already received"})

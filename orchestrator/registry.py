@@ -12,7 +12,6 @@ from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.spec import LoadedWorkflow, Workflow, load_workflows, parse_workflow
 from orchestrator.store.sql import insert_ignore
@@ -39,9 +38,9 @@ class Registry:
     def all(self) -> list[LoadedWorkflow]:
         return sorted(self.current.values(), key=lambda w: w.spec.name)
 
-    async def record_versions(self, conn: AsyncConnection, now: datetime) -> None:
+    def record_versions(self, conn: sa.Connection, now: datetime) -> None:
         for item in self.current.values():
-            await conn.execute(
+            conn.execute(
                 insert_ignore(conn, versions, ["version"]).values(
                     version=item.version,
                     name=item.spec.name,
@@ -51,12 +50,12 @@ class Registry:
                 )
             )
 
-    async def spec_for(self, conn: AsyncConnection, version: str) -> Workflow:
+    def spec_for(self, conn: sa.Connection, version: str) -> Workflow:
         spec = self._by_version.get(version)
         if spec is not None:
             return spec
         row = (
-            (await conn.execute(sa.select(versions).where(versions.c.version == version)))
+            (conn.execute(sa.select(versions).where(versions.c.version == version)))
             .mappings()
             .first()
         )

@@ -30,19 +30,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from pydantic import JsonValue, TypeAdapter
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator import machine as m
 from orchestrator import triggers
 from orchestrator.actions import Actions
 from orchestrator.registry import Registry
-from orchestrator.spec import LoadedWorkflow, Manual, StreamSession, Workflow
+from orchestrator.spec import LoadedWorkflow, Manual, StreamSession
 from orchestrator.store import queues, views, windows
 from orchestrator.store.db import Database
 from orchestrator.store.queues import InboxStatus, NewInboxEvent
-from orchestrator.store.runs import create_run, load_run, save_decision
-from orchestrator.store.tasks import find_task
+from orchestrator.store.runs import Changes, create_run, load_run, load_runs, save_decision
+from orchestrator.store.tasks import find_tasks
 from orchestrator.vod.errors import MalformedEvent
 from orchestrator.vod.events import VodEvent, parse_event
 
@@ -88,9 +88,23 @@ Listener = Callable[[Transition], None]
 
 @dataclass
 class _Batch:
+    """What one transaction did, announced once it committed."""
+
     transitions: list[Transition] = field(default_factory=list)
     outbox_rows: int = 0
     woke_orphans: int = 0
+
+    def record(self, decision: m.Decision) -> None:
+        self.outbox_rows += sum(isinstance(c, m.OUTBOUND) for c in decision.commands)
+        self.transitions.append(
+            Transition(
+                run_id=decision.state.run_id,
+                workflow=decision.state.workflow,
+                entry=decision.history,
+                status=decision.state.status,
+                commands=decision.commands,
+            )
+        )
 
 
 class TriggerRefused(Exception):
@@ -111,7 +125,7 @@ class Runner:
         default_expected: timedelta = timedelta(minutes=10),
         clock: Callable[[], datetime] = utcnow,
         owner: str | None = None,
-        batch: int = 256,
+        batch: int = 64,
         lease: timedelta = timedelta(minutes=2),
         poll_every: float = 1.0,
         concurrency: int = 16,
@@ -129,6 +143,7 @@ class Runner:
         self.outbox_wake = asyncio.Event()
         self.listeners: list[Listener] = []
         self._slots = asyncio.Semaphore(concurrency)
+        self._parsed: dict[int, VodEvent] = {}
         self._inflight: set[asyncio.Task[None]] = set()
 
     # --- the loops ------------------------------------------------------------------------
@@ -182,46 +197,34 @@ class Runner:
 
     # --- transitions ----------------------------------------------------------------------
 
-    async def _spec(self, conn: AsyncConnection, version: str) -> Workflow:
-        return await self.registry.spec_for(conn, version)
-
-    async def transition(
-        self, conn: AsyncConnection, run_id: str, event: m.Input, now: datetime, batch: _Batch
+    def transition(
+        self, conn: sa.Connection, run_id: str, event: m.Input, now: datetime, batch: _Batch
     ) -> m.Decision | None:
         """Load, decide, save: one transition inside the caller's transaction."""
-        before = await load_run(conn, run_id, for_update=True)
+        before = load_run(conn, run_id, for_update=True)
         if before is None:
             return None
-        spec = await self._spec(conn, before.version)
+        spec = self.registry.spec_for(conn, before.version)
         decision = m.decide(spec, before, event, now)
-        await self._save(conn, before, decision, now, batch)
+        self._save(conn, before, decision, now, batch)
         return decision
 
-    async def _save(
+    def _save(
         self,
-        conn: AsyncConnection,
+        conn: sa.Connection,
         before: m.RunState,
         decision: m.Decision,
         now: datetime,
         batch: _Batch,
     ) -> None:
-        new_tasks = await save_decision(conn, before, decision, now=now)
+        new_tasks = save_decision(conn, before, decision, now=now)
         if new_tasks:
-            batch.woke_orphans += await queues.wake_orphans(conn, [t.task_id for t in new_tasks])
-        batch.outbox_rows += sum(isinstance(c, m.OUTBOUND) for c in decision.commands)
-        batch.transitions.append(
-            Transition(
-                run_id=decision.state.run_id,
-                workflow=decision.state.workflow,
-                entry=decision.history,
-                status=decision.state.status,
-                commands=decision.commands,
-            )
-        )
+            batch.woke_orphans += queues.wake_orphans(conn, [t.task_id for t in new_tasks])
+        batch.record(decision)
 
-    async def start_run(
+    def start_run(
         self,
-        conn: AsyncConnection,
+        conn: sa.Connection,
         workflow: LoadedWorkflow,
         context: dict[str, JsonValue],
         *,
@@ -237,7 +240,7 @@ class Runner:
         state = m.new_run(run_id, spec, workflow.version, context, now)
         stream_id = context.get("streamId")
         file_id = context.get("fileId")
-        created = await create_run(
+        created = create_run(
             conn,
             state,
             {s.name: s.kind for s in spec.steps},
@@ -249,15 +252,13 @@ class Runner:
         if not created:
             return None
         decision = m.decide(spec, state, m.Trigger(event=started_by), now)
-        await self._save(conn, state, decision, now, batch)
+        self._save(conn, state, decision, now, batch)
         return run_id
 
     async def apply(self, run_id: str, event: m.Input) -> m.Decision | None:
         """Apply one input in its own transaction (operators' actions, timers, poll results)."""
         batch = _Batch()
-        now = self.clock()
-        async with self.db.transaction() as conn:
-            decision = await self.transition(conn, run_id, event, now, batch)
+        decision = await self.db.write(self.transition, run_id, event, self.clock(), batch)
         self._announce(batch)
         return decision
 
@@ -302,25 +303,21 @@ class Runner:
             },
             ensure_ascii=False,
         )
+        row = NewInboxEvent(
+            source="manual",
+            event_type="manual",
+            dedup_key=dedup,
+            body=body,
+            status=InboxStatus.APPLIED,
+        )
         batch = _Batch()
-        now = self.clock()
-        async with self.db.transaction() as conn:
-            (event_id,) = await queues.insert_inbox(
-                conn,
-                [
-                    NewInboxEvent(
-                        source="manual",
-                        event_type="manual",
-                        dedup_key=dedup,
-                        body=body,
-                        status=InboxStatus.APPLIED,
-                    )
-                ],
-                now,
-            )
+
+        def start(conn: sa.Connection) -> tuple[str, bool]:
+            now = self.clock()
+            (event_id,) = queues.insert_inbox(conn, [row], now)
             run_id = None
             if event_id is not None:
-                run_id = await self.start_run(
+                run_id = self.start_run(
                     conn,
                     workflow,
                     params,
@@ -331,43 +328,128 @@ class Runner:
                     started_by=f"manual trigger by {actor}",
                 )
             if run_id is None or event_id is None:
-                existing = await views.run_by_dedup_key(conn, dedup or "")
+                existing = views.run_by_dedup_key(conn, dedup or "")
                 if existing is None:
                     raise TriggerRefused(409, "an equal request is being processed; try again")
                 return existing, False
-            await queues.mark_inbox(
+            queues.mark_inbox(
                 conn, event_id, InboxStatus.APPLIED, now=now, run_id=run_id, note="manual trigger"
             )
+            return run_id, True
+
+        result = await self.db.write(start)
         self._announce(batch)
-        return run_id, True
+        return result
 
     # --- inbox ----------------------------------------------------------------------------
 
     async def drain_inbox(self) -> int:
         batch = _Batch()
-        now = self.clock()
-        async with self.db.transaction() as conn:
-            rows = await queues.pending_inbox(conn, self.batch)
-            for row in rows:
-                try:
-                    async with conn.begin_nested():
-                        status, run_id, note = await self._apply_row(conn, row, now, batch)
-                except Exception as exc:
-                    log.exception("applying inbox event %s failed", row["id"])
-                    status, run_id, note = InboxStatus.FAILED, None, f"{type(exc).__name__}: {exc}"
-                await queues.mark_inbox(conn, row["id"], status, now=now, run_id=run_id, note=note)
+        count = await self.db.write(self._drain_inbox, batch)
         self._announce(batch)
+        return count
+
+    def remember(self, event_id: int, event: VodEvent) -> None:
+        """The receiver already parsed this inbox event: spare the runner parsing it again."""
+        if len(self._parsed) > 10 * self.batch:
+            self._parsed.clear()  # nobody is draining (another replica is): stop caching
+        self._parsed[event_id] = event
+
+    def _event_of(self, row: dict[str, Any]) -> VodEvent | MalformedEvent:
+        event = self._parsed.pop(row["id"], None)
+        if event is not None:
+            return event
+        try:
+            return parse_event(row["body"], source=row["source"])
+        except MalformedEvent as exc:
+            return exc
+
+    def _drain_inbox(self, conn: sa.Connection, batch: _Batch) -> int:
+        """Apply a batch of pending events in this transaction.
+
+        Task events, the bulk of the traffic, are applied together: their tasks and runs are
+        read with a few queries, the machine decides each in order (a run's events see each
+        other's effect), and the changes are written with one statement per table. Triggers
+        and the rest are applied one by one, each in a savepoint.
+        """
+        rows = queues.pending_inbox(conn, self.batch)
+        now = self.clock()
+        outcomes: list[tuple[int, str, str | None, str | None]] = []
+        task_events: list[tuple[dict[str, Any], VodEvent]] = []
+        for row in rows:
+            event = self._event_of(row)
+            if isinstance(event, MalformedEvent):
+                outcomes.append((row["id"], InboxStatus.INVALID, None, str(event)))
+                continue
+            if event.task_id and not triggers.contexts_for(event):
+                task_events.append((row, event))
+                continue
+            try:
+                with conn.begin_nested():
+                    status, run_id, note = self._apply_event(conn, event, row, now, batch)
+            except Exception as exc:
+                log.exception("applying inbox event %s failed", row["id"])
+                status, run_id, note = InboxStatus.FAILED, None, f"{type(exc).__name__}: {exc}"
+            outcomes.append((row["id"], status, run_id, note))
+        if task_events:
+            outcomes.extend(self._apply_task_events(conn, task_events, now, batch))
+        queues.mark_inbox_many(conn, outcomes, now)
         return len(rows)
 
-    async def _apply_row(
-        self, conn: AsyncConnection, row: dict[str, Any], now: datetime, batch: _Batch
+    def _apply_task_events(
+        self,
+        conn: sa.Connection,
+        items: list[tuple[dict[str, Any], VodEvent]],
+        now: datetime,
+        batch: _Batch,
+    ) -> list[tuple[int, str, str | None, str | None]]:
+        owners = find_tasks(conn, {event.task_id for _, event in items if event.task_id})
+        states = load_runs(conn, {o.run_id for o in owners.values()}, for_update=True)
+        changes = Changes()
+        decided: list[m.Decision] = []
+        outcomes: list[tuple[int, str, str | None, str | None]] = []
+        for row, event in items:
+            assert event.task_id is not None
+            owner = owners.get(event.task_id)
+            if owner is None:
+                note = f"no run has recorded task {event.task_id} yet"
+                outcomes.append((row["id"], InboxStatus.ORPHAN, None, note))
+                continue
+            state = states.get(owner.run_id)
+            try:
+                if state is None:
+                    raise LookupError(f"run {owner.run_id} of task {owner.task_id} is missing")
+                spec = self.registry.spec_for(conn, state.version)
+                decision = m.decide(spec, state, task_input(event, owner.task_id), now)
+            except Exception as exc:
+                log.exception("applying inbox event %s failed", row["id"])
+                note = f"{type(exc).__name__}: {exc}"
+                outcomes.append((row["id"], InboxStatus.FAILED, owner.run_id, note))
+                continue
+            changes.add(state, decision, now)
+            states[owner.run_id] = decision.state
+            decided.append(decision)
+            prefix = "" if owner.exact else f"matched {owner.task_id} by its case-folded ID; "
+            outcomes.append(
+                (row["id"], _event_status(decision), owner.run_id, prefix + decision.history.reason)
+            )
+        new_tasks = changes.flush(conn)
+        if new_tasks:
+            batch.woke_orphans += queues.wake_orphans(conn, [t.task_id for t in new_tasks])
+        for decision in decided:
+            batch.record(decision)
+        return outcomes
+
+    def _apply_event(
+        self,
+        conn: sa.Connection,
+        event: VodEvent,
+        row: dict[str, Any],
+        now: datetime,
+        batch: _Batch,
     ) -> tuple[str, str | None, str]:
-        try:
-            event = parse_event(row["body"], source=row["source"])
-        except MalformedEvent as exc:
-            return InboxStatus.INVALID, None, str(exc)
         if triggers.contexts_for(event):
-            return await self._trigger(conn, event, row, now, batch)
+            return self._trigger(conn, event, row, now, batch)
         if event.kind == "lvb.stream_end" and event.stream_id:
             quiet = {
                 w.spec.name: t.quiet
@@ -375,21 +457,16 @@ class Runner:
                 for t in w.spec.triggers
                 if isinstance(t, StreamSession)
             }
-            touched = await windows.touch_stream(conn, event.stream_id, now, quiet)
+            touched = windows.touch_stream(conn, event.stream_id, now, quiet)
+            what = f"stream {event.stream_id} ended"
             if touched:
-                return (
-                    InboxStatus.APPLIED,
-                    None,
-                    f"stream {event.stream_id} ended: its session waits",
-                )
-            return InboxStatus.IGNORED, None, f"stream {event.stream_id} ended; no open session"
-        if not event.task_id:
-            return InboxStatus.IGNORED, None, f"{event.kind} carries no task ID to correlate"
-        return await self._task_event(conn, event, now, batch)
+                return InboxStatus.APPLIED, None, f"{what}: its session waits"
+            return InboxStatus.IGNORED, None, f"{what}; no open session"
+        return InboxStatus.IGNORED, None, f"{event.kind} carries no task ID to correlate"
 
-    async def _trigger(
+    def _trigger(
         self,
-        conn: AsyncConnection,
+        conn: sa.Connection,
         event: VodEvent,
         row: dict[str, Any],
         now: datetime,
@@ -406,7 +483,7 @@ class Runner:
             if isinstance(trigger, StreamSession):
                 stream_id = str(found.context.fields["streamId"])
                 segment = {**found.context.fields, "receivedAt": int(now.timestamp())}
-                window_id, added = await windows.add_segment(
+                window_id, added = windows.add_segment(
                     conn,
                     workflow=spec.name,
                     stream_id=stream_id,
@@ -418,7 +495,7 @@ class Runner:
                 verb = "joined" if added else "was already in"
                 notes.append(f"{verb} {spec.name}'s session {window_id} of stream {stream_id}")
                 continue
-            run_id = await self.start_run(
+            run_id = self.start_run(
                 conn,
                 found.workflow,
                 found.context.fields,
@@ -435,31 +512,12 @@ class Runner:
                 notes.append(f"started {spec.name} run {run_id}")
         return InboxStatus.APPLIED, first_run, "; ".join(notes)
 
-    async def _task_event(
-        self, conn: AsyncConnection, event: VodEvent, now: datetime, batch: _Batch
-    ) -> tuple[str, str | None, str]:
-        assert event.task_id is not None
-        owner = await find_task(conn, event.task_id)
-        if owner is None:
-            return InboxStatus.ORPHAN, None, f"no run has recorded task {event.task_id} yet"
-        note = "" if owner.exact else f"matched {owner.task_id} by its case-folded ID; "
-        decision = await self.transition(
-            conn, owner.run_id, task_input(event, owner.task_id), now, batch
-        )
-        if decision is None:
-            return InboxStatus.FAILED, owner.run_id, "the task's run is missing"
-        reason = decision.history.reason
-        status = InboxStatus.LATE if reason.startswith("late ") else InboxStatus.APPLIED
-        if reason.startswith("duplicate "):
-            status = InboxStatus.IGNORED
-        return status, owner.run_id, note + reason
-
     # --- outbox ---------------------------------------------------------------------------
 
     async def drain_outbox(self) -> int:
-        now = self.clock()
-        async with self.db.transaction() as conn:
-            rows = await queues.claim_outbox(conn, self.owner, now, self.lease, self.batch)
+        rows = await self.db.write(
+            queues.claim_outbox, self.owner, self.clock(), self.lease, self.batch
+        )
         for row in rows:
             await self._slots.acquire()
             task = asyncio.create_task(self._perform(row))
@@ -472,9 +530,10 @@ class Runner:
             command = COMMANDS.validate_python(row["payload"])
             outcome = await self.actions.perform(command, tries=row["tries"])
             batch = _Batch()
-            now = self.clock()
-            async with self.db.transaction() as conn:
-                mine = await queues.finish_outbox(
+
+            def record(conn: sa.Connection) -> None:
+                now = self.clock()
+                mine = queues.finish_outbox(
                     conn,
                     row["id"],
                     self.owner,
@@ -483,23 +542,24 @@ class Runner:
                     error=getattr(outcome, "message", None),
                 )
                 if mine:
-                    await self.transition(conn, row["run_id"], outcome, now, batch)
+                    self.transition(conn, row["run_id"], outcome, now, batch)
                 else:
                     log.warning(
                         "outbox command %s: lease lost before its outcome was recorded",
                         row["idempotency_key"],
                     )
+
+            await self.db.write(record)
             self._announce(batch)
         except Exception as exc:
             log.exception("outbox command %s failed", row["idempotency_key"])
-            async with self.db.transaction() as conn:
-                await queues.release_outbox(
-                    conn,
-                    row["id"],
-                    self.owner,
-                    retry_at=self.clock() + timedelta(seconds=min(60, 2 ** row["tries"])),
-                    error=f"{type(exc).__name__}: {exc}",
-                )
+            await self.db.write(
+                queues.release_outbox,
+                row["id"],
+                self.owner,
+                retry_at=self.clock() + timedelta(seconds=min(60, 2 ** row["tries"])),
+                error=f"{type(exc).__name__}: {exc}",
+            )
         finally:
             self._slots.release()
 
@@ -507,6 +567,15 @@ class Runner:
         """Wait until every command this runner started has been recorded (tests, shutdown)."""
         while self._inflight:
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
+
+
+def _event_status(decision: m.Decision) -> str:
+    reason = decision.history.reason
+    if reason.startswith("late "):
+        return InboxStatus.LATE
+    if reason.startswith("duplicate "):
+        return InboxStatus.IGNORED
+    return InboxStatus.APPLIED
 
 
 def task_input(event: VodEvent, task_id: str) -> m.TaskEvent:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from orchestrator import machine as m
@@ -91,6 +92,7 @@ class Sweeper:
             "outbox": (interval, self.expire_leases),
             "sessions": (interval, self.close_sessions),
             "orphans": (max(interval, 60.0), self.expire_orphans),
+            "checkpoint": (1.0, self.checkpoint),
         }
         if reliable:
             self.jobs["pull"] = (1.0, self.pull_events)
@@ -124,19 +126,15 @@ class Sweeper:
     async def run_job(self, name: str) -> dict[str, int]:
         """Run one job now, recording its heartbeat and findings."""
         every, job = self.jobs[name]
-        async with self.db.transaction() as conn:
-            await job_store.job_started(conn, name, every, self.now)
+        await self.db.write(job_store.job_started, name, every, self.now)
         try:
             findings = await job()
         except Exception as exc:
             log.exception("sweeper job %s failed", name)
-            async with self.db.transaction() as conn:
-                await job_store.job_finished(
-                    conn, name, self.now, error=f"{type(exc).__name__}: {exc}"
-                )
+            error = f"{type(exc).__name__}: {exc}"
+            await self.db.write(job_store.job_finished, name, self.now, error=error)
             return {}
-        async with self.db.transaction() as conn:
-            await job_store.job_finished(conn, name, self.now, findings=findings)
+        await self.db.write(job_store.job_finished, name, self.now, findings=findings)
         if any(findings.values()):
             log.info("sweep %s: %s", name, findings, extra={"job": name})
         return findings
@@ -146,8 +144,7 @@ class Sweeper:
         return {name: await self.run_job(name) for name in self.jobs}
 
     async def health(self) -> list[JobHealth]:
-        async with self.db.read() as conn:
-            rows = await job_store.all_jobs(conn)
+        rows = await self.db.query(job_store.all_jobs)
         now = self.now
         out = []
         for row in rows:
@@ -170,23 +167,27 @@ class Sweeper:
 
     async def fire_timers(self) -> dict[str, int]:
         batch = _Batch()
-        now = self.now
-        async with self.db.transaction() as conn:
-            due = await queues.claim_due_timers(conn, now, self.batch)
+
+        def fire(conn: sa.Connection) -> list[dict[str, Any]]:
+            now = self.now
+            due = queues.claim_due_timers(conn, now, self.batch)
             for timer in due:
                 event = m.TimerFired(
                     timer=timer["kind"], step=timer["step"], attempt=timer["attempt"]
                 )
-                async with conn.begin_nested():
-                    await self.runner.transition(conn, timer["run_id"], event, now, batch)
+                with conn.begin_nested():
+                    self.runner.transition(conn, timer["run_id"], event, now, batch)
+            return due
+
+        due = await self.db.write(fire)
         self.runner._announce(batch)
         timed_out = sum(1 for t in due if t["kind"] != "retry")
         return {"fired": len(due), "timeouts": timed_out, "retries": len(due) - timed_out}
 
     async def poll_tasks(self) -> dict[str, int]:
-        now = self.now
-        async with self.db.transaction() as conn:
-            due = await tasks.claim_due_polls(conn, self.runner.owner, now, self.lease, self.batch)
+        due = await self.db.write(
+            tasks.claim_due_polls, self.runner.owner, self.now, self.lease, self.batch
+        )
         found = {"stalled": len(due), "recovered": 0, "still_running": 0, "lost": 0, "errors": 0}
         for task in due:
             outcome = await self._poll_one(task)
@@ -203,10 +204,13 @@ class Sweeper:
         except VodError as exc:
             if exc.error_class == "file_not_found" or exc.code in (10008, 5000):
                 return await self._lost(task, f"VOD no longer knows task {task_id}: {exc}")
-            async with self.db.transaction() as conn:
-                await tasks.record_poll(
-                    conn, task_id, now=now, status="error", next_poll_at=now + self.poll_gap
-                )
+            await self.db.write(
+                tasks.record_poll,
+                task_id,
+                now=now,
+                status="error",
+                next_poll_at=now + self.poll_gap,
+            )
             log.warning("asking VOD about task %s failed: %s", task_id, exc)
             return "errors"
         status = (answer.status or "").upper()
@@ -220,18 +224,21 @@ class Sweeper:
                 # Stored as the callback VOD would have sent, so it reads (and dedupes) like one.
                 callback = {"version": "4.0", "eventType": event.kind, "data": answer.data}
                 body = json.dumps(callback, ensure_ascii=False)
-                async with self.db.transaction() as conn:
-                    await queues.insert_inbox(conn, [inbox_row(event, body, "query")], now)
-                    await tasks.record_poll(
-                        conn, task_id, now=now, status=status, next_poll_at=None
-                    )
+                row = inbox_row(event, body, "query")
+
+                def store(conn: sa.Connection) -> None:
+                    queues.insert_inbox(conn, [row], now)
+                    tasks.record_poll(conn, task_id, now=now, status=status, next_poll_at=None)
+
+                await self.db.write(store)
                 return "recovered"
         age = now - task["submitted_at"]
         if age > TASK_QUERY_WINDOW:
             return await self._lost(task, f"task {task_id} has not finished within 72 hours")
         gap = next_poll(task["polls"], self.poll_gap, now)
-        async with self.db.transaction() as conn:
-            await tasks.record_poll(conn, task_id, now=now, status=status or "?", next_poll_at=gap)
+        await self.db.write(
+            tasks.record_poll, task_id, now=now, status=status or "?", next_poll_at=gap
+        )
         return "still_running"
 
     async def _lost(self, task: dict[str, Any], reason: str) -> str:
@@ -245,33 +252,34 @@ class Sweeper:
             message=reason,
         )
         batch = _Batch()
-        async with self.db.transaction() as conn:
-            await tasks.record_poll(
-                conn, task["task_id"], now=now, status="lost", next_poll_at=None
-            )
-            await self.runner.transition(conn, task["run_id"], event, now, batch)
+
+        def give_up(conn: sa.Connection) -> None:
+            tasks.record_poll(conn, task["task_id"], now=now, status="lost", next_poll_at=None)
+            self.runner.transition(conn, task["run_id"], event, now, batch)
+
+        await self.db.write(give_up)
         self.runner._announce(batch)
         return "lost"
 
     async def expire_leases(self) -> dict[str, int]:
-        async with self.db.transaction() as conn:
-            expired = await queues.expire_outbox_leases(conn, self.now)
+        expired = await self.db.write(queues.expire_outbox_leases, self.now)
         if expired:
             self.runner.outbox_wake.set()
         return {"expired_leases": len(expired)}
 
     async def close_sessions(self) -> dict[str, int]:
         batch = _Batch()
-        now = self.now
-        started = 0
-        async with self.db.transaction() as conn:
-            due = await windows.claim_due_windows(conn, now, self.batch)
+
+        def close(conn: sa.Connection) -> tuple[int, int]:
+            now = self.now
+            started = 0
+            due = windows.claim_due_windows(conn, now, self.batch)
             for window in due:
                 workflow = self.runner.registry.current.get(window["workflow"])
                 run_id = None
                 if workflow is not None:
                     context = triggers.session_context(list(window["segments"]))
-                    run_id = await self.runner.start_run(
+                    run_id = self.runner.start_run(
                         conn,
                         workflow,
                         context,
@@ -283,13 +291,19 @@ class Sweeper:
                         f"({len(window['segments'])} recording(s))",
                     )
                     started += run_id is not None
-                await windows.close_window(conn, window["id"], run_id)
+                windows.close_window(conn, window["id"], run_id)
+            return len(due), started
+
+        closed, started = await self.db.write(close)
         self.runner._announce(batch)
-        return {"closed": len(due), "runs_started": started}
+        return {"closed": closed, "runs_started": started}
+
+    async def checkpoint(self) -> dict[str, int]:
+        await self.db.checkpoint()
+        return {}
 
     async def expire_orphans(self) -> dict[str, int]:
-        async with self.db.transaction() as conn:
-            count = await queues.expire_orphans(conn, self.now - self.orphan_ttl, self.now)
+        count = await self.db.write(queues.expire_orphans, self.now - self.orphan_ttl, self.now)
         return {"unmatched": count}
 
     async def pull_events(self) -> dict[str, int]:
@@ -311,8 +325,7 @@ class Sweeper:
                 )
             else:
                 rows.append(inbox_row(event, json.dumps(event.raw, ensure_ascii=False), "pull"))
-        async with self.db.transaction() as conn:
-            await queues.insert_inbox(conn, rows, self.now)
+        await self.db.write(queues.insert_inbox, rows, self.now)
         self.runner.inbox_wake.set()
         # Confirmed only after the inbox committed: a crash before this line means VOD sends
         # them again, and the dedup keys make the second copy a no-op.

@@ -57,27 +57,30 @@ def test_sqlite_runs_in_wal_mode(sqlite_url: str) -> None:
 
 async def _start(db: Database, now: datetime, run_id: str = "run1") -> m.RunState:
     state = m.new_run(run_id, WORKFLOW, "v1", {"fileId": "f1"}, now)
-    async with db.transaction() as conn:
-        assert await create_run(conn, state, KINDS, dedup_key=f"wf/{run_id}", file_id="f1")
+
+    def start(conn: sa.Connection) -> m.RunState:
+        assert create_run(conn, state, KINDS, dedup_key=f"wf/{run_id}", file_id="f1")
         decision = m.decide(WORKFLOW, state, m.Trigger(event="e"), now)
-        await save_decision(conn, state, decision, now=now)
-    return decision.state
+        save_decision(conn, state, decision, now=now)
+        return decision.state
+
+    return await db.write(start)
 
 
 async def _apply(db: Database, run_id: str, event: m.Input, now: datetime) -> m.Decision:
-    async with db.transaction() as conn:
-        before = await load_run(conn, run_id, for_update=True)
+    def apply(conn: sa.Connection) -> m.Decision:
+        before = load_run(conn, run_id, for_update=True)
         assert before is not None
         decision = m.decide(WORKFLOW, before, event, now)
-        await save_decision(conn, before, decision, now=now)
-    return decision
+        save_decision(conn, before, decision, now=now)
+        return decision
+
+    return await db.write(apply)
 
 
 async def test_a_run_round_trips_through_the_database(db: Database, now: datetime) -> None:
     started = await _start(db, now)
-    async with db.read() as conn:
-        loaded = await load_run(conn, "run1")
-    assert loaded == started
+    assert await db.query(load_run, "run1") == started
 
     later = now + timedelta(seconds=2)
     submitted = await _apply(
@@ -101,14 +104,15 @@ async def test_a_run_round_trips_through_the_database(db: Database, now: datetim
         outputs={"play": [{"url": "http://x/f20.mp4", "definition": 20}], "fileId": "f1"},
     )
     decided = await _apply(db, "run1", event, later + timedelta(seconds=5))
-    async with db.read() as conn:
-        loaded = await load_run(conn, "run1")
-        task = (
-            (await conn.execute(sa.text("SELECT * FROM tasks WHERE task_id = 'Transcode-abc'")))
+    loaded = await db.query(load_run, "run1")
+    task = await db.query(
+        lambda conn: (
+            conn.execute(sa.text("SELECT * FROM tasks WHERE task_id = 'Transcode-abc'"))
             .mappings()
             .one()
         )
-        history = await run_history(conn, "run1")
+    )
+    history = await db.query(run_history, "run1")
     assert loaded == decided.state
     assert submitted.state.status is m.RunStatus.AWAITING_CALLBACK
     assert task["status"] == "succeeded"
@@ -141,8 +145,7 @@ async def test_commands_become_outbox_rows_and_timers(db: Database, now: datetim
 async def test_one_run_per_dedup_key(db: Database, now: datetime) -> None:
     await _start(db, now)
     again = m.new_run("run2", WORKFLOW, "v1", {"fileId": "f1"}, now)
-    async with db.transaction() as conn:
-        assert not await create_run(conn, again, KINDS, dedup_key="wf/run1")
+    assert not await db.write(create_run, again, KINDS, dedup_key="wf/run1")
     async with db.read() as conn:
         assert (await conn.execute(sa.text("SELECT count(*) FROM runs"))).scalar() == 1
 
@@ -150,13 +153,12 @@ async def test_one_run_per_dedup_key(db: Database, now: datetime) -> None:
 async def test_a_failed_transaction_leaves_nothing_behind(db: Database, now: datetime) -> None:
     state = m.new_run("run1", WORKFLOW, "v1", {"fileId": "f1"}, now)
 
-    async def crash() -> None:
-        async with db.transaction() as conn:
-            await create_run(conn, state, KINDS, dedup_key="k")
-            raise RuntimeError("crash between statements")
+    def crash(conn: sa.Connection) -> None:
+        create_run(conn, state, KINDS, dedup_key="k")
+        raise RuntimeError("crash between statements")
 
     with pytest.raises(RuntimeError):
-        await crash()
+        await db.write(crash)
     async with db.read() as conn:
         assert (await conn.execute(sa.text("SELECT count(*) FROM runs"))).scalar() == 0
         assert (await conn.execute(sa.text("SELECT count(*) FROM steps"))).scalar() == 0

@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.store.sql import insert_ignore
 from orchestrator.store.tables import SweeperJob
@@ -14,21 +13,21 @@ from orchestrator.store.tables import SweeperJob
 jobs = SweeperJob.__table__  # type: ignore[attr-defined]
 
 
-async def job_started(conn: AsyncConnection, name: str, interval: float, now: datetime) -> None:
-    await conn.execute(
+def job_started(conn: sa.Connection, name: str, interval: float, now: datetime) -> None:
+    conn.execute(
         insert_ignore(conn, jobs, ["name"]).values(
             name=name, interval_seconds=interval, successes=0, failures=0
         )
     )
-    await conn.execute(
+    conn.execute(
         jobs.update()
         .where(jobs.c.name == name)
         .values(last_started_at=now, interval_seconds=interval)
     )
 
 
-async def job_finished(
-    conn: AsyncConnection,
+def job_finished(
+    conn: sa.Connection,
     name: str,
     now: datetime,
     *,
@@ -43,8 +42,8 @@ async def job_finished(
         }
     else:
         values = {"last_error": error[:2000], "failures": jobs.c.failures + 1}
-    await conn.execute(jobs.update().where(jobs.c.name == name).values(**values))
+    conn.execute(jobs.update().where(jobs.c.name == name).values(**values))
 
 
-async def all_jobs(conn: AsyncConnection) -> list[dict[str, Any]]:
-    return [dict(r) for r in (await conn.execute(sa.select(jobs).order_by(jobs.c.name))).mappings()]
+def all_jobs(conn: sa.Connection) -> list[dict[str, Any]]:
+    return [dict(r) for r in (conn.execute(sa.select(jobs).order_by(jobs.c.name))).mappings()]

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.store.sql import insert_ignore
 from orchestrator.store.tables import RateBucket
@@ -15,8 +14,8 @@ buckets = RateBucket.__table__  # type: ignore[attr-defined]
 T = TypeVar("T")
 
 
-async def update_bucket(
-    conn: AsyncConnection,
+def update_bucket(
+    conn: sa.Connection,
     key: str,
     change: Callable[[list[float], float], tuple[list[float], float, T]],
 ) -> T:
@@ -25,26 +24,24 @@ async def update_bucket(
     The row is locked (FOR UPDATE on PostgreSQL; SQLite's write transactions are already
     exclusive), so concurrent processes see each other's calls.
     """
-    await conn.execute(
-        insert_ignore(conn, buckets, ["key"]).values(key=key, calls=[], blocked_until=0.0)
-    )
+    conn.execute(insert_ignore(conn, buckets, ["key"]).values(key=key, calls=[], blocked_until=0.0))
     row = (
-        await conn.execute(
+        conn.execute(
             sa.select(buckets.c.calls, buckets.c.blocked_until)
             .where(buckets.c.key == key)
             .with_for_update()
         )
     ).one()
     calls, blocked, result = change(list(row.calls or []), float(row.blocked_until))
-    await conn.execute(
+    conn.execute(
         buckets.update().where(buckets.c.key == key).values(calls=calls, blocked_until=blocked)
     )
     return result
 
 
-async def bucket_usage(conn: AsyncConnection, key: str) -> tuple[list[float], float]:
+def bucket_usage(conn: sa.Connection, key: str) -> tuple[list[float], float]:
     row = (
-        await conn.execute(
+        conn.execute(
             sa.select(buckets.c.calls, buckets.c.blocked_until).where(buckets.c.key == key)
         )
     ).first()

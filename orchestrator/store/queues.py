@@ -17,7 +17,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.store.sql import insert_ignore, lit
 from orchestrator.store.tables import InboxEvent, OutboxCommand, Timer
@@ -51,35 +50,55 @@ class NewInboxEvent:
     note: str | None = None
 
 
-async def insert_inbox(
-    conn: AsyncConnection, events: Sequence[NewInboxEvent], now: datetime
+def insert_inbox(
+    conn: sa.Connection, events: Sequence[NewInboxEvent], now: datetime
 ) -> list[int | None]:
-    """Insert events; returns each one's id, or None where its dedup key was already stored."""
-    ids: list[int | None] = []
-    for event in events:
-        row = (
-            await conn.execute(
-                insert_ignore(conn, inbox, ["dedup_key"])
-                .values(
-                    received_at=now,
-                    source=event.source,
-                    event_type=event.event_type,
-                    dedup_key=event.dedup_key,
-                    body=event.body,
-                    status=event.status,
-                    task_id=event.task_id,
-                    file_id=event.file_id,
-                    stream_id=event.stream_id,
-                    note=event.note,
-                )
-                .returning(inbox.c.id)
-            )
-        ).first()
-        ids.append(None if row is None else int(row[0]))
-    return ids
+    """Insert events; returns each one's id, or None where its dedup key was already stored.
+
+    One statement for the whole group (executemany), then one query for the new ids: a group of
+    callbacks costs little more than one.
+    """
+    rows = [_inbox_values(event, now) for event in events]
+    keyed = [row for row in rows if row["dedup_key"] is not None]
+    ids: dict[str, int] = {}
+    if keyed:
+        before = conn.execute(_MAX_INBOX_ID).scalar() or 0
+        conn.execute(insert_ignore(conn, inbox, ["dedup_key"]), keyed)
+        ids = {key: int(row_id) for row_id, key in conn.execute(_NEW_INBOX_IDS, {"after": before})}
+    out: list[int | None] = []
+    taken: set[str] = set()
+    for row in rows:
+        key = row["dedup_key"]
+        if key is None:
+            out.append(int(conn.execute(inbox.insert().returning(inbox.c.id), row).scalar_one()))
+        elif key in ids and key not in taken:
+            taken.add(key)  # a key twice in one group: the second copy is the duplicate
+            out.append(ids[key])
+        else:
+            out.append(None)
+    return out
 
 
-async def pending_inbox(conn: AsyncConnection, limit: int) -> list[dict[str, Any]]:
+_MAX_INBOX_ID = sa.select(sa.func.max(inbox.c.id))
+_NEW_INBOX_IDS = sa.select(inbox.c.id, inbox.c.dedup_key).where(inbox.c.id > sa.bindparam("after"))
+
+
+def _inbox_values(event: NewInboxEvent, now: datetime) -> dict[str, Any]:
+    return {
+        "received_at": now,
+        "source": event.source,
+        "event_type": event.event_type,
+        "dedup_key": event.dedup_key,
+        "body": event.body,
+        "status": event.status,
+        "task_id": event.task_id,
+        "file_id": event.file_id,
+        "stream_id": event.stream_id,
+        "note": event.note,
+    }
+
+
+def pending_inbox(conn: sa.Connection, limit: int) -> list[dict[str, Any]]:
     """The oldest pending events, locked for this transaction (skipped by other replicas)."""
     query = (
         sa.select(inbox)
@@ -88,11 +107,23 @@ async def pending_inbox(conn: AsyncConnection, limit: int) -> list[dict[str, Any
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    return [dict(r) for r in (await conn.execute(query)).mappings()]
+    return [dict(r) for r in (conn.execute(query)).mappings()]
 
 
-async def mark_inbox(
-    conn: AsyncConnection,
+_MARK_INBOX = (
+    inbox.update()
+    .where(inbox.c.id == sa.bindparam("b_id"))
+    .values(
+        status=sa.bindparam("status"),
+        run_id=sa.bindparam("run_id"),
+        note=sa.bindparam("note"),
+        applied_at=sa.bindparam("applied_at"),
+    )
+)
+
+
+def mark_inbox(
+    conn: sa.Connection,
     event_id: int,
     status: str,
     *,
@@ -100,18 +131,28 @@ async def mark_inbox(
     run_id: str | None = None,
     note: str | None = None,
 ) -> None:
-    await conn.execute(
-        inbox.update()
-        .where(inbox.c.id == event_id)
-        .values(status=status, run_id=run_id, note=note, applied_at=now)
-    )
+    mark_inbox_many(conn, [(event_id, status, run_id, note)], now)
 
 
-async def wake_orphans(conn: AsyncConnection, task_ids: Sequence[str]) -> int:
+def mark_inbox_many(
+    conn: sa.Connection, outcomes: Sequence[tuple[int, str, str | None, str | None]], now: datetime
+) -> None:
+    """Record (id, status, run_id, note) for many events in one statement."""
+    if outcomes:
+        conn.execute(
+            _MARK_INBOX,
+            [
+                {"b_id": i, "status": st, "run_id": run, "note": note, "applied_at": now}
+                for i, st, run, note in outcomes
+            ],
+        )
+
+
+def wake_orphans(conn: sa.Connection, task_ids: Sequence[str]) -> int:
     """Orphans waiting for these task IDs become pending again (they can be matched now)."""
     if not task_ids:
         return 0
-    result = await conn.execute(
+    result = conn.execute(
         inbox.update()
         .where(inbox.c.status == lit(InboxStatus.ORPHAN), inbox.c.task_id.in_(list(task_ids)))
         .values(status=InboxStatus.PENDING)
@@ -119,8 +160,8 @@ async def wake_orphans(conn: AsyncConnection, task_ids: Sequence[str]) -> int:
     return int(result.rowcount or 0)
 
 
-async def expire_orphans(conn: AsyncConnection, older_than: datetime, now: datetime) -> int:
-    result = await conn.execute(
+def expire_orphans(conn: sa.Connection, older_than: datetime, now: datetime) -> int:
+    result = conn.execute(
         inbox.update()
         .where(inbox.c.status == lit(InboxStatus.ORPHAN), inbox.c.received_at < older_than)
         .values(
@@ -132,9 +173,9 @@ async def expire_orphans(conn: AsyncConnection, older_than: datetime, now: datet
     return int(result.rowcount or 0)
 
 
-async def replay_inbox(conn: AsyncConnection, event_id: int) -> bool:
+def replay_inbox(conn: sa.Connection, event_id: int) -> bool:
     """Make an event pending again (an operator's replay). False when there is no such event."""
-    result = await conn.execute(
+    result = conn.execute(
         inbox.update()
         .where(inbox.c.id == event_id, inbox.c.status != InboxStatus.INVALID)
         .values(status=InboxStatus.PENDING, applied_at=None)
@@ -145,13 +186,13 @@ async def replay_inbox(conn: AsyncConnection, event_id: int) -> bool:
 # --- outbox -------------------------------------------------------------------------------
 
 
-async def claim_outbox(
-    conn: AsyncConnection, owner: str, now: datetime, lease: timedelta, limit: int
+def claim_outbox(
+    conn: sa.Connection, owner: str, now: datetime, lease: timedelta, limit: int
 ) -> list[dict[str, Any]]:
     """Claim due outbox commands: they become in_flight under ``owner`` until the lease ends."""
     rows = (
         (
-            await conn.execute(
+            conn.execute(
                 sa.select(outbox)
                 .where(outbox.c.status == lit("pending"), outbox.c.next_attempt_at <= now)
                 .order_by(outbox.c.next_attempt_at, outbox.c.id)
@@ -165,7 +206,7 @@ async def claim_outbox(
     if not rows:
         return []
     ids = [r["id"] for r in rows]
-    await conn.execute(
+    conn.execute(
         outbox.update()
         .where(outbox.c.id.in_(ids))
         .values(
@@ -178,8 +219,8 @@ async def claim_outbox(
     return [{**dict(r), "tries": r["tries"] + 1} for r in rows]
 
 
-async def finish_outbox(
-    conn: AsyncConnection,
+def finish_outbox(
+    conn: sa.Connection,
     command_id: int,
     owner: str,
     *,
@@ -188,7 +229,7 @@ async def finish_outbox(
     error: str | None = None,
 ) -> bool:
     """Record a command's outcome; False when the lease was lost (another replica took over)."""
-    done = await conn.execute(
+    done = conn.execute(
         outbox.update()
         .where(
             outbox.c.id == command_id,
@@ -207,11 +248,11 @@ async def finish_outbox(
     return bool(done.rowcount)
 
 
-async def release_outbox(
-    conn: AsyncConnection, command_id: int, owner: str, *, retry_at: datetime, error: str
+def release_outbox(
+    conn: sa.Connection, command_id: int, owner: str, *, retry_at: datetime, error: str
 ) -> None:
     """Give a command back to the queue, to be tried again at ``retry_at``."""
-    await conn.execute(
+    conn.execute(
         outbox.update()
         .where(outbox.c.id == command_id, outbox.c.lease_owner == owner)
         .values(
@@ -224,11 +265,11 @@ async def release_outbox(
     )
 
 
-async def expire_outbox_leases(conn: AsyncConnection, now: datetime) -> list[int]:
+def expire_outbox_leases(conn: sa.Connection, now: datetime) -> list[int]:
     """In-flight commands whose owner stopped renewing: back to pending, to be sent again."""
     rows = (
         (
-            await conn.execute(
+            conn.execute(
                 sa.select(outbox.c.id)
                 .where(outbox.c.status == lit("in_flight"), outbox.c.lease_until < now)
                 .with_for_update(skip_locked=True)
@@ -238,7 +279,7 @@ async def expire_outbox_leases(conn: AsyncConnection, now: datetime) -> list[int
         .all()
     )
     if rows:
-        await conn.execute(
+        conn.execute(
             outbox.update()
             .where(outbox.c.id.in_(rows))
             .values(
@@ -255,13 +296,11 @@ async def expire_outbox_leases(conn: AsyncConnection, now: datetime) -> list[int
 # --- timers -------------------------------------------------------------------------------
 
 
-async def claim_due_timers(
-    conn: AsyncConnection, now: datetime, limit: int
-) -> list[dict[str, Any]]:
+def claim_due_timers(conn: sa.Connection, now: datetime, limit: int) -> list[dict[str, Any]]:
     """Due timers, marked fired in this transaction (the caller applies them in it too)."""
     rows = (
         (
-            await conn.execute(
+            conn.execute(
                 sa.select(timers)
                 .where(timers.c.status == lit("pending"), timers.c.due_at <= now)
                 .order_by(timers.c.due_at)
@@ -273,15 +312,15 @@ async def claim_due_timers(
         .all()
     )
     if rows:
-        await conn.execute(
+        conn.execute(
             timers.update().where(timers.c.id.in_([r["id"] for r in rows])).values(status="fired")
         )
     return [dict(r) for r in rows]
 
 
-async def next_timer_due(conn: AsyncConnection) -> datetime | None:
+def next_timer_due(conn: sa.Connection) -> datetime | None:
     due: datetime | None = (
-        await conn.execute(
+        conn.execute(
             sa.select(timers.c.due_at)
             .where(timers.c.status == lit("pending"))
             .order_by(timers.c.due_at)

@@ -8,11 +8,11 @@ per transition: the state, the history and the outbox rows commit together or no
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator import machine as m
 from orchestrator.store.sql import insert_ignore
@@ -30,8 +30,8 @@ _STEP_FIELDS = tuple(f for f in m.StepState.model_fields if f not in ("name", "t
 _TASK_FIELDS = tuple(m.TaskState.model_fields)
 
 
-async def create_run(
-    conn: AsyncConnection,
+def create_run(
+    conn: sa.Connection,
     state: m.RunState,
     kinds: dict[str, str],
     *,
@@ -41,7 +41,7 @@ async def create_run(
     trigger_event_id: int | None = None,
 ) -> bool:
     """Insert a new run and its steps. False when a run with the same dedup key exists."""
-    result = await conn.execute(
+    result = conn.execute(
         insert_ignore(conn, runs, ["dedup_key"])
         .values(
             id=state.run_id,
@@ -61,7 +61,7 @@ async def create_run(
     )
     if result.first() is None:
         return False
-    await conn.execute(
+    conn.execute(
         steps.insert(),
         [
             {
@@ -77,195 +77,291 @@ async def create_run(
     return True
 
 
-async def load_run(
-    conn: AsyncConnection, run_id: str, *, for_update: bool = False
-) -> m.RunState | None:
-    query = sa.select(runs).where(runs.c.id == run_id)
-    if for_update:
-        query = query.with_for_update()
-    row = (await conn.execute(query)).mappings().first()
-    if row is None:
-        return None
-    step_rows = (
-        (
-            await conn.execute(
-                sa.select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position)
-            )
-        )
-        .mappings()
-        .all()
-    )
-    task_rows = (
-        (
-            await conn.execute(
-                sa.select(tasks).where(tasks.c.run_id == run_id).order_by(tasks.c.position)
-            )
-        )
-        .mappings()
-        .all()
-    )
-    by_step: dict[str, list[m.TaskState]] = {}
-    for t in task_rows:
-        by_step.setdefault(t["step"], []).append(
+def _by(column: sa.Column[Any], name: str) -> sa.ColumnElement[bool]:
+    return column == sa.bindparam(name)
+
+
+# Statements are built once: executing a prepared statement with parameters skips SQLAlchemy's
+# per-call construction and cache-key work, which dominated the cost of a transition.
+_RUN_FIELDS = ("status", "updated_at", "finished_at", "deadline", "error")
+_UPDATE_RUN = (
+    runs.update()
+    .where(_by(runs.c.id, "b_run_id"))
+    .values({f: sa.bindparam(f) for f in _RUN_FIELDS})
+)
+_UPDATE_STEP = (
+    steps.update()
+    .where(_by(steps.c.run_id, "b_run_id"), _by(steps.c.name, "b_name"))
+    .values({f: sa.bindparam(f) for f in _STEP_FIELDS})
+)
+_TASK_COLUMNS = (*_TASK_FIELDS, "next_poll_at")
+_UPDATE_TASK = (
+    tasks.update()
+    .where(_by(tasks.c.task_id, "b_task_id"))
+    .values({f: sa.bindparam(f) for f in _TASK_COLUMNS if f != "task_id"})
+)
+_UPDATE_TASK_KEEP_POLL = (
+    tasks.update()
+    .where(_by(tasks.c.task_id, "b_task_id"))
+    .values({f: sa.bindparam(f) for f in _TASK_FIELDS if f != "task_id"})
+)
+_INSERT_HISTORY = history.insert()
+_CANCEL_RUN_TIMERS = (
+    timers.update()
+    .where(_by(timers.c.run_id, "b_run_id"), timers.c.status == "pending")
+    .values(status="cancelled")
+)
+_CANCEL_STEP_TIMERS = _CANCEL_RUN_TIMERS.where(_by(timers.c.step, "b_step"))
+_INSERT_TIMER = timers.insert()
+
+
+_SELECT_RUNS = sa.select(runs).where(runs.c.id.in_(sa.bindparam("ids", expanding=True)))
+_SELECT_RUNS_LOCKED = _SELECT_RUNS.with_for_update()
+_SELECT_STEPS_OF = (
+    sa.select(steps)
+    .where(steps.c.run_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(steps.c.run_id, steps.c.position)
+)
+_SELECT_TASKS_OF = (
+    sa.select(tasks)
+    .where(tasks.c.run_id.in_(sa.bindparam("ids", expanding=True)))
+    .order_by(tasks.c.run_id, tasks.c.position)
+)
+
+
+def load_run(conn: sa.Connection, run_id: str, *, for_update: bool = False) -> m.RunState | None:
+    return load_runs(conn, [run_id], for_update=for_update).get(run_id)
+
+
+def load_runs(
+    conn: sa.Connection, run_ids: Collection[str], *, for_update: bool = False
+) -> dict[str, m.RunState]:
+    """Several runs' states with three queries in all (locked on PostgreSQL when asked)."""
+    if not run_ids:
+        return {}
+    key = {"ids": list(run_ids)}
+    rows = conn.execute(_SELECT_RUNS_LOCKED if for_update else _SELECT_RUNS, key).mappings().all()
+    step_rows: dict[str, list[Any]] = {}
+    for s in conn.execute(_SELECT_STEPS_OF, key).mappings():
+        step_rows.setdefault(s["run_id"], []).append(s)
+    task_states: dict[tuple[str, str], list[m.TaskState]] = {}
+    for t in conn.execute(_SELECT_TASKS_OF, key).mappings():
+        task_states.setdefault((t["run_id"], t["step"]), []).append(
             m.TaskState.model_validate({f: t[f] for f in _TASK_FIELDS})
         )
-    return m.RunState(
-        run_id=row["id"],
-        workflow=row["workflow"],
-        version=row["version"],
-        status=m.RunStatus(row["status"]),
-        context=row["context"] or {},
-        steps=tuple(
-            m.StepState.model_validate(
-                {
-                    "name": s["name"],
-                    "tasks": tuple(by_step.get(s["name"], ())),
-                    **{f: s[f] for f in _STEP_FIELDS},
-                }
-            )
-            for s in step_rows
-        ),
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        finished_at=row["finished_at"],
-        deadline=row["deadline"],
-        error=row["error"],
-    )
+    return {
+        row["id"]: m.RunState(
+            run_id=row["id"],
+            workflow=row["workflow"],
+            version=row["version"],
+            status=m.RunStatus(row["status"]),
+            context=row["context"] or {},
+            steps=tuple(
+                m.StepState.model_validate(
+                    {
+                        "name": s["name"],
+                        "tasks": tuple(task_states.get((row["id"], s["name"]), ())),
+                        **{f: s[f] for f in _STEP_FIELDS},
+                    }
+                )
+                for s in step_rows.get(row["id"], ())
+            ),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            finished_at=row["finished_at"],
+            deadline=row["deadline"],
+            error=row["error"],
+        )
+        for row in rows
+    }
+
+
+def _values(model: m.StepState | m.TaskState, fields: tuple[str, ...]) -> dict[str, Any]:
+    """Column values of a state model: JSON-able where the column is JSON, datetimes as is."""
+    out: dict[str, Any] = {}
+    for field in fields:
+        value = getattr(model, field)
+        if isinstance(value, tuple | list | dict) and field != "tasks":
+            value = model.model_dump(mode="json", include={field})[field]
+        elif hasattr(value, "value") and not isinstance(value, datetime):  # enums
+            value = value.value
+        out[field] = value
+    return out
 
 
 def _step_values(step: m.StepState) -> dict[str, Any]:
-    data = step.model_dump(mode="json", include=set(_STEP_FIELDS))
-    # Datetimes go through the UTCDateTime column type, not as ISO strings.
-    for field in _STEP_FIELDS:
-        value = getattr(step, field)
-        if isinstance(value, datetime) or value is None:
-            data[field] = value
-    return data
+    return _values(step, _STEP_FIELDS)
 
 
 def _task_values(task: m.TaskState) -> dict[str, Any]:
-    data = task.model_dump(mode="json")
-    for field in _TASK_FIELDS:
-        value = getattr(task, field)
-        if isinstance(value, datetime) or value is None:
-            data[field] = value
-    return data
+    return _values(task, _TASK_FIELDS)
 
 
-async def save_decision(
-    conn: AsyncConnection, before: m.RunState, decision: m.Decision, *, now: datetime
+class Changes:
+    """What a group of decisions changed, written with one statement per table at ``flush``.
+
+    Decisions are added in order; several may concern the same run (each one's ``before`` is
+    the previous one's state). Rows keep that order: inserts before the updates that may follow
+    them, history in sequence, and timer commands one by one (a cancel must not overtake the
+    schedule it follows).
+    """
+
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.steps: dict[tuple[str, str], dict[str, Any]] = {}
+        self.task_inserts: dict[str, dict[str, Any]] = {}
+        self.task_updates: dict[str, tuple[dict[str, Any], bool]] = {}
+        self.history: list[dict[str, Any]] = []
+        self.outbox: list[dict[str, Any]] = []
+        self.timer_commands: list[m.ScheduleTimer | m.CancelTimers] = []
+        self.new_tasks: list[m.TaskState] = []
+
+    def add(self, before: m.RunState, decision: m.Decision, now: datetime) -> None:
+        after = decision.state
+        self.runs[after.run_id] = {
+            "b_run_id": after.run_id,
+            "status": after.status.value,
+            "updated_at": after.updated_at,
+            "finished_at": after.finished_at,
+            "deadline": after.deadline,
+            "error": after.error,
+        }
+        old_steps = {s.name: s for s in before.steps}
+        for step in after.steps:
+            old = old_steps[step.name]
+            if old.model_copy(update={"tasks": ()}) != step.model_copy(update={"tasks": ()}):
+                self.steps[(after.run_id, step.name)] = {
+                    "b_run_id": after.run_id,
+                    "b_name": step.name,
+                    **_step_values(step),
+                }
+            old_tasks = {t.task_id: t for t in old.tasks}
+            for position, task in enumerate(step.tasks):
+                previous = old_tasks.get(task.task_id)
+                if previous == task:
+                    continue
+                self._task(after.run_id, step.name, position, previous, task)
+        entry = decision.history
+        self.history.append(
+            {
+                "run_id": after.run_id,
+                "at": entry.at,
+                "input": entry.input,
+                "step": entry.step,
+                "from_status": entry.from_status.value,
+                "to_status": entry.to_status.value,
+                "reason": entry.reason,
+                "detail": entry.detail,
+            }
+        )
+        for command in decision.commands:
+            if isinstance(command, m.OUTBOUND):
+                self.outbox.append(
+                    {
+                        "run_id": command.run_id,
+                        "step": command.step,
+                        "attempt": command.attempt,
+                        "kind": command.kind,
+                        "idempotency_key": command.idempotency_key,
+                        "payload": command.model_dump(mode="json"),
+                        "status": "pending",
+                        "tries": 0,
+                        "next_attempt_at": now,
+                        "created_at": now,
+                    }
+                )
+            elif isinstance(command, m.ScheduleTimer | m.CancelTimers):
+                self.timer_commands.append(command)
+
+    def _task(
+        self,
+        run_id: str,
+        step: str,
+        position: int,
+        previous: m.TaskState | None,
+        task: m.TaskState,
+    ) -> None:
+        values = _task_values(task)
+        next_poll = None if task.status.terminal else task.expected_at
+        if task.task_id in self.task_inserts:  # new in this group: insert its latest state
+            self.task_inserts[task.task_id].update(values, next_poll_at=next_poll)
+        elif previous is None:
+            self.new_tasks.append(task)
+            self.task_inserts[task.task_id] = {
+                **values,
+                "next_poll_at": next_poll,
+                "run_id": run_id,
+                "step": step,
+                "position": position,
+                "folded_id": normalize_task_id(task.task_id),
+                "polls": 0,
+            }
+        else:
+            # A task still running in the same attempt keeps the sweeper's poll schedule.
+            keep_poll = previous.attempt == task.attempt and not task.status.terminal
+            row = {"b_task_id": task.task_id, **values}
+            if not keep_poll:
+                row["next_poll_at"] = next_poll
+            earlier = self.task_updates.get(task.task_id)
+            if earlier is not None and not earlier[1] and keep_poll:
+                row["next_poll_at"] = earlier[0].get("next_poll_at")  # the earlier reset stands
+            self.task_updates[task.task_id] = (row, keep_poll and (earlier is None or earlier[1]))
+
+    def flush(self, conn: sa.Connection) -> list[m.TaskState]:
+        """Write everything; returns the tasks new to the database."""
+        if self.runs:
+            conn.execute(_UPDATE_RUN, list(self.runs.values()))
+        if self.steps:
+            conn.execute(_UPDATE_STEP, list(self.steps.values()))
+        if self.task_inserts:
+            conn.execute(insert_ignore(conn, tasks, ["task_id"]), list(self.task_inserts.values()))
+        keep = [row for row, keep_poll in self.task_updates.values() if keep_poll]
+        reset = [row for row, keep_poll in self.task_updates.values() if not keep_poll]
+        if keep:
+            conn.execute(_UPDATE_TASK_KEEP_POLL, keep)
+        if reset:
+            conn.execute(_UPDATE_TASK, [{"next_poll_at": None, **row} for row in reset])
+        if self.history:
+            conn.execute(_INSERT_HISTORY, self.history)
+        if self.outbox:
+            conn.execute(insert_ignore(conn, outbox, ["idempotency_key"]), self.outbox)
+        for command in self.timer_commands:
+            _timer_command(conn, command)
+        return self.new_tasks
+
+
+def save_decision(
+    conn: sa.Connection, before: m.RunState, decision: m.Decision, *, now: datetime
 ) -> list[m.TaskState]:
-    """Write what a decision changed. Returns the tasks that are new to the database."""
-    after = decision.state
-    await conn.execute(
-        runs.update()
-        .where(runs.c.id == after.run_id)
-        .values(
-            status=str(after.status),
-            updated_at=after.updated_at,
-            finished_at=after.finished_at,
-            deadline=after.deadline,
-            error=after.error,
+    """Write what one decision changed. Returns the tasks that are new to the database."""
+    changes = Changes()
+    changes.add(before, decision, now)
+    return changes.flush(conn)
+
+
+def _timer_command(conn: sa.Connection, command: m.ScheduleTimer | m.CancelTimers) -> None:
+    if isinstance(command, m.ScheduleTimer):
+        conn.execute(
+            _INSERT_TIMER,
+            {
+                "run_id": command.run_id,
+                "kind": command.timer,
+                "step": command.step,
+                "attempt": command.attempt,
+                "due_at": command.due,
+                "status": "pending",
+            },
         )
-    )
-    old_steps = {s.name: s for s in before.steps}
-    new_tasks: list[m.TaskState] = []
-    for step in after.steps:
-        old = old_steps[step.name]
-        if old.model_copy(update={"tasks": ()}) != step.model_copy(update={"tasks": ()}):
-            await conn.execute(
-                steps.update()
-                .where(steps.c.run_id == after.run_id, steps.c.name == step.name)
-                .values(**_step_values(step))
-            )
-        old_tasks = {t.task_id: t for t in old.tasks}
-        for position, task in enumerate(step.tasks):
-            previous = old_tasks.get(task.task_id)
-            if previous == task:
-                continue
-            values = _task_values(task)
-            values["next_poll_at"] = None if task.status.terminal else task.expected_at
-            if previous is None:
-                new_tasks.append(task)
-                await conn.execute(
-                    insert_ignore(conn, tasks, ["task_id"]).values(
-                        run_id=after.run_id,
-                        step=step.name,
-                        position=position,
-                        folded_id=normalize_task_id(task.task_id),
-                        **values,
-                    )
-                )
-            else:
-                if previous.attempt == task.attempt and not task.status.terminal:
-                    values.pop("next_poll_at")  # keep the sweeper's poll schedule
-                await conn.execute(
-                    tasks.update().where(tasks.c.task_id == task.task_id).values(**values)
-                )
-    await conn.execute(
-        history.insert().values(
-            run_id=after.run_id,
-            at=decision.history.at,
-            input=decision.history.input,
-            step=decision.history.step,
-            from_status=str(decision.history.from_status),
-            to_status=str(decision.history.to_status),
-            reason=decision.history.reason,
-            detail=decision.history.detail,
-        )
-    )
-    await apply_commands(conn, decision.commands, now=now)
-    return new_tasks
+        return
+    if command.step is None:
+        conn.execute(_CANCEL_RUN_TIMERS, {"b_run_id": command.run_id})
+    else:
+        conn.execute(_CANCEL_STEP_TIMERS, {"b_run_id": command.run_id, "b_step": command.step})
 
 
-async def apply_commands(
-    conn: AsyncConnection, commands: tuple[m.Command, ...], *, now: datetime
-) -> None:
-    """Commands become rows: outbound calls in the outbox, timers in timers, in order."""
-    for command in commands:
-        if isinstance(command, m.OUTBOUND):
-            await conn.execute(
-                insert_ignore(conn, outbox, ["idempotency_key"]).values(
-                    run_id=command.run_id,
-                    step=command.step,
-                    attempt=command.attempt,
-                    kind=command.kind,
-                    idempotency_key=command.idempotency_key,
-                    payload=command.model_dump(mode="json"),
-                    status="pending",
-                    tries=0,
-                    next_attempt_at=now,
-                    created_at=now,
-                )
-            )
-        elif isinstance(command, m.ScheduleTimer):
-            await conn.execute(
-                timers.insert().values(
-                    run_id=command.run_id,
-                    kind=command.timer,
-                    step=command.step,
-                    attempt=command.attempt,
-                    due_at=command.due,
-                    status="pending",
-                )
-            )
-        elif isinstance(command, m.CancelTimers):
-            query = timers.update().where(
-                timers.c.run_id == command.run_id, timers.c.status == "pending"
-            )
-            if command.step is not None:
-                query = query.where(timers.c.step == command.step)
-            await conn.execute(query.values(status="cancelled"))
-        # Finish: the run row already says so; the runner announces it after the commit.
-
-
-async def run_history(conn: AsyncConnection, run_id: str) -> list[dict[str, Any]]:
+def run_history(conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
     rows = (
-        (
-            await conn.execute(
-                sa.select(history).where(history.c.run_id == run_id).order_by(history.c.id)
-            )
-        )
+        (conn.execute(sa.select(history).where(history.c.run_id == run_id).order_by(history.c.id)))
         .mappings()
         .all()
     )

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
+
+_IGNORING: dict[tuple[str, str, tuple[str, ...]], sqlite.Insert | postgresql.Insert] = {}
 
 
 def insert_ignore(
-    conn: AsyncConnection | sa.Connection, table: sa.Table, conflict: list[str]
+    conn: sa.Connection, table: sa.Table, conflict: list[str]
 ) -> sqlite.Insert | postgresql.Insert:
-    """``INSERT ... ON CONFLICT (conflict) DO NOTHING`` for the connection's dialect."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table).on_conflict_do_nothing(index_elements=conflict)
-    return sqlite.insert(table).on_conflict_do_nothing(index_elements=conflict)
+    """``INSERT ... ON CONFLICT (conflict) DO NOTHING`` for the dialect (built once)."""
+    key = (conn.dialect.name, table.name, tuple(conflict))
+    statement = _IGNORING.get(key)
+    if statement is None:
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        statement = dialect.insert(table).on_conflict_do_nothing(index_elements=conflict)
+        _IGNORING[key] = statement
+    return statement
 
 
 def lit(value: str) -> sa.BindParameter[str]:

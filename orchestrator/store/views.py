@@ -6,7 +6,6 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.store.tables import HistoryRow, InboxEvent, Run, StepRow, TaskRow
 
@@ -17,30 +16,24 @@ history = HistoryRow.__table__  # type: ignore[attr-defined]
 inbox = InboxEvent.__table__  # type: ignore[attr-defined]
 
 
-async def run_detail(conn: AsyncConnection, run_id: str) -> dict[str, Any] | None:
-    row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).mappings().first()
+def run_detail(conn: sa.Connection, run_id: str) -> dict[str, Any] | None:
+    row = (conn.execute(sa.select(runs).where(runs.c.id == run_id))).mappings().first()
     if row is None:
         return None
     step_rows = (
-        await conn.execute(
-            sa.select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position)
-        )
+        conn.execute(sa.select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position))
     ).mappings()
     task_rows = (
-        await conn.execute(
-            sa.select(tasks).where(tasks.c.run_id == run_id).order_by(tasks.c.position)
-        )
+        conn.execute(sa.select(tasks).where(tasks.c.run_id == run_id).order_by(tasks.c.position))
     ).mappings()
     by_step: dict[str, list[dict[str, Any]]] = {}
     for task in task_rows:
         by_step.setdefault(task["step"], []).append(dict(task))
     entries = (
-        await conn.execute(
-            sa.select(history).where(history.c.run_id == run_id).order_by(history.c.id)
-        )
+        conn.execute(sa.select(history).where(history.c.run_id == run_id).order_by(history.c.id))
     ).mappings()
     events = (
-        await conn.execute(
+        conn.execute(
             sa.select(
                 inbox.c.id,
                 inbox.c.received_at,
@@ -62,8 +55,8 @@ async def run_detail(conn: AsyncConnection, run_id: str) -> dict[str, Any] | Non
     }
 
 
-async def list_runs(
-    conn: AsyncConnection,
+def list_runs(
+    conn: sa.Connection,
     *,
     workflow: str | None = None,
     status: list[str] | None = None,
@@ -93,16 +86,16 @@ async def list_runs(
         query = query.where(
             sa.or_(runs.c.created_at < at, sa.and_(runs.c.created_at == at, runs.c.id < run_id))
         )
-    return [dict(r) for r in (await conn.execute(query)).mappings()]
+    return [dict(r) for r in (conn.execute(query)).mappings()]
 
 
-async def run_by_dedup_key(conn: AsyncConnection, dedup_key: str) -> str | None:
+def run_by_dedup_key(conn: sa.Connection, dedup_key: str) -> str | None:
     run_id: str | None = (
-        await conn.execute(sa.select(runs.c.id).where(runs.c.dedup_key == dedup_key))
+        conn.execute(sa.select(runs.c.id).where(runs.c.dedup_key == dedup_key))
     ).scalar()
     return run_id
 
 
-async def inbox_counts(conn: AsyncConnection) -> dict[str, int]:
-    rows = await conn.execute(sa.select(inbox.c.status, sa.func.count()).group_by(inbox.c.status))
+def inbox_counts(conn: sa.Connection) -> dict[str, int]:
+    rows = conn.execute(sa.select(inbox.c.status, sa.func.count()).group_by(inbox.c.status))
     return {status: int(count) for status, count in rows}

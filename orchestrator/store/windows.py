@@ -8,7 +8,6 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import JsonValue
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from orchestrator.store.sql import lit
 from orchestrator.store.tables import StreamWindow
@@ -17,8 +16,8 @@ windows = StreamWindow.__table__  # type: ignore[attr-defined]
 OPEN = sa.text("status = 'open'")
 
 
-async def add_segment(
-    conn: AsyncConnection,
+def add_segment(
+    conn: sa.Connection,
     *,
     workflow: str,
     stream_id: str,
@@ -29,7 +28,7 @@ async def add_segment(
 ) -> tuple[int, bool]:
     """Add a recording to the stream's open window (opening one). Returns (window id, added)."""
     insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(windows)
-    await conn.execute(
+    conn.execute(
         insert.values(
             workflow=workflow,
             stream_id=stream_id,
@@ -42,7 +41,7 @@ async def add_segment(
     )
     row = (
         (
-            await conn.execute(
+            conn.execute(
                 sa.select(windows)
                 .where(
                     windows.c.workflow == workflow,
@@ -60,7 +59,7 @@ async def add_segment(
     if added:
         segments.append(segment)
     closes = min(now + quiet, row["opened_at"] + max_length)
-    await conn.execute(
+    conn.execute(
         windows.update()
         .where(windows.c.id == row["id"])
         .values(segments=segments, last_activity_at=now, closes_at=closes)
@@ -68,12 +67,12 @@ async def add_segment(
     return int(row["id"]), added
 
 
-async def touch_stream(
-    conn: AsyncConnection, stream_id: str, now: datetime, quiet: dict[str, timedelta]
+def touch_stream(
+    conn: sa.Connection, stream_id: str, now: datetime, quiet: dict[str, timedelta]
 ) -> int:
     """Stream activity without a recording (the stream ended): open windows wait ``quiet`` more."""
     rows = (
-        await conn.execute(
+        conn.execute(
             sa.select(windows.c.id, windows.c.workflow, windows.c.opened_at).where(
                 windows.c.stream_id == stream_id, windows.c.status == lit("open")
             )
@@ -83,7 +82,7 @@ async def touch_stream(
         wait = quiet.get(row.workflow)
         if wait is None:
             continue
-        await conn.execute(
+        conn.execute(
             windows.update()
             .where(windows.c.id == row.id)
             .values(last_activity_at=now, closes_at=now + wait)
@@ -91,13 +90,11 @@ async def touch_stream(
     return len(rows)
 
 
-async def claim_due_windows(
-    conn: AsyncConnection, now: datetime, limit: int
-) -> list[dict[str, Any]]:
+def claim_due_windows(conn: sa.Connection, now: datetime, limit: int) -> list[dict[str, Any]]:
     """Open windows whose quiet period is over, locked for the caller's transaction."""
     rows = (
         (
-            await conn.execute(
+            conn.execute(
                 sa.select(windows)
                 .where(windows.c.status == lit("open"), windows.c.closes_at <= now)
                 .order_by(windows.c.closes_at)
@@ -111,7 +108,7 @@ async def claim_due_windows(
     return [dict(r) for r in rows]
 
 
-async def close_window(conn: AsyncConnection, window_id: int, run_id: str | None) -> None:
-    await conn.execute(
+def close_window(conn: sa.Connection, window_id: int, run_id: str | None) -> None:
+    conn.execute(
         windows.update().where(windows.c.id == window_id).values(status="closed", run_id=run_id)
     )

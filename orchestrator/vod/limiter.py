@@ -94,8 +94,7 @@ class Limiter:
                 return kept, blocked, Grant(at=now, wait=0.0)
             return kept, blocked, Grant(at=None, wait=wait)
 
-        async with self.db.transaction() as conn:
-            return await update_bucket(conn, self.key(action), change)
+        return await self.db.write(update_bucket, self.key(action), change)
 
     async def acquire(self, action: str, max_wait: float = float("inf")) -> Grant:
         """Wait for a call slot. Raises TimeoutError when it would take longer than max_wait."""
@@ -118,13 +117,11 @@ class Limiter:
         def change(calls: list[float], blocked: float) -> tuple[list[float], float, None]:
             return calls, max(blocked, until), None
 
-        async with self.db.transaction() as conn:
-            await update_bucket(conn, self.key(action), change)
+        await self.db.write(update_bucket, self.key(action), change)
         return pause
 
     async def usage(self, action: str) -> int:
         """Calls made in the current window (for the dashboard)."""
-        async with self.db.read() as conn:
-            calls, _ = await bucket_usage(conn, self.key(action))
+        calls, _ = await self.db.query(bucket_usage, self.key(action))
         now = self.clock()
         return sum(1 for t in calls if t > now - self.quota(action).window)
