@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
@@ -27,12 +28,15 @@ from starlette.routing import BaseRoute, Route
 from orchestrator import __version__, dashboard
 from orchestrator.actions import Actions
 from orchestrator.config import Settings
+from orchestrator.dashboard import ApiAuth, LiveHub
 from orchestrator.engine.ffmpeg import FFmpeg
 from orchestrator.hooks import WebhookSink
 from orchestrator.keys import Keys, load_keys
+from orchestrator.metrics import Metrics
 from orchestrator.receiver import InboxWriter, Receiver
 from orchestrator.registry import Registry
 from orchestrator.runner import Runner
+from orchestrator.store import views
 from orchestrator.store.db import Database
 from orchestrator.sweeper import Sweeper
 from orchestrator.verify import OutputChecker, url_duration
@@ -59,6 +63,8 @@ class Services:
     receiver: Receiver
     sweeper: Sweeper
     sink: WebhookSink
+    metrics: Metrics
+    live: LiveHub
     engine: Any = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -78,8 +84,15 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         },
         Quota(100, 10),
     )
+    metrics = Metrics()
+
+    def observe(action: str, code: int, waited: float) -> None:
+        metrics.vod_calls.labels(action, str(code)).inc()
+        metrics.limiter_wait.labels(action).observe(waited)
+
     client = VodClient(
         settings.vod_url,
+        observe=observe,
         secret_id=keys.vod_secret_id,
         secret_key=keys.vod_secret_key,
         region=settings.vod_region,
@@ -104,12 +117,15 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         actions,
         default_expected=timedelta(seconds=settings.task_poll_after_seconds),
     )
+    live = LiveHub()
+    runner.listeners += [live.notify, metrics.transition, _step_metrics(metrics)]
     writer = InboxWriter(db, on_commit=runner.inbox_wake.set, remember=runner.remember)
     receiver = Receiver(
         writer,
         callback_token=keys.callback_token,
         lvb_key=settings.lvb_callback_key.get_secret_value() if settings.lvb_callback_key else None,
         max_body=settings.max_body_bytes,
+        count=lambda source, kind, outcome: metrics.callbacks.labels(source, kind, outcome).inc(),
     )
     sweeper = Sweeper(
         db,
@@ -118,7 +134,22 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         interval=settings.sweep_interval,
         reliable=settings.reliable_callbacks,
         poll_gap=timedelta(seconds=settings.task_poll_after_seconds),
+        on_findings=metrics.sweep,
     )
+
+    async def refresh_gauges() -> dict[str, int]:
+        counts = await db.query(views.run_counts)
+        raw = await db.query(views.stats, datetime.now(UTC))
+        metrics.runs.clear()
+        for workflow, by_status in counts.items():
+            for status, count in by_status.items():
+                metrics.runs.labels(workflow, status).set(count)
+        for status in ("pending", "orphan", "failed", "invalid"):
+            metrics.inbox_depth.labels(status).set(raw["inbox"].get(status, 0))
+        metrics.outbox_depth.set(raw["outbox_pending"])
+        return {}
+
+    sweeper.jobs["metrics"] = (max(settings.sweep_interval, 5.0), refresh_gauges)
     return Services(
         settings=settings,
         keys=keys,
@@ -132,7 +163,25 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         receiver=receiver,
         sweeper=sweeper,
         sink=WebhookSink(keys.webhook_secret),
+        metrics=metrics,
+        live=live,
     )
+
+
+def _step_metrics(metrics: Metrics) -> Any:
+    def observe(transition: Any) -> None:
+        for step in transition.state.steps:
+            if step.finished_at == transition.entry.at and step.status.terminal:
+                metrics.step_finished(transition.workflow, step)
+
+    return observe
+
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+
+class UnsafeBinding(Exception):
+    """The dashboard API would be open to the network."""
 
 
 async def healthz(request: Request) -> JSONResponse:
@@ -177,6 +226,13 @@ async def stop(services: Services) -> None:
 
 def create_app(settings: Settings, registry: Registry | None = None) -> Starlette:
     """The whole service as an ASGI app."""
+    admin = settings.api_token.get_secret_value() if settings.api_token else None
+    read = settings.api_read_token.get_secret_value() if settings.api_read_token else None
+    if admin is None and read is None and settings.host not in LOOPBACK:
+        raise UnsafeBinding(
+            f"VODFLOW_HOST={settings.host} exposes the dashboard API beyond this machine: "
+            "set VODFLOW_API_TOKEN (and optionally VODFLOW_API_READ_TOKEN) first"
+        )
     registry = registry or Registry.from_paths([settings.workflows])
     services = build_services(settings, registry)
 
@@ -190,13 +246,18 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Starlett
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", services.metrics.endpoint, methods=["GET"]),
         *services.receiver.routes,
         *services.sink.routes,
         *dashboard.routes,
     ]
     if services.engine is not None:
         routes.extend(services.engine.routes)
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(ApiAuth, admin=admin, read=read)],
+    )
     app.state.services = services
     app.state.settings = settings
     app.state.registry = registry

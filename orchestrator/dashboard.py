@@ -1,22 +1,280 @@
-"""The status dashboard's API (JSON under /api): workflows, runs, actions on runs."""
+"""The status dashboard's API: JSON under /api, described at /openapi.json.
+
+Workflows; runs (filters, cursor pages, newest first); one run with its steps, tasks, history and
+callbacks; look-ups by VOD task ID or fileId; inbox events (orphans, invalid bodies, with their raw
+bodies); stats; actions (retry, cancel, replay an event, trigger a run), idempotent and recorded
+in the run's history; and live updates as Server-Sent Events (/api/events).
+
+Access: with ``VODFLOW_API_TOKEN`` (admin) and/or ``VODFLOW_API_READ_TOKEN`` (read-only) set,
+every /api request needs ``Authorization: Bearer <token>`` (or ``?access_token=`` where a
+browser cannot set headers, as for EventSource); read-only tokens may only GET. With no token
+set the API is open, which vodflow allows only while it listens on loopback.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import hmac
 import json
-from datetime import datetime
-from typing import Any
+import statistics
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field, JsonValue, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from orchestrator import __version__
 from orchestrator import machine as m
-from orchestrator.registry import Registry
-from orchestrator.runner import Runner, TriggerRefused
-from orchestrator.store import views
+from orchestrator.openapi import ApiModel, Endpoint, Problem, document
+from orchestrator.runner import TriggerRefused
+from orchestrator.store import queues, views
 from orchestrator.store.tasks import find_task
+
+Q = TypeVar("Q", bound=BaseModel)
+Health = Literal[
+    "pending",
+    "running",
+    "awaiting_callback",
+    "overdue",
+    "retrying",
+    "failing",
+    "succeeded",
+    "failed",
+    "cancelled",
+]
+
+# --- response models ---------------------------------------------------------------------------
+
+
+class StepRef(ApiModel):
+    name: str
+    kind: str
+
+
+class WorkflowInfo(ApiModel):
+    name: str
+    description: str
+    version: str
+    path: str
+    valid: bool = True
+    triggers: list[str]
+    steps: list[StepRef]
+    run_counts: dict[str, int]
+
+
+class WorkflowList(ApiModel):
+    workflows: list[WorkflowInfo]
+
+
+class RunSummary(ApiModel):
+    id: str
+    workflow: str
+    version: str
+    status: str
+    health: Health = Field(
+        description="awaiting_callback, overdue (past a task's expected "
+        "time), retrying (throttled), failing (an attempt failed), ..."
+    )
+    stream_id: str | None
+    file_id: str | None
+    current_step: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    error: str | None
+
+
+class RunPage(ApiModel):
+    runs: list[RunSummary]
+    next_cursor: str | None
+
+
+class TaskInfo(ApiModel):
+    task_id: str
+    kind: str
+    attempt: int
+    awaited: bool
+    status: str
+    submitted_at: datetime
+    expected_at: datetime
+    finished_at: datetime | None
+    waited_seconds: float = Field(description="From submit to its result (or to now).")
+    expected_seconds: float = Field(description="How long its callback was expected to take.")
+    overdue: bool
+    error: str | None
+    error_code: int | None
+    outputs: dict[str, JsonValue]
+    polls: int
+    last_polled_at: datetime | None
+    last_poll_status: str | None
+
+
+class StepInfo(ApiModel):
+    name: str
+    position: int
+    kind: str
+    status: str
+    attempt: int
+    sends: int
+    throttled: bool
+    in_flight: bool
+    request: dict[str, JsonValue] | None
+    started_at: datetime | None
+    submitted_at: datetime | None
+    finished_at: datetime | None
+    retry_at: datetime | None
+    deadline: datetime | None
+    error: str | None
+    error_class: str | None
+    outputs: dict[str, JsonValue]
+    tasks: list[TaskInfo]
+
+
+class HistoryInfo(ApiModel):
+    id: int
+    at: datetime
+    input: str
+    step: str | None
+    from_status: str
+    to_status: str
+    reason: str
+    detail: dict[str, JsonValue]
+
+
+class EventInfo(ApiModel):
+    id: int
+    received_at: datetime
+    source: str
+    event_type: str
+    status: str
+    task_id: str | None
+    file_id: str | None
+    stream_id: str | None
+    run_id: str | None
+    note: str | None
+    applied_at: datetime | None
+    body: str | None = Field(None, description="The body as received (in event listings).")
+
+
+class RunDetail(RunSummary):
+    context: dict[str, JsonValue]
+    deadline: datetime | None
+    steps: list[StepInfo]
+    history: list[HistoryInfo]
+    events: list[EventInfo]
+
+
+class TriggerRequest(ApiModel):
+    workflow: str = Field(max_length=64)
+    params: dict[str, JsonValue] = Field(default_factory=dict)
+    idempotency_key: str | None = Field(None, max_length=200)
+
+
+class TriggerResult(ApiModel):
+    run_id: str
+    created: bool
+
+
+class CancelRequest(ApiModel):
+    reason: str = Field("", max_length=500)
+
+
+class RetryRequest(ApiModel):
+    step: str | None = Field(None, max_length=64)
+
+
+class ActionResult(ApiModel):
+    run_id: str
+    status: str
+    changed: bool
+    reason: str
+
+
+class ReplayResult(ApiModel):
+    event_id: int
+    replayed: bool
+
+
+class TaskLookup(ApiModel):
+    task_id: str
+    run_id: str
+    step: str
+
+
+class EventPage(ApiModel):
+    events: list[EventInfo]
+    next_cursor: str | None
+
+
+class Percentiles(ApiModel):
+    count: int
+    p50: float | None
+    p95: float | None
+
+
+class Quota(ApiModel):
+    action: str
+    used: int
+    limit: int
+    window_seconds: float
+
+
+class JobInfo(ApiModel):
+    name: str
+    interval_seconds: float
+    last_started_at: datetime | None
+    last_success_at: datetime | None
+    last_error: str | None
+    stalled: bool
+    findings: dict[str, int]
+
+
+class Stats(ApiModel):
+    runs_by_status: dict[str, int]
+    stalled_tasks: int = Field(description="Tasks waiting past their expected time.")
+    oldest_pending_seconds: float | None
+    callbacks_per_minute: int
+    step_duration_seconds: Percentiles
+    callback_latency_seconds: Percentiles = Field(
+        description="From a callback's arrival to the run advancing (last hour)."
+    )
+    quota: Quota
+    inbox: dict[str, int]
+    outbox_pending: int
+    sweeper: list[JobInfo]
+
+
+# --- query models ------------------------------------------------------------------------------
+
+
+class RunQuery(ApiModel):
+    workflow: str | None = None
+    status: list[str] = Field(default_factory=list, description="Run status; repeat for several.")
+    stream_id: str | None = None
+    file_id: str | None = None
+    since: datetime | None = Field(None, description="Created at or after (ISO 8601).")
+    until: datetime | None = Field(None, description="Created before (ISO 8601).")
+    cursor: str | None = Field(None, description="nextCursor of the previous page.")
+    limit: int = Field(50, ge=1, le=500)
+
+
+class EventQuery(ApiModel):
+    status: list[str] = Field(
+        default_factory=list, description="pending, applied, orphan, invalid, late, ..."
+    )
+    source: str | None = None
+    run_id: str | None = None
+    task_id: str | None = None
+    cursor: str | None = None
+    limit: int = Field(50, ge=1, le=500)
+
+
+# --- helpers -----------------------------------------------------------------------------------
 
 
 class JSON(JSONResponse):
@@ -34,162 +292,594 @@ def _default(value: object) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON")
 
 
+def ok(model: BaseModel, status: int = 200) -> JSON:
+    return JSON(model.model_dump(mode="json", by_alias=True), status_code=status)
+
+
 def problem(status: int, detail: str) -> JSON:
-    return JSON({"error": detail, "status": status}, status_code=status)
+    return ok(Problem(error=detail, status=status), status)
 
 
-def _runner(request: Request) -> Runner:
-    runner: Runner = request.app.state.services.runner
-    return runner
+class Invalid(Exception):
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
 
 
-class TriggerBody(BaseModel):
-    workflow: str
-    params: dict[str, JsonValue] = Field(default_factory=dict)
-    idempotency_key: str | None = Field(None, alias="idempotencyKey", max_length=200)
+def _errors(exc: ValidationError, where: str) -> str:
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or where
+    return f"{where} {loc}: {first['msg']}"
 
 
-class CancelBody(BaseModel):
-    reason: str = ""
+def parse_query(request: Request, model: type[Q]) -> Q:
+    data: dict[str, Any] = {}
+    for key in request.query_params:
+        if key == "access_token":
+            continue
+        values = request.query_params.getlist(key)
+        field = _field(model, key)
+        if field is not None and _is_list(model, field):
+            data[key] = [v for value in values for v in value.split(",") if v]
+        else:
+            data[key] = values[-1]
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise Invalid(_errors(exc, "query parameter")) from None
 
 
-class RetryBody(BaseModel):
-    step: str | None = None
+def _field(model: type[BaseModel], key: str) -> str | None:
+    for name, info in model.model_fields.items():
+        if key in (name, info.alias):
+            return name
+    return None
 
 
-async def _body(request: Request, model: type[BaseModel]) -> BaseModel | JSON:
+def _is_list(model: type[BaseModel], name: str) -> bool:
+    return getattr(model.model_fields[name].annotation, "__origin__", None) is list
+
+
+async def parse_body(request: Request, model: type[Q]) -> Q:
     raw = await request.body()
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        return problem(422, f"{where}: {first['msg']}")
+        raise Invalid(_errors(exc, "body")) from None
 
 
-async def list_workflows(request: Request) -> JSON:
-    registry: Registry = request.app.state.registry
-    return JSON(
-        {
-            "workflows": [
-                {
-                    "name": item.spec.name,
-                    "description": item.spec.description,
-                    "version": item.version,
-                    "path": str(item.path),
-                    "triggers": [t.type for t in item.spec.triggers],
-                    "steps": [{"name": s.name, "kind": s.kind} for s in item.spec.steps],
-                }
-                for item in registry.all()
-            ]
-        }
+def _encode_cursor(value: object) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value, default=_default).encode()).decode()
+
+
+def _decode_cursor(value: str) -> Any:
+    try:
+        return json.loads(base64.urlsafe_b64decode(value.encode()))
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise Invalid(f"query parameter cursor: not a cursor this API gave ({exc})") from None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _health(row: dict[str, Any], overdue: bool, step: dict[str, Any] | None) -> Health:
+    status = row["status"]
+    if status == "awaiting_callback":
+        return "overdue" if overdue else "awaiting_callback"
+    if status == "retrying":
+        return "retrying" if step is not None and step["throttled"] else "failing"
+    return status  # type: ignore[no-any-return]
+
+
+def _summaries(conn: Any, rows: list[dict[str, Any]]) -> list[RunSummary]:
+    ids = [r["id"] for r in rows]
+    late = views.overdue_runs(conn, ids, _now())
+    current = views.current_steps(conn, ids)
+    return [
+        RunSummary(
+            id=r["id"],
+            workflow=r["workflow"],
+            version=r["version"],
+            status=r["status"],
+            health=_health(r, r["id"] in late, current.get(r["id"])),
+            stream_id=r["stream_id"],
+            file_id=r["file_id"],
+            current_step=current[r["id"]]["name"] if r["id"] in current else None,
+            created_at=r["created_at"],
+            updated_at=r["updated_at"],
+            finished_at=r["finished_at"],
+            error=r["error"],
+        )
+        for r in rows
+    ]
+
+
+def _task_info(t: dict[str, Any], now: datetime) -> TaskInfo:
+    end = t["finished_at"] or now
+    return TaskInfo(
+        task_id=t["task_id"],
+        kind=t["kind"],
+        attempt=t["attempt"],
+        awaited=t["awaited"],
+        status=t["status"],
+        submitted_at=t["submitted_at"],
+        expected_at=t["expected_at"],
+        finished_at=t["finished_at"],
+        waited_seconds=(end - t["submitted_at"]).total_seconds(),
+        expected_seconds=(t["expected_at"] - t["submitted_at"]).total_seconds(),
+        overdue=t["status"] == "waiting" and now > t["expected_at"],
+        error=t["error"],
+        error_code=t["error_code"],
+        outputs=t["outputs"] or {},
+        polls=t["polls"],
+        last_polled_at=t["last_polled_at"],
+        last_poll_status=t["last_poll_status"],
     )
 
 
-async def trigger_run(request: Request) -> JSON:
-    body = await _body(request, TriggerBody)
-    if isinstance(body, JSON):
-        return body
-    assert isinstance(body, TriggerBody)
+def _event_info(e: dict[str, Any], with_body: bool) -> EventInfo:
+    return EventInfo(
+        id=e["id"],
+        received_at=e["received_at"],
+        source=e["source"],
+        event_type=e["event_type"],
+        status=e["status"],
+        task_id=e.get("task_id"),
+        file_id=e.get("file_id"),
+        stream_id=e.get("stream_id"),
+        run_id=e.get("run_id"),
+        note=e.get("note"),
+        applied_at=e.get("applied_at"),
+        body=e.get("body") if with_body else None,
+    )
+
+
+def _services(request: Request) -> Any:
+    return request.app.state.services
+
+
+# --- handlers ----------------------------------------------------------------------------------
+
+
+async def list_workflows(request: Request) -> Response:
+    services = _services(request)
+    counts = await services.db.query(views.run_counts)
+    return ok(
+        WorkflowList(
+            workflows=[
+                WorkflowInfo(
+                    name=item.spec.name,
+                    description=item.spec.description,
+                    version=item.version,
+                    path=str(item.path),
+                    triggers=[t.type for t in item.spec.triggers],
+                    steps=[StepRef(name=s.name, kind=s.kind) for s in item.spec.steps],
+                    run_counts=counts.get(item.spec.name, {}),
+                )
+                for item in services.registry.all()
+            ]
+        )
+    )
+
+
+async def list_runs(request: Request) -> Response:
+    q = parse_query(request, RunQuery)
+    before = None
+    if q.cursor:
+        at, run_id = _decode_cursor(q.cursor)
+        before = (datetime.fromisoformat(at), run_id)
+
+    def page(conn: Any) -> RunPage:
+        rows = views.list_runs(
+            conn,
+            workflow=q.workflow,
+            status=q.status or None,
+            stream_id=q.stream_id,
+            file_id=q.file_id,
+            since=q.since,
+            until=q.until,
+            before=before,
+            limit=q.limit,
+        )
+        cursor = None
+        if len(rows) == q.limit:
+            cursor = _encode_cursor([rows[-1]["created_at"], rows[-1]["id"]])
+        return RunPage(runs=_summaries(conn, rows), next_cursor=cursor)
+
+    return ok(await _services(request).db.query(page))
+
+
+async def get_run(request: Request) -> Response:
+    run_id = request.path_params["run_id"]
+
+    def detail(conn: Any) -> RunDetail | None:
+        run = views.run_detail(conn, run_id)
+        if run is None:
+            return None
+        (summary,) = _summaries(conn, [run])
+        now = _now()
+        return RunDetail(
+            **summary.model_dump(),
+            context=run["context"] or {},
+            deadline=run["deadline"],
+            steps=[
+                StepInfo(
+                    **{k: s[k] for k in StepInfo.model_fields if k not in ("tasks", "outputs")},
+                    outputs=s["outputs"] or {},
+                    tasks=[_task_info(t, now) for t in s["tasks"]],
+                )
+                for s in run["steps"]
+            ],
+            history=[
+                HistoryInfo(
+                    **{k: h[k] for k in HistoryInfo.model_fields if k != "detail"},
+                    detail=h["detail"] or {},
+                )
+                for h in run["history"]
+            ],
+            events=[_event_info(e, with_body=False) for e in run["events"]],
+        )
+
+    found = await _services(request).db.query(detail)
+    if found is None:
+        return problem(404, f"no run {run_id!r}")
+    return ok(found)
+
+
+async def find_by_task(request: Request) -> Response:
+    task_id = request.path_params["task_id"]
+    owner = await _services(request).db.query(find_task, task_id)
+    if owner is None:
+        return problem(404, f"no run recorded VOD task {task_id!r}")
+    return ok(TaskLookup(task_id=owner.task_id, run_id=owner.run_id, step=owner.step))
+
+
+async def trigger_run(request: Request) -> Response:
+    body = await parse_body(request, TriggerRequest)
     try:
-        run_id, created = await _runner(request).trigger_manual(
+        run_id, created = await _services(request).runner.trigger_manual(
             body.workflow, body.params, idempotency_key=body.idempotency_key, actor="api"
         )
     except TriggerRefused as exc:
         return problem(exc.status, str(exc))
-    return JSON({"runId": run_id, "created": created}, status_code=201 if created else 200)
+    return ok(TriggerResult(run_id=run_id, created=created), 201 if created else 200)
 
 
-def _cursor(value: str | None) -> tuple[datetime, str] | None:
-    if not value:
-        return None
-    at, run_id = json.loads(base64.urlsafe_b64decode(value.encode()))
-    return datetime.fromisoformat(at), run_id
-
-
-def _next_cursor(rows: list[dict[str, Any]], limit: int) -> str | None:
-    if len(rows) < limit:
-        return None
-    last = rows[-1]
-    raw = json.dumps([last["created_at"].isoformat(), last["id"]])
-    return base64.urlsafe_b64encode(raw.encode()).decode()
-
-
-async def list_runs(request: Request) -> JSON:
-    q = request.query_params
-    try:
-        limit = min(max(int(q.get("limit", "50")), 1), 500)
-        cursor = _cursor(q.get("cursor"))
-        since = datetime.fromisoformat(q["since"]) if "since" in q else None
-        until = datetime.fromisoformat(q["until"]) if "until" in q else None
-    except (ValueError, json.JSONDecodeError) as exc:
-        return problem(422, f"bad query parameter: {exc}")
-    statuses = [s for s in q.getlist("status") for s in s.split(",") if s]
-    rows = await request.app.state.services.db.query(
-        views.list_runs,
-        workflow=q.get("workflow"),
-        status=statuses or None,
-        stream_id=q.get("streamId"),
-        file_id=q.get("fileId"),
-        since=since,
-        until=until,
-        before=cursor,
-        limit=limit,
-    )
-    return JSON({"runs": rows, "nextCursor": _next_cursor(rows, limit)})
-
-
-async def get_run(request: Request) -> JSON:
-    run = await request.app.state.services.db.query(views.run_detail, request.path_params["run_id"])
-    if run is None:
-        return problem(404, f"no run {request.path_params['run_id']!r}")
-    return JSON(run)
-
-
-async def find_by_task(request: Request) -> JSON:
-    owner = await request.app.state.services.db.query(find_task, request.path_params["task_id"])
-    if owner is None:
-        return problem(404, f"no run recorded task {request.path_params['task_id']!r}")
-    return JSON({"runId": owner.run_id, "step": owner.step, "taskId": owner.task_id})
-
-
-async def _act(request: Request, event: m.Input) -> JSON:
-    decision = await _runner(request).apply(request.path_params["run_id"], event)
+async def _act(request: Request, event: m.Input) -> Response:
+    run_id = request.path_params["run_id"]
+    decision = await _services(request).runner.apply(run_id, event)
     if decision is None:
-        return problem(404, f"no run {request.path_params['run_id']!r}")
-    return JSON(
-        {
-            "runId": decision.state.run_id,
-            "status": decision.state.status,
-            "changed": decision.history.from_status != decision.history.to_status
-            or bool(decision.commands),
-            "reason": decision.history.reason,
-        }
+        return problem(404, f"no run {run_id!r}")
+    changed = decision.history.from_status != decision.history.to_status or bool(decision.commands)
+    return ok(
+        ActionResult(
+            run_id=run_id,
+            status=decision.state.status.value,
+            changed=changed,
+            reason=decision.history.reason,
+        )
     )
 
 
-async def cancel_run(request: Request) -> JSON:
-    body = await _body(request, CancelBody)
-    if isinstance(body, JSON):
-        return body
-    assert isinstance(body, CancelBody)
-    return await _act(request, m.Cancel(actor="api", reason=body.reason))
+async def cancel_run(request: Request) -> Response:
+    body = await parse_body(request, CancelRequest)
+    return await _act(request, m.Cancel(actor=_actor(request), reason=body.reason))
 
 
-async def retry_run(request: Request) -> JSON:
-    body = await _body(request, RetryBody)
-    if isinstance(body, JSON):
-        return body
-    assert isinstance(body, RetryBody)
-    return await _act(request, m.ManualRetry(actor="api", step=body.step))
+async def retry_run(request: Request) -> Response:
+    body = await parse_body(request, RetryRequest)
+    return await _act(request, m.ManualRetry(actor=_actor(request), step=body.step))
+
+
+def _actor(request: Request) -> str:
+    return (
+        "api"
+        if request.headers.get("x-vodflow-actor") is None
+        else ("api:" + request.headers["x-vodflow-actor"][:40])
+    )
+
+
+async def list_events(request: Request) -> Response:
+    q = parse_query(request, EventQuery)
+    before = int(_decode_cursor(q.cursor)) if q.cursor else None
+    rows = await _services(request).db.query(
+        views.list_inbox,
+        status=q.status or None,
+        source=q.source,
+        run_id=q.run_id,
+        task_id=q.task_id,
+        before=before,
+        limit=q.limit,
+    )
+    cursor = _encode_cursor(rows[-1]["id"]) if len(rows) == q.limit else None
+    return ok(EventPage(events=[_event_info(e, with_body=True) for e in rows], next_cursor=cursor))
+
+
+async def get_event(request: Request) -> Response:
+    try:
+        event_id = int(request.path_params["event_id"])
+    except ValueError:
+        return problem(404, f"no inbox event {request.path_params['event_id']!r}")
+    row = await _services(request).db.query(views.inbox_event, event_id)
+    if row is None:
+        return problem(404, f"no inbox event {event_id}")
+    return ok(_event_info(row, with_body=True))
+
+
+async def replay_event(request: Request) -> Response:
+    try:
+        event_id = int(request.path_params["event_id"])
+    except ValueError:
+        return problem(404, f"no inbox event {request.path_params['event_id']!r}")
+    services = _services(request)
+    row = await services.db.query(views.inbox_event, event_id)
+    if row is None:
+        return problem(404, f"no inbox event {event_id}")
+    if row["status"] == "invalid":
+        return problem(409, f"inbox event {event_id} is invalid ({row['note']}): nothing to replay")
+    replayed = await services.db.write(queues.replay_inbox, event_id)
+    services.runner.inbox_wake.set()
+    return ok(ReplayResult(event_id=event_id, replayed=replayed))
+
+
+def _percentiles(values: list[float]) -> Percentiles:
+    if not values:
+        return Percentiles(count=0, p50=None, p95=None)
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+    return Percentiles(count=len(ordered), p50=statistics.median(ordered), p95=p95)
+
+
+async def get_stats(request: Request) -> Response:
+    services = _services(request)
+    raw = await services.db.query(views.stats, _now())
+    action = "ProcessFileByProcedure"
+    quota = services.limiter.quota(action)
+    jobs = await services.sweeper.health()
+    return ok(
+        Stats(
+            runs_by_status=raw["runs_by_status"],
+            stalled_tasks=raw["stalled_tasks"],
+            oldest_pending_seconds=raw["oldest_pending_seconds"],
+            callbacks_per_minute=raw["callbacks_per_minute"],
+            step_duration_seconds=_percentiles(raw["step_seconds"]),
+            callback_latency_seconds=_percentiles(raw["callback_lag_seconds"]),
+            quota=Quota(
+                action=action,
+                used=await services.limiter.usage(action),
+                limit=quota.rate,
+                window_seconds=quota.window,
+            ),
+            inbox=raw["inbox"],
+            outbox_pending=raw["outbox_pending"],
+            sweeper=[
+                JobInfo(
+                    name=j.name,
+                    interval_seconds=j.interval,
+                    last_started_at=j.last_started_at,
+                    last_success_at=j.last_success_at,
+                    last_error=j.last_error,
+                    stalled=j.stalled,
+                    findings=j.findings,
+                )
+                for j in jobs
+            ],
+        )
+    )
+
+
+async def live_events(request: Request) -> Response:
+    """Server-Sent Events: every committed history entry, as ``event: run``."""
+    services = _services(request)
+    start = request.headers.get("last-event-id") or request.query_params.get("after")
+    try:
+        after = int(start) if start is not None else None
+    except ValueError:
+        return problem(422, "Last-Event-ID: expected a history id")
+
+    async def stream() -> AsyncIterator[bytes]:
+        last = after if after is not None else await services.db.query(views.last_history_id)
+        yield b": connected\n\n"
+        quiet = 0.0
+        while not await request.is_disconnected():
+            rows = await services.db.query(views.history_since, last)
+            for row in rows:
+                last = row["id"]
+                data = {
+                    "historyId": row["id"],
+                    "runId": row["run_id"],
+                    "workflow": row["workflow"],
+                    "at": row["at"].isoformat(),
+                    "input": row["input"],
+                    "step": row["step"],
+                    "from": row["from_status"],
+                    "status": row["to_status"],
+                    "reason": row["reason"],
+                }
+                yield f"id: {row['id']}\nevent: run\ndata: {json.dumps(data)}\n\n".encode()
+            if rows:
+                quiet = 0.0
+                continue
+            woke = await services.live.wait(1.0)
+            quiet = 0.0 if woke else quiet + 1.0
+            if quiet >= 15:
+                yield b": keep-alive\n\n"
+                quiet = 0.0
+
+    return StreamingResponse(
+        stream(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+class LiveHub:
+    """Wakes SSE streams the moment this process commits a transition."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self, *_: object) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait(self, within: float) -> bool:
+        event = self._event
+        try:
+            await asyncio.wait_for(event.wait(), within)
+        except TimeoutError:
+            return False
+        return True
+
+
+ENDPOINTS: list[Endpoint] = [
+    Endpoint("GET", "/api/workflows", list_workflows, "Loaded workflows", WorkflowList),
+    Endpoint(
+        "GET", "/api/runs", list_runs, "Runs, newest first", RunPage, query=RunQuery, errors=(422,)
+    ),
+    Endpoint(
+        "POST",
+        "/api/runs",
+        trigger_run,
+        "Start a run of a workflow with a manual trigger",
+        TriggerResult,
+        scope="admin",
+        body=TriggerRequest,
+        status=201,
+        errors=(404, 409, 422),
+    ),
+    Endpoint(
+        "GET",
+        "/api/runs/{run_id}",
+        get_run,
+        "A run: steps, tasks, history, callbacks",
+        RunDetail,
+        errors=(404,),
+    ),
+    Endpoint(
+        "POST",
+        "/api/runs/{run_id}/cancel",
+        cancel_run,
+        "Cancel a run",
+        ActionResult,
+        scope="admin",
+        body=CancelRequest,
+        errors=(404, 422),
+    ),
+    Endpoint(
+        "POST",
+        "/api/runs/{run_id}/retry",
+        retry_run,
+        "Retry a failed run or a step waiting to retry",
+        ActionResult,
+        scope="admin",
+        body=RetryRequest,
+        errors=(404, 422),
+    ),
+    Endpoint(
+        "GET",
+        "/api/tasks/{task_id:path}",
+        find_by_task,
+        "The run that recorded a VOD task ID",
+        TaskLookup,
+        errors=(404,),
+    ),
+    Endpoint(
+        "GET",
+        "/api/inbox",
+        list_events,
+        "Inbox events (orphans, invalid bodies, ...), newest first",
+        EventPage,
+        query=EventQuery,
+        errors=(422,),
+    ),
+    Endpoint(
+        "GET",
+        "/api/inbox/{event_id}",
+        get_event,
+        "One inbox event with its raw body",
+        EventInfo,
+        errors=(404,),
+    ),
+    Endpoint(
+        "POST",
+        "/api/inbox/{event_id}/replay",
+        replay_event,
+        "Apply an inbox event again",
+        ReplayResult,
+        scope="admin",
+        errors=(404, 409),
+    ),
+    Endpoint("GET", "/api/stats", get_stats, "Overview for the dashboard and alerting", Stats),
+    Endpoint(
+        "GET",
+        "/api/events",
+        live_events,
+        "Live run changes (Server-Sent Events)",
+        None,
+        media_type="text/event-stream",
+        errors=(422,),
+    ),
+]
+
+
+def _wrap(endpoint: Endpoint) -> Any:
+    async def handle(request: Request) -> Response:
+        try:
+            return await endpoint.handler(request)
+        except Invalid as exc:
+            return problem(422, exc.detail)
+
+    handle.__name__ = endpoint.handler.__name__
+    return handle
+
+
+async def openapi_json(request: Request) -> Response:
+    return JSON(document(ENDPOINTS, title="vodflow dashboard API", version=__version__))
 
 
 routes = [
-    Route("/api/workflows", list_workflows, methods=["GET"]),
-    Route("/api/runs", trigger_run, methods=["POST"]),
-    Route("/api/runs", list_runs, methods=["GET"]),
-    Route("/api/runs/{run_id}", get_run, methods=["GET"]),
-    Route("/api/runs/{run_id}/cancel", cancel_run, methods=["POST"]),
-    Route("/api/runs/{run_id}/retry", retry_run, methods=["POST"]),
-    Route("/api/tasks/{task_id:path}", find_by_task, methods=["GET"]),
+    *(Route(e.path, _wrap(e), methods=[e.method]) for e in ENDPOINTS),
+    Route("/openapi.json", openapi_json, methods=["GET"]),
 ]
+
+
+class ApiAuth:
+    """Bearer tokens for /api (read-only and admin scopes); see the module docstring."""
+
+    def __init__(self, app: ASGIApp, *, admin: str | None, read: str | None) -> None:
+        self.app = app
+        self.admin = admin
+        self.read = read
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+            await self.app(scope, receive, send)
+            return
+        if self.admin is None and self.read is None:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        given = request.headers.get("authorization", "")
+        token = given[7:] if given.lower().startswith("bearer ") else None
+        token = token or request.query_params.get("access_token")
+        if token is None:
+            await _deny(401, "this API needs Authorization: Bearer <token>", scope, receive, send)
+            return
+        is_admin = self.admin is not None and hmac.compare_digest(token, self.admin)
+        is_read = self.read is not None and hmac.compare_digest(token, self.read)
+        if not (is_admin or is_read):
+            await _deny(401, "unknown API token", scope, receive, send)
+            return
+        if not is_admin and request.method != "GET":
+            await _deny(403, "a read-only token cannot change anything", scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+async def _deny(status: int, detail: str, scope: Scope, receive: Receive, send: Send) -> None:
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    response = JSON(
+        Problem(error=detail, status=status).model_dump(), status_code=status, headers=headers
+    )
+    await response(scope, receive, send)

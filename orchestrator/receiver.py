@@ -118,21 +118,18 @@ class Receiver:
         lvb_key: str | None,
         max_body: int,
         clock: Callable[[], float] = time.time,
+        count: Callable[[str, str, str], None] = lambda source, kind, outcome: None,
     ) -> None:
         self.writer = writer
+        self.count = count
         self.callback_token = callback_token
         self.lvb_key = lvb_key
         self.max_body = max_body
         self.clock = clock
-        self.counts: dict[tuple[str, str, str], int] = {}
         self.routes = [
             Route("/callbacks/vod", self.vod, methods=["POST"]),
             Route("/callbacks/lvb", self.lvb, methods=["POST"]),
         ]
-
-    def _count(self, source: str, kind: str, outcome: str) -> None:
-        key = (source, kind, outcome)
-        self.counts[key] = self.counts.get(key, 0) + 1
 
     def _authorized(self, request: Request) -> bool:
         given = request.query_params.get("token") or request.headers.get("x-vodflow-token") or ""
@@ -159,17 +156,17 @@ class Receiver:
 
     async def _accept(self, request: Request, source: str) -> JSONResponse:
         if not self._authorized(request):
-            self._count(source, "-", "unauthorized")
+            self.count(source, "-", "unauthorized")
             return _refuse(401, "missing or wrong callback token (?token= or X-Vodflow-Token)")
         body = await self._body(request)
         if isinstance(body, JSONResponse):
-            self._count(source, "-", "too_large")
+            self.count(source, "-", "too_large")
             return body
         text = body.decode("utf-8", errors="replace")
         try:
             event = parse_event(body, source="lvb" if source == "lvb" else "vod")
         except MalformedEvent as exc:
-            self._count(source, "-", "malformed")
+            self.count(source, "-", "malformed")
             await self.writer.add(
                 NewInboxEvent(
                     source=source,
@@ -184,13 +181,13 @@ class Receiver:
         if source == "lvb" and self.lvb_key is not None:
             problem = lvb_sign_problem(event.raw, self.lvb_key, self.clock())
             if problem is not None:
-                self._count(source, event.kind, "bad_sign")
+                self.count(source, event.kind, "bad_sign")
                 return _refuse(401, problem)
         row_id = await self.writer.add(inbox_row(event, text, source), event)
         if row_id is None:
-            self._count(source, event.kind, "duplicate")
+            self.count(source, event.kind, "duplicate")
             return JSONResponse({"code": 0, "message": "duplicate: already received"})
-        self._count(source, event.kind, "accepted")
+        self.count(source, event.kind, "accepted")
         return JSONResponse({"code": 0, "message": "ok", "eventId": row_id})
 
 

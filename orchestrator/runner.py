@@ -81,6 +81,7 @@ class Transition:
     entry: m.HistoryEntry
     status: m.RunStatus
     commands: tuple[m.Command, ...]
+    state: m.RunState
 
 
 Listener = Callable[[Transition], None]
@@ -103,6 +104,7 @@ class _Batch:
                 entry=decision.history,
                 status=decision.state.status,
                 commands=decision.commands,
+                state=decision.state,
             )
         )
 

@@ -75,6 +75,7 @@ class Sweeper:
         poll_gap: timedelta = timedelta(minutes=1),
         batch: int = 200,
         lease: timedelta = timedelta(minutes=2),
+        on_findings: Callable[[str, dict[str, int]], None] = lambda job, findings: None,
     ) -> None:
         self.db = db
         self.runner = runner
@@ -85,6 +86,7 @@ class Sweeper:
         self.poll_gap = poll_gap
         self.batch = batch
         self.lease = lease
+        self.on_findings = on_findings
         self.scheduler: AsyncIOScheduler | None = None
         self.jobs: dict[str, tuple[float, Callable[[], Awaitable[dict[str, int]]]]] = {
             "timers": (interval, self.fire_timers),
@@ -135,6 +137,7 @@ class Sweeper:
             await self.db.write(job_store.job_finished, name, self.now, error=error)
             return {}
         await self.db.write(job_store.job_finished, name, self.now, findings=findings)
+        self.on_findings(name, findings)
         if any(findings.values()):
             log.info("sweep %s: %s", name, findings, extra={"job": name})
         return findings

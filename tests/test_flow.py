@@ -5,24 +5,16 @@ stream sessions. (tests/test_e2e.py runs the same service against the real embed
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from orchestrator.app import create_app
-from orchestrator.config import load_settings
-from orchestrator.store import migrate
-from tests.conftest import free_port
-from tests.fakevod import FakeVod, new_file_upload, sprite_complete, transcode_complete
-from tests.servers import serving
+from tests.fakevod import new_file_upload, sprite_complete, transcode_complete
+from tests.harness import TOKEN, Service, running_service
 
 pytestmark = pytest.mark.usefixtures("clean_env")
-TOKEN = "test-token"
-SECRET_ID, SECRET_KEY = "AKIDflowtest", "flow-secret"
 
 TRANSCODE = """
 name: transcode
@@ -53,88 +45,15 @@ steps:
 """
 
 
-@dataclass
-class Service:
-    base: str
-    vod: FakeVod
-    http: httpx.AsyncClient
-
-    async def callback(self, body: dict[str, Any], path: str = "/callbacks/vod") -> httpx.Response:
-        return await self.http.post(f"{self.base}{path}?token={TOKEN}", json=body)
-
-    async def run(self, run_id: str) -> dict[str, Any]:
-        answer = await self.http.get(f"{self.base}/api/runs/{run_id}")
-        answer.raise_for_status()
-        result: dict[str, Any] = answer.json()
-        return result
-
-    async def runs(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = (await self.http.get(f"{self.base}/api/runs")).json()["runs"]
-        return result
-
-    async def wait(self, check: Callable[[], Any], within: float = 15.0) -> Any:
-        deadline = asyncio.get_running_loop().time() + within
-        while True:
-            value = await check()
-            if value:
-                return value
-            assert asyncio.get_running_loop().time() < deadline, "timed out waiting"
-            await asyncio.sleep(0.05)
-
-    async def status_is(self, run_id: str, *statuses: str) -> dict[str, Any]:
-        async def check() -> dict[str, Any] | None:
-            run = await self.run(run_id)
-            return run if run["status"] in statuses else None
-
-        result: dict[str, Any] = await self.wait(check)
-        return result
-
-    async def one_run(self) -> str:
-        async def check() -> str | None:
-            runs = await self.runs()
-            return runs[0]["id"] if runs else None
-
-        run_id: str = await self.wait(check)
-        return run_id
-
-    async def submitted(self, count: int = 1) -> None:
-        async def check() -> bool:
-            return len(self.vod.submitted) >= count
-
-        await self.wait(check)
-
-
 @pytest.fixture
 async def service(
     tmp_path: Path, database_url: str, request: pytest.FixtureRequest
 ) -> AsyncIterator[Service]:
     marker = request.node.get_closest_marker("step_timeout")
-    workflows = tmp_path / "workflows"
-    workflows.mkdir()
-    (workflows / "transcode.yaml").write_text(
-        TRANSCODE % {"timeout": marker.args[0] if marker else "1h"}
-    )
-    (workflows / "session.yaml").write_text(SESSION)
-    migrate.upgrade(database_url)
-    vod = FakeVod(SECRET_KEY)
-    async with serving(vod.app()) as vod_base:
-        port = free_port()
-        settings = load_settings(
-            data_dir=tmp_path / "data",
-            database_url=database_url,
-            workflows=workflows,
-            port=port,
-            vod_endpoint=f"{vod_base}/v2/index.php",
-            vod_secret_id=SECRET_ID,
-            vod_secret_key=SECRET_KEY,
-            callback_token=TOKEN,
-            engine=False,
-            sweep_interval=0.2,
-            task_poll_after="1s",
-        )
-        app = create_app(settings)
-        async with serving(app, port) as base, httpx.AsyncClient(timeout=10) as http:
-            yield Service(base, vod, http)
+    timeout = marker.args[0] if marker else "1h"
+    workflows = {"transcode": TRANSCODE % {"timeout": timeout}, "session": SESSION}
+    async with running_service(tmp_path, database_url, workflows) as service:
+        yield service
 
 
 async def test_recording_finished_runs_to_success_with_callbacks(service: Service) -> None:
@@ -184,7 +103,7 @@ async def test_callbacks_before_the_submit_answer_wait_as_orphans(service: Servi
     await service.callback(transcode_complete(sent.tasks["transcode"], "f1"))
     await service.callback(sprite_complete(sent.tasks["imageSprite"], "f1"))
     run = await service.status_is(run_id, "succeeded")
-    notes = [e["note"] for e in run["events"] if e["event_type"] != "NewFileUpload"]
+    notes = [e["note"] for e in run["events"] if e["eventType"] != "NewFileUpload"]
     assert all("succeeded" in n for n in notes)
 
 
@@ -247,7 +166,7 @@ async def test_duplicate_task_recovers_without_a_second_job(service: Service) ->
 
     run = await service.wait(recovered)
     (task,) = run["steps"][0]["tasks"]
-    assert task["task_id"] == service.vod.submitted[0].procedure_id
+    assert task["taskId"] == service.vod.submitted[0].procedure_id
     assert task["kind"] == "procedure"
     assert len(service.vod.calls_of("ProcessFileByProcedure")) == 1
 

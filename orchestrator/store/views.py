@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -99,3 +99,166 @@ def run_by_dedup_key(conn: sa.Connection, dedup_key: str) -> str | None:
 def inbox_counts(conn: sa.Connection) -> dict[str, int]:
     rows = conn.execute(sa.select(inbox.c.status, sa.func.count()).group_by(inbox.c.status))
     return {status: int(count) for status, count in rows}
+
+
+def list_inbox(
+    conn: sa.Connection,
+    *,
+    status: list[str] | None = None,
+    source: str | None = None,
+    run_id: str | None = None,
+    task_id: str | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Inbox events, newest first; ``before`` is the id cursor of the last row of a page."""
+    query = sa.select(inbox).order_by(inbox.c.id.desc()).limit(limit)
+    if status:
+        query = query.where(inbox.c.status.in_(status))
+    if source:
+        query = query.where(inbox.c.source == source)
+    if run_id:
+        query = query.where(inbox.c.run_id == run_id)
+    if task_id:
+        query = query.where(inbox.c.task_id == task_id)
+    if before is not None:
+        query = query.where(inbox.c.id < before)
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def inbox_event(conn: sa.Connection, event_id: int) -> dict[str, Any] | None:
+    row = conn.execute(sa.select(inbox).where(inbox.c.id == event_id)).mappings().first()
+    return dict(row) if row else None
+
+
+def overdue_runs(conn: sa.Connection, run_ids: list[str], now: datetime) -> set[str]:
+    """Which of these runs wait on a task past its expected time."""
+    if not run_ids:
+        return set()
+    rows = conn.execute(
+        sa.select(tasks.c.run_id)
+        .where(
+            tasks.c.run_id.in_(run_ids),
+            tasks.c.status == "waiting",
+            tasks.c.awaited.is_(True),
+            tasks.c.expected_at < now,
+        )
+        .distinct()
+    )
+    return {r[0] for r in rows}
+
+
+def current_steps(conn: sa.Connection, run_ids: list[str]) -> dict[str, dict[str, Any]]:
+    """Each run's first step that has not succeeded (what the run is doing or stuck on)."""
+    if not run_ids:
+        return {}
+    rows = conn.execute(
+        sa.select(steps)
+        .where(steps.c.run_id.in_(run_ids), steps.c.status != "succeeded")
+        .order_by(steps.c.run_id, steps.c.position)
+    ).mappings()
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        out.setdefault(row["run_id"], dict(row))
+    return out
+
+
+def stats(conn: sa.Connection, now: datetime) -> dict[str, Any]:
+    """Counts and recent durations for the dashboard's overview."""
+    by_status = {
+        status: int(count)
+        for status, count in conn.execute(
+            sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)
+        )
+    }
+    stalled = conn.execute(
+        sa.select(sa.func.count()).where(
+            tasks.c.status == "waiting", tasks.c.awaited.is_(True), tasks.c.expected_at < now
+        )
+    ).scalar_one()
+    oldest_inbox = conn.execute(
+        sa.select(inbox.c.received_at)
+        .where(inbox.c.status == "pending")
+        .order_by(inbox.c.id)
+        .limit(1)
+    ).scalar()
+    minute_ago = now - timedelta(minutes=1)
+    per_minute = conn.execute(
+        sa.select(sa.func.count()).where(
+            inbox.c.received_at >= minute_ago, inbox.c.source.in_(["vod", "lvb", "pull"])
+        )
+    ).scalar_one()
+    day_ago = now - timedelta(days=1)
+    step_rows = conn.execute(
+        sa.select(steps.c.started_at, steps.c.finished_at)
+        .where(steps.c.status == "succeeded", steps.c.finished_at >= day_ago)
+        .limit(10_000)
+    ).all()
+    hour_ago = now - timedelta(hours=1)
+    lag_rows = conn.execute(
+        sa.select(inbox.c.received_at, inbox.c.applied_at)
+        .where(
+            inbox.c.applied_at >= hour_ago,
+            inbox.c.status == "applied",
+            inbox.c.task_id.is_not(None),
+        )
+        .limit(10_000)
+    ).all()
+    depth = {
+        status: int(count)
+        for status, count in conn.execute(
+            sa.select(inbox.c.status, sa.func.count())
+            .where(inbox.c.status.in_(["pending", "orphan", "failed", "invalid"]))
+            .group_by(inbox.c.status)
+        )
+    }
+    outbox_pending = conn.execute(
+        sa.text("SELECT count(*) FROM outbox WHERE status IN ('pending', 'in_flight')")
+    ).scalar_one()
+    return {
+        "runs_by_status": by_status,
+        "stalled_tasks": int(stalled),
+        "oldest_pending_seconds": (now - oldest_inbox).total_seconds() if oldest_inbox else None,
+        "callbacks_per_minute": int(per_minute),
+        "step_seconds": [(f - s).total_seconds() for s, f in step_rows if s and f],
+        "callback_lag_seconds": [(a - r).total_seconds() for r, a in lag_rows if a and r],
+        "inbox": depth,
+        "outbox_pending": int(outbox_pending),
+    }
+
+
+def history_since(conn: sa.Connection, after: int, limit: int = 200) -> list[dict[str, Any]]:
+    """History entries after ``after`` (by id), with their run's workflow and status (for SSE)."""
+    rows = conn.execute(
+        sa.select(
+            history.c.id,
+            history.c.run_id,
+            history.c.at,
+            history.c.input,
+            history.c.step,
+            history.c.from_status,
+            history.c.to_status,
+            history.c.reason,
+            runs.c.workflow,
+        )
+        .join(runs, runs.c.id == history.c.run_id)
+        .where(history.c.id > after)
+        .order_by(history.c.id)
+        .limit(limit)
+    ).mappings()
+    return [dict(r) for r in rows]
+
+
+def last_history_id(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(history.c.id), 0))).scalar_one())
+
+
+def run_counts(conn: sa.Connection) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for workflow, status, count in conn.execute(
+        sa.select(runs.c.workflow, runs.c.status, sa.func.count()).group_by(
+            runs.c.workflow, runs.c.status
+        )
+    ):
+        out.setdefault(workflow, {})[status] = int(count)
+    return out

@@ -18,6 +18,7 @@ transport failure is safe: if the first request did reach VOD, the second is ans
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -67,6 +68,15 @@ PULL_EVENT_WAIT = 5.0
 """PullEvent holds the request up to 5 s when no event waits (long poll)."""
 
 
+def _code_of(body: bytes) -> int:
+    """The answer's ``code`` for metrics (-2 when it has none)."""
+    try:
+        code = json.loads(body).get("code")
+    except (ValueError, AttributeError):
+        return -2
+    return code if isinstance(code, int) else -2
+
+
 def _retryable(exc: BaseException) -> bool:
     return isinstance(exc, VodError) and exc.retryable and not isinstance(exc, FrequencyLimit)
 
@@ -88,6 +98,7 @@ class VodClient:
         method: str = "POST",
         http: httpx.AsyncClient | None = None,
         clock: Callable[[], float] = time.time,
+        observe: Callable[[str, int, float], None] | None = None,
     ) -> None:
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -111,6 +122,8 @@ class VodClient:
             headers={"User-Agent": f"vodflow/{__version__}"},
         )
         self.clock = clock
+        self.observe = observe
+        """Told (action, result code, seconds waited for the quota) after every attempt."""
 
     async def aclose(self) -> None:
         if self._own_http:
@@ -184,8 +197,22 @@ class VodClient:
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
     async def _send(self, action: str, params: Mapping[str, str], wait: float) -> bytes:
+        waited = 0.0
         if self.limiter is not None:
-            await self.limiter.acquire(action)
+            waited = (await self.limiter.acquire(action)).wait
+        try:
+            body = await self._post(action, params, wait)
+        except VodError:
+            self._observe(action, -1, waited)
+            raise
+        self._observe(action, _code_of(body), waited)
+        return body
+
+    def _observe(self, action: str, code: int, waited: float) -> None:
+        if self.observe is not None:
+            self.observe(action, code, waited)
+
+    async def _post(self, action: str, params: Mapping[str, str], wait: float) -> bytes:
         signed = signed_params(
             action,
             params,

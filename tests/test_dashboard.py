@@ -1,0 +1,276 @@
+"""The dashboard API over real HTTP: runs, look-ups, inbox, stats, actions, live events, access
+tokens, metrics, and schemathesis fuzzing every operation against the published OpenAPI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestrator.app import UnsafeBinding, create_app
+from orchestrator.config import load_settings
+from tests.fakevod import new_file_upload, sprite_complete, transcode_complete
+from tests.harness import Service, running_service
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+WORKFLOW = """
+name: transcode
+triggers: [{type: recording.finished}, {type: manual, params: [fileId]}]
+steps:
+  - name: transcode
+    process: {fileId: "{{ trigger.fileId }}", procedure: TranscodeAndSprite}
+    expected: 1h
+    verify: false
+"""
+
+
+@pytest.fixture
+async def service(tmp_path: Path, sqlite_url: str) -> AsyncIterator[Service]:
+    async with running_service(tmp_path, sqlite_url, {"transcode": WORKFLOW}) as service:
+        yield service
+
+
+async def finished_run(service: Service, file_id: str = "f1") -> str:
+    await service.callback(new_file_upload(file_id))
+    await service.submitted(len(service.vod.submitted) + 1)
+    sent = service.vod.submitted[-1]
+
+    async def recorded() -> str | None:
+        runs = [r for r in await service.runs() if r["fileId"] == file_id]
+        if runs and runs[0]["status"] == "awaiting_callback":
+            return str(runs[0]["id"])
+        return None
+
+    run_id: str = await service.wait(recorded)
+    await service.callback(transcode_complete(sent.tasks["transcode"], file_id))
+    await service.callback(sprite_complete(sent.tasks["imageSprite"], file_id))
+    await service.status_is(run_id, "succeeded")
+    return run_id
+
+
+async def test_run_detail_shows_steps_tasks_history_and_callbacks(service: Service) -> None:
+    run_id = await finished_run(service)
+    run = await service.run(run_id)
+    assert run["health"] == "succeeded"
+    assert run["context"]["fileId"] == "f1"
+    (step,) = run["steps"]
+    assert step["status"] == "succeeded"
+    assert step["request"] == {"fileId": "f1", "procedure": "TranscodeAndSprite"}
+    kinds = [t["kind"] for t in step["tasks"]]
+    assert kinds == ["transcode", "imageSprite"]
+    task = step["tasks"][0]
+    assert task["status"] == "succeeded"
+    assert task["expectedSeconds"] == 3600
+    assert task["waitedSeconds"] >= 0
+    assert task["overdue"] is False
+    assert [h["input"] for h in run["history"]][:2] == ["trigger", "submit_succeeded"]
+    assert {e["eventType"] for e in run["events"]} == {
+        "NewFileUpload",
+        "TranscodeComplete",
+        "CreateImageSpriteComplete",
+    }
+
+
+async def test_runs_filters_and_cursor_pages(service: Service) -> None:
+    for n in range(5):
+        await service.http.post(
+            f"{service.base}/api/runs",
+            json={"workflow": "transcode", "params": {"fileId": f"m{n}"}},
+        )
+    page = (await service.http.get(f"{service.base}/api/runs", params={"limit": 2})).json()
+    assert len(page["runs"]) == 2
+    seen = [r["id"] for r in page["runs"]]
+    while page["nextCursor"]:
+        page = (
+            await service.http.get(
+                f"{service.base}/api/runs", params={"limit": 2, "cursor": page["nextCursor"]}
+            )
+        ).json()
+        seen += [r["id"] for r in page["runs"]]
+    assert len(seen) == len(set(seen)) == 5
+    assert seen == sorted(seen, reverse=True)  # newest first
+    by_file = (await service.http.get(f"{service.base}/api/runs", params={"fileId": "m3"})).json()
+    assert [r["fileId"] for r in by_file["runs"]] == ["m3"]
+    waiting = await service.http.get(
+        f"{service.base}/api/runs", params={"status": "awaiting_callback,running,pending"}
+    )
+    assert {r["health"] for r in waiting.json()["runs"]} <= {
+        "awaiting_callback",
+        "running",
+        "pending",
+    }
+    bad = await service.http.get(f"{service.base}/api/runs", params={"limit": "many"})
+    assert bad.status_code == 422
+    assert "limit" in bad.json()["error"]
+
+
+async def test_lookup_by_task_id_and_missing_things(service: Service) -> None:
+    run_id = await finished_run(service)
+    task_id = service.vod.submitted[-1].tasks["transcode"]
+    found = (await service.http.get(f"{service.base}/api/tasks/{task_id}")).json()
+    assert found == {"taskId": task_id, "runId": run_id, "step": "transcode"}
+    assert (await service.http.get(f"{service.base}/api/tasks/nope")).status_code == 404
+    assert (await service.http.get(f"{service.base}/api/runs/nope")).status_code == 404
+
+
+async def test_inbox_shows_orphans_and_invalid_bodies_and_replays(service: Service) -> None:
+    await service.callback(transcode_complete("transcode-unknown", "f9"))
+    await service.http.post(
+        f"{service.base}/callbacks/vod?token=test-token", content=b'{"version": "4.0"}'
+    )
+
+    async def orphaned() -> list[dict[str, Any]] | None:
+        events = (
+            await service.http.get(f"{service.base}/api/inbox", params={"status": "orphan"})
+        ).json()["events"]
+        return events or None
+
+    (orphan,) = await service.wait(orphaned)
+    assert orphan["taskId"] == "transcode-unknown"
+    assert json.loads(orphan["body"])["eventType"] == "TranscodeComplete"
+    invalid = (
+        await service.http.get(f"{service.base}/api/inbox", params={"status": "invalid"})
+    ).json()["events"]
+    assert invalid[0]["note"].startswith("eventType") or "eventType" in invalid[0]["note"]
+    replay = await service.http.post(f"{service.base}/api/inbox/{orphan['id']}/replay")
+    assert replay.json() == {"eventId": orphan["id"], "replayed": True}
+    refused = await service.http.post(f"{service.base}/api/inbox/{invalid[0]['id']}/replay")
+    assert refused.status_code == 409
+
+
+async def test_actions_are_idempotent_and_recorded(service: Service) -> None:
+    created = await service.http.post(
+        f"{service.base}/api/runs", json={"workflow": "transcode", "params": {"fileId": "x"}}
+    )
+    run_id = created.json()["runId"]
+    first = (await service.http.post(f"{service.base}/api/runs/{run_id}/cancel", json={})).json()
+    again = (await service.http.post(f"{service.base}/api/runs/{run_id}/cancel", json={})).json()
+    assert (first["status"], first["changed"]) == ("cancelled", True)
+    assert (again["status"], again["changed"]) == ("cancelled", False)
+    run = await service.run(run_id)
+    assert [h["input"] for h in run["history"]][-2:] == ["cancel", "cancel"]
+    retried = (await service.http.post(f"{service.base}/api/runs/{run_id}/retry", json={})).json()
+    assert "has not answered" in retried["reason"] or retried["changed"]
+
+
+async def test_stats(service: Service) -> None:
+    await finished_run(service)
+    stats = (await service.http.get(f"{service.base}/api/stats")).json()
+    assert stats["runsByStatus"] == {"succeeded": 1}
+    assert stats["stepDurationSeconds"]["count"] == 1
+    assert stats["callbackLatencySeconds"]["count"] == 2
+    assert stats["callbackLatencySeconds"]["p95"] < 5
+    assert stats["callbacksPerMinute"] >= 3
+    assert stats["quota"] == {
+        "action": "ProcessFileByProcedure",
+        "used": 1,
+        "limit": 100,
+        "windowSeconds": 60.0,
+    }
+    assert {job["name"] for job in stats["sweeper"]} >= {"timers", "tasks", "outbox", "sessions"}
+
+
+async def test_live_events_stream_run_changes_as_they_commit(service: Service) -> None:
+    received: list[dict[str, Any]] = []
+
+    async def listen() -> None:
+        async with service.http.stream("GET", f"{service.base}/api/events") as stream:
+            async for line in stream.aiter_lines():
+                if line.startswith("data: "):
+                    received.append(json.loads(line[6:]))
+                    if any(r["status"] == "succeeded" for r in received):
+                        return
+
+    listener = asyncio.create_task(listen())
+    await asyncio.sleep(0.3)
+    run_id = await finished_run(service)
+    await asyncio.wait_for(listener, 10)
+    mine = [r for r in received if r["runId"] == run_id]
+    assert [r["input"] for r in mine][:2] == ["trigger", "submit_succeeded"]
+    assert mine[-1]["status"] == "succeeded"
+
+
+async def test_metrics(service: Service) -> None:
+    await finished_run(service)
+    text = (await service.http.get(f"{service.base}/metrics")).text
+    assert (
+        'vodflow_callbacks_total{outcome="accepted",source="vod",type="TranscodeComplete"} 1.0'
+        in text
+    )
+    assert 'vodflow_vod_calls_total{action="ProcessFileByProcedure",code="0"} 1.0' in text
+    assert "vodflow_step_duration_seconds_count" in text
+    assert "vodflow_limiter_wait_seconds_bucket" in text
+
+
+async def test_tokens_guard_the_api(tmp_path: Path, sqlite_url: str) -> None:
+    tokens = {"api_token": "admin-secret", "api_read_token": "read-secret"}
+    async with running_service(tmp_path, sqlite_url, {"transcode": WORKFLOW}, **tokens) as service:
+        url = f"{service.base}/api/runs"
+        assert (await service.http.get(url)).status_code == 401
+        read = {"Authorization": "Bearer read-secret"}
+        admin = {"Authorization": "Bearer admin-secret"}
+        assert (await service.http.get(url, headers=read)).status_code == 200
+        body = {"workflow": "transcode", "params": {"fileId": "x"}}
+        denied = await service.http.post(url, json=body, headers=read)
+        assert denied.status_code == 403
+        assert denied.json()["error"] == "a read-only token cannot change anything"
+        assert (await service.http.post(url, json=body, headers=admin)).status_code == 201
+        wrong = await service.http.get(url, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        query = await service.http.get(url, params={"access_token": "read-secret"})
+        assert query.status_code == 200
+        assert (await service.http.get(f"{service.base}/healthz")).status_code == 200
+
+
+def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, host="0.0.0.0", workflows=Path("workflows"))  # noqa: S104
+    with pytest.raises(UnsafeBinding, match="set VODFLOW_API_TOKEN"):
+        create_app(settings)
+
+
+async def test_openapi_document_describes_every_operation(service: Service) -> None:
+    doc = (await service.http.get(f"{service.base}/openapi.json")).json()
+    assert doc["openapi"].startswith("3.")
+    assert set(doc["paths"]) >= {
+        "/api/workflows",
+        "/api/runs",
+        "/api/runs/{run_id}",
+        "/api/runs/{run_id}/cancel",
+        "/api/runs/{run_id}/retry",
+        "/api/tasks/{task_id}",
+        "/api/inbox",
+        "/api/stats",
+        "/api/events",
+    }
+    assert "RunDetail" in doc["components"]["schemas"]
+
+
+@pytest.mark.slow
+async def test_schemathesis_finds_no_server_errors_and_responses_match(service: Service) -> None:
+    await finished_run(service)
+    command = [
+        sys.executable, "-m", "schemathesis.cli", "run", f"{service.base}/openapi.json",
+        "--checks", "not_a_server_error,response_schema_conformance,status_code_conformance,"
+        "content_type_conformance",
+        "--max-examples", "25",
+        "--exclude-path", "/api/events",
+        "--generation-deterministic",
+        "--request-timeout", "10",
+        "--suppress-health-check", "all",
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await asyncio.wait_for(proc.communicate(), 600)
+    text = output.decode()
+    assert proc.returncode == 0, text[-4000:]
+    assert "passed" in text.lower()
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(f"{service.base}/healthz")).status_code == 200
