@@ -230,7 +230,7 @@ async def test_tokens_guard_the_api(tmp_path: Path, sqlite_url: str) -> None:
 
 
 def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
-    settings = load_settings(data_dir=tmp_path, host="0.0.0.0", workflows=Path("workflows"))  # noqa: S104
+    settings = load_settings(data_dir=tmp_path, host="0.0.0.0", workflows=Path("workflows"))
     with pytest.raises(UnsafeBinding, match="set VODFLOW_API_TOKEN"):
         create_app(settings)
 
