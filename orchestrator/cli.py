@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from orchestrator import __version__
+from orchestrator import __version__, console
 from orchestrator.config import Settings, SettingsError, load_settings
 from orchestrator.spec import WorkflowError, json_schema, load_workflows
 
@@ -125,6 +125,9 @@ def serve() -> None:
     application = create_app(settings, registry)
     typer.echo(f"vodflow {__version__}: dashboard at {settings.base_url}/")
     uvicorn.run(application, host=settings.host, port=settings.port, log_level="warning")
+
+
+console.register(app, _settings)
 
 
 def main() -> None:

@@ -274,3 +274,53 @@ async def test_schemathesis_finds_no_server_errors_and_responses_match(service: 
     assert "passed" in text.lower()
     async with httpx.AsyncClient() as http:
         assert (await http.get(f"{service.base}/healthz")).status_code == 200
+
+
+async def _vodflow(service: Service, tmp_path: Path, sqlite_url: str, *args: str) -> str:
+    port = service.base.rsplit(":", 1)[1]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "COLUMNS": "250",
+        "VODFLOW_PORT": port,
+        "VODFLOW_DATA_DIR": str(tmp_path / "data"),
+        "VODFLOW_DATABASE_URL": sqlite_url,
+        "VODFLOW_WORKFLOWS": str(tmp_path / "workflows"),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator.cli", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, errors = await proc.communicate()
+    assert proc.returncode == 0, errors.decode()
+    return out.decode()
+
+
+async def test_cli_talks_to_the_server_or_the_database(
+    service: Service, tmp_path: Path, sqlite_url: str
+) -> None:
+    run_id = await finished_run(service)
+    listed = json.loads(await _vodflow(service, tmp_path, sqlite_url, "runs", "--json"))
+    assert [r["id"] for r in listed["runs"]] == [run_id]
+    table = await _vodflow(service, tmp_path, sqlite_url, "run", "show", run_id)
+    assert "submit_succeeded" in table
+    assert "transcode" in table
+    direct = json.loads(
+        await _vodflow(service, tmp_path, sqlite_url, "run", "show", run_id, "--json", "--direct")
+    )
+    assert direct["status"] == "succeeded"
+    await service.callback(transcode_complete("transcode-lost", "f0"))
+
+    async def orphan_listed() -> bool:
+        out = await _vodflow(service, tmp_path, sqlite_url, "events", "--orphans", "--json")
+        return any(e["taskId"] == "transcode-lost" for e in json.loads(out)["events"])
+
+    await service.wait(orphan_listed)
+    created = await service.http.post(
+        f"{service.base}/api/runs", json={"workflow": "transcode", "params": {"fileId": "c"}}
+    )
+    cancelled = await _vodflow(
+        service, tmp_path, sqlite_url, "cancel", created.json()["runId"], "--reason", "test"
+    )
+    assert "cancelled" in cancelled
+    run = await service.run(created.json()["runId"])
+    assert run["history"][-1]["reason"] == "cancelled by api:cli: test"

@@ -1,0 +1,242 @@
+"""Operators' commands: `vodflow runs`, `run show`, `retry`, `cancel`, `events`.
+
+They speak the dashboard API. By default they ask the running server (``VODFLOW_PUBLIC_URL`` or
+HOST:PORT, with ``VODFLOW_API_TOKEN``); when none answers, or with ``--direct``, the same API runs
+in this process against the database, so the answers are the same either way. Tables for people
+(rich), ``--json`` for scripts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from orchestrator.config import Settings
+
+console = Console()
+err = Console(stderr=True)
+Direct = Annotated[
+    bool, typer.Option("--direct", help="Use the database directly, not the running server.")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+@asynccontextmanager
+async def api(settings: Settings, direct: bool) -> AsyncIterator[httpx.AsyncClient]:
+    headers = {"x-vodflow-actor": "cli"}
+    if settings.api_token is not None:
+        headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
+    if not direct:
+        client = httpx.AsyncClient(base_url=settings.base_url, headers=headers, timeout=30)
+        try:
+            await client.get("/healthz")
+        except httpx.TransportError:
+            await client.aclose()
+            err.print(f"[dim]no server at {settings.base_url}; using the database directly[/]")
+        else:
+            try:
+                yield client
+            finally:
+                await client.aclose()
+            return
+    from orchestrator.app import create_app
+
+    app = create_app(settings.model_copy(update={"engine": False}))
+    services = app.state.services
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://vodflow", headers=headers, timeout=30
+    ) as client:
+        try:
+            yield client
+        finally:
+            await services.db.close()
+
+
+def _call(settings: Settings, direct: bool, method: str, path: str, **kw: Any) -> Any:
+    async def go() -> Any:
+        async with api(settings, direct) as client:
+            answer = await client.request(method, path, **kw)
+        if answer.status_code >= 400:
+            try:
+                detail = answer.json().get("error", answer.text)
+            except ValueError:
+                detail = answer.text
+            err.print(f"vodflow: {detail}")
+            raise typer.Exit(1)
+        return answer.json()
+
+    return asyncio.run(go())
+
+
+def _when(value: str | None) -> str:
+    if not value:
+        return "-"
+    return datetime.fromisoformat(value).strftime("%Y-%m-%d %H:%M:%S")
+
+
+_COLOURS = {
+    "succeeded": "green",
+    "failed": "red",
+    "failing": "red",
+    "overdue": "yellow",
+    "retrying": "yellow",
+    "cancelled": "dim",
+    "awaiting_callback": "cyan",
+}
+
+
+def _status(text: str) -> str:
+    colour = _COLOURS.get(text)
+    return f"[{colour}]{text}[/]" if colour else text
+
+
+def register(app: typer.Typer, settings: Any) -> None:
+    """Add the commands to the `vodflow` app; ``settings`` reads the settings when called."""
+
+    @app.command("runs")
+    def runs(
+        status: Annotated[
+            list[str] | None, typer.Option("--status", help="Only these statuses.")
+        ] = None,
+        workflow: Annotated[str | None, typer.Option(help="Only this workflow.")] = None,
+        stream_id: Annotated[str | None, typer.Option("--stream-id")] = None,
+        limit: int = 50,
+        direct: Direct = False,
+        as_json: AsJson = False,
+    ) -> None:
+        """Runs, newest first."""
+        params: dict[str, Any] = {"limit": limit, "status": status or []}
+        if workflow:
+            params["workflow"] = workflow
+        if stream_id:
+            params["streamId"] = stream_id
+        page = _call(settings(), direct, "GET", "/api/runs", params=params)
+        if as_json:
+            print(json.dumps(page, indent=2, ensure_ascii=False))
+            return
+        table = Table("run", "workflow", "status", "step", "stream / file", "created", "error")
+        for run in page["runs"]:
+            table.add_row(
+                run["id"],
+                run["workflow"],
+                _status(run["health"]),
+                run["currentStep"] or "-",
+                run["streamId"] or run["fileId"] or "-",
+                _when(run["createdAt"]),
+                (run["error"] or "")[:60],
+            )
+        console.print(table)
+
+    run_app = typer.Typer(help="One run.", no_args_is_help=True)
+    app.add_typer(run_app, name="run")
+
+    @run_app.command("show")
+    def show(run_id: str, direct: Direct = False, as_json: AsJson = False) -> None:
+        """A run's steps, tasks and timeline."""
+        run = _call(settings(), direct, "GET", f"/api/runs/{run_id}")
+        if as_json:
+            print(json.dumps(run, indent=2, ensure_ascii=False))
+            return
+        console.print(
+            f"[bold]{run['id']}[/]  {run['workflow']} (version {run['version']})  "
+            f"{_status(run['health'])}"
+        )
+        if run["error"]:
+            console.print(f"[red]{run['error']}[/]")
+        steps = Table("step", "status", "attempt", "task", "kind", "task status", "waited")
+        for step in run["steps"]:
+            tasks = step["tasks"] or [None]
+            for n, task in enumerate(tasks):
+                steps.add_row(
+                    step["name"] if n == 0 else "",
+                    _status(step["status"]) if n == 0 else "",
+                    str(step["attempt"]) if n == 0 else "",
+                    task["taskId"] if task else "-",
+                    task["kind"] if task else "",
+                    (_status(task["status"]) + (" [yellow](overdue)[/]" if task["overdue"] else ""))
+                    if task
+                    else "",
+                    f"{task['waitedSeconds']:.0f}s / {task['expectedSeconds']:.0f}s"
+                    if task
+                    else "",
+                )
+        console.print(steps)
+        timeline = Table("at", "input", "step", "status", "reason")
+        for entry in run["history"]:
+            change = entry["fromStatus"]
+            if entry["toStatus"] != entry["fromStatus"]:
+                change += f" → {entry['toStatus']}"
+            timeline.add_row(
+                _when(entry["at"]), entry["input"], entry["step"] or "-", change, entry["reason"]
+            )
+        console.print(timeline)
+
+    @app.command("retry")
+    def retry(
+        run_id: str,
+        step: Annotated[str | None, typer.Option(help="Retry from this step.")] = None,
+        direct: Direct = False,
+    ) -> None:
+        """Retry a failed run (or a step waiting to retry) now."""
+        result = _call(settings(), direct, "POST", f"/api/runs/{run_id}/retry", json={"step": step})
+        console.print(f"{result['runId']}: {_status(result['status'])} — {result['reason']}")
+
+    @app.command("cancel")
+    def cancel(
+        run_id: str,
+        reason: Annotated[str, typer.Option(help="Recorded in the run's history.")] = "",
+        direct: Direct = False,
+    ) -> None:
+        """Cancel a run."""
+        result = _call(
+            settings(), direct, "POST", f"/api/runs/{run_id}/cancel", json={"reason": reason}
+        )
+        console.print(f"{result['runId']}: {_status(result['status'])} — {result['reason']}")
+
+    @app.command("events")
+    def events(
+        orphans: Annotated[
+            bool, typer.Option("--orphans", help="Events waiting for a task.")
+        ] = False,
+        invalid: Annotated[bool, typer.Option("--invalid", help="Refused bodies.")] = False,
+        status: Annotated[list[str] | None, typer.Option("--status")] = None,
+        limit: int = 50,
+        direct: Direct = False,
+        as_json: AsJson = False,
+    ) -> None:
+        """Inbox events: everything received, as received."""
+        statuses = (
+            list(status or []) + (["orphan"] if orphans else []) + (["invalid"] if invalid else [])
+        )
+        page = _call(
+            settings(), direct, "GET", "/api/inbox", params={"status": statuses, "limit": limit}
+        )
+        if as_json:
+            print(json.dumps(page, indent=2, ensure_ascii=False))
+            return
+        table = Table("id", "received", "source", "type", "status", "task", "run", "note")
+        for event in page["events"]:
+            table.add_row(
+                str(event["id"]),
+                _when(event["receivedAt"]),
+                event["source"],
+                event["eventType"],
+                event["status"],
+                event["taskId"] or "-",
+                event["runId"] or "-",
+                (event["note"] or "")[:70],
+            )
+        console.print(table)
+        if not page["events"]:
+            print("no events", file=sys.stderr)
