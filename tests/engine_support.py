@@ -41,7 +41,7 @@ GOP = 2.0
 class Recordings:
     six: Path  # 6 s, 320x180, 30 fps, a keyframe every 2 s, AAC audio
     segments: tuple[Path, Path, Path]  # 4 s each, like `six`: they join by stream copy
-    long: Path  # 40 s, 640x360: a transcode that takes a while
+    long: Path  # 20 s, 640x360: a transcode that takes a while
     text: Path  # not media
 
 
@@ -61,7 +61,7 @@ async def make_recordings(root: Path) -> Recordings:
             media.make_test_media(path, 4, tone=440 + 110 * n, **small)
             for n, path in enumerate(rec.segments)
         ),
-        media.make_test_media(rec.long, 40, width=640, height=360, fps=FPS, preset="ultrafast"),
+        media.make_test_media(rec.long, 20, width=640, height=360, fps=FPS, preset="ultrafast"),
     )
     return rec
 
@@ -200,16 +200,14 @@ async def running_engine(
         if receiver is not None:
             callback_url = f"{await stack.enter_async_context(serving(receiver.app()))}/cb"
         port = port or free_port()
-        config = Settings(
-            data_dir=data_dir,
-            database_url=database_url,
-            port=port,
-            engine_callback_url=callback_url,
-            engine_workers=2,
-            engine_callback_backoff=0.2,
-            engine_pull_wait=1.0,
+        options: dict[str, Any] = {
+            "engine_callback_url": callback_url,
+            "engine_workers": 2,
+            "engine_callback_backoff": 0.2,
+            "engine_pull_wait": 1.0,
             **settings,
-        )
+        }
+        config = Settings(data_dir=data_dir, database_url=database_url, port=port, **options)
         db = Database(database_url)
         stack.push_async_callback(db.close)
         engine = Engine(config, db, media=media or Media(FFmpeg(threads=2)))

@@ -134,6 +134,7 @@ class CallbackSender:
         if error is None:
             log.debug("engine event %s (%s) delivered", event.msg_handle, event.event_type)
             status, next_at, delivered = "delivered", None, now
+            error = event.push_error  # the last failure stays on record
         elif now - event.created_at > GIVE_UP_AFTER:
             log.error(
                 "engine event %s (%s) undelivered for 72 hours, giving up: %s",

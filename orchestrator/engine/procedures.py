@@ -164,10 +164,13 @@ def parse_procedures(text: str, file: str = "<procedures>") -> Procedures:
         problems = []
         for error in exc.errors(include_url=False):
             loc = [str(part) for part in error["loc"]]
-            line, col = _position(doc, loc)
             message = str(error["msg"]).removeprefix("Value error, ")
             if error["type"] == "extra_forbidden":
                 message = "unknown key"
+            if loc[-1] == "[key]":  # a definition number or procedure name itself
+                loc.pop()
+                message = f"the key {loc[-1]!r}: {message}"
+            line, col = _position(doc, loc)
             problems.append(f"{file}:{line}:{col}: {'.'.join(loc)}: {message}")
         raise ProceduresError(problems) from None
     problems = [

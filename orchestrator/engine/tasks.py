@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -255,12 +256,16 @@ class TaskRunner:
                 return await self._snapshots(task, source)
             return Outcome(SYSTEM_FAILURE, f"unknown task kind {task.kind!r}")
         except MediaTimeout as exc:
-            return Outcome(SYSTEM_FAILURE, exc.reason)
+            return Outcome(SYSTEM_FAILURE, self._public(exc.reason))
         except MediaError as exc:
-            return Outcome(MEDIA_FAILURE, exc.reason)
+            return Outcome(MEDIA_FAILURE, self._public(exc.reason))
         except Exception as exc:
             log.exception("engine task %s failed", task.task_id)
             return Outcome(SYSTEM_FAILURE, f"{type(exc).__name__}: {exc}")
+
+    def _public(self, reason: str) -> str:
+        """FFmpeg's reason without the media directory (events leave the machine)."""
+        return reason.replace(f"{self.storage.root}{os.sep}", "")
 
     async def _file(self, file_id: str | None) -> EngineFile:
         file = None
