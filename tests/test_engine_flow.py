@@ -9,6 +9,8 @@ Recordings are short and small (made once per session); durations are checked to
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import pytest
 
 from orchestrator.engine.ffmpeg import FFmpeg, MediaInfo
 from orchestrator.engine.media import Media, TranscodeTemplate
+from orchestrator.engine.tasks import owner_name
 from orchestrator.store import engine as store
 from orchestrator.verify import check_cues, image_size, parse_vtt
 from orchestrator.vod.errors import ErrorClass
@@ -478,22 +481,33 @@ async def test_a_restart_mid_task_runs_it_again_and_calls_back(
         assert task.attempts == 2
 
 
-async def test_a_task_of_a_crashed_process_is_taken_over_when_its_lease_ends(
-    sqlite_url: str, tmp_path: Path, recordings: Recordings
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+@pytest.mark.parametrize("where", ["another machine", "this machine"])
+async def test_a_task_of_a_crashed_process_is_taken_over(
+    sqlite_url: str, tmp_path: Path, recordings: Recordings, where: str
 ) -> None:
+    """On another machine, once its lease has run out; on this one, at once (its process is
+    gone), though its lease would last another hour."""
     receiver = Receiver()
     folder = tmp_path / "vod"
+    now = datetime.now(UTC)
+    if where == "another machine":
+        owner, lease_until = "gone-host:4242:dead", now - timedelta(minutes=1)
+    else:
+        owner = f"{owner_name().split(':')[0]}:{_dead_pid()}:dead"
+        lease_until = now + timedelta(hours=1)
     async with running_engine(sqlite_url, folder, receiver=receiver, work=False) as first:
         uploaded = await first.upload(recordings.six)
         answer = await first.process(
             {"fileId": uploaded.file_id, "procedure": "TranscodeAndSprite"}
         )
-        # A process claimed the transcode, then died: its lease ran out a minute ago.
-        now = datetime.now(UTC)
         async with first.db.transaction() as conn:
-            claimed = await store.claim_task(
-                conn, "gone-host:4242:dead", now - timedelta(minutes=2), now - timedelta(minutes=1)
-            )
+            claimed = await store.claim_task(conn, owner, now - timedelta(minutes=2), lease_until)
         assert claimed is not None
         assert claimed.task_id == answer.tasks[0].task_id
     async with running_engine(sqlite_url, folder, receiver=receiver):

@@ -16,9 +16,6 @@ workers and the callback sender; ``create_engine_app(settings)`` is the engine a
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -35,7 +32,7 @@ from orchestrator.engine.ffmpeg import FFmpeg
 from orchestrator.engine.media import Media
 from orchestrator.engine.procedures import Procedures, load_procedures
 from orchestrator.engine.storage import Storage
-from orchestrator.engine.tasks import TaskRunner
+from orchestrator.engine.tasks import TaskRunner, owner_name
 from orchestrator.engine.upload import UPLOAD_PATH, Uploads
 from orchestrator.engine.wakeup import Wakeup
 from orchestrator.keys import load_keys
@@ -76,8 +73,7 @@ class Engine:
             settings.engine_media_dir or settings.data_dir / "vod", settings.base_url
         )
         self.media = media or Media(FFmpeg(str(settings.ffmpeg) if settings.ffmpeg else None))
-        # Leases name their holder: several processes (or engines in a test) share one database.
-        self.owner = f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = owner_name()
         self.callback_url = engine_callback_url(settings, keys.callback_token)
         self.tasks_ready, self.events_added = Wakeup(), Wakeup()
         accepted = {

@@ -4,10 +4,11 @@ outcome and its VOD 4.0 event, and finish its procedure when it was the last tas
 A bounded pool of ``engine_workers`` asyncio workers; FFmpeg runs in subprocesses, never on the
 event loop. Tasks are claimed with a lease that a heartbeat renews: a graceful ``stop()`` kills
 FFmpeg and hands its tasks back at once; a process that died leaves its tasks ``processing``
-until the lease runs out, then any worker on the same database re-runs them. A task's outputs
-are written under a temporary name and renamed into place, so a re-run starts clean. A task's
-outcome, its event and (for the last one) its procedure's ProcedureStateChanged are committed in
-one transaction.
+until its lease runs out (``engine_task_lease``), then any worker on the same database re-runs
+them, or at once when an engine starts on the same machine and sees that the process is gone.
+A task's outputs are written under a temporary name and renamed into place, so a re-run starts
+clean. A task's outcome, its event and (for the last one) its procedure's ProcedureStateChanged
+are committed in one transaction.
 
 A failed gen task (clip, concat) fails the tasks after it without running them: their events
 report the same errCode, with "not run: ..." and the cause. A procedure's errCode and message are
@@ -20,6 +21,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -159,6 +162,7 @@ class TaskRunner:
         return datetime.fromtimestamp(self.clock(), UTC)
 
     async def start(self) -> None:
+        await self._release_the_dead()
         self._loops = [
             asyncio.create_task(self._worker(), name=f"engine-worker-{n}")
             for n in range(self.workers)
@@ -178,6 +182,18 @@ class TaskRunner:
             async with self.db.transaction() as conn:
                 released = await store.release_tasks(conn, self.owner, running)
             log.info("engine stopped: %d running task(s) handed back to the queue", released)
+
+    async def _release_the_dead(self) -> None:
+        """Re-queue at once what a process on this machine left running when it died, rather
+        than wait for its leases to run out (other machines' tasks are left to their leases)."""
+        host = self.owner.split(":", 1)[0]
+        async with self.db.transaction() as conn:
+            for owner in await store.lease_owners(conn):
+                name, _, rest = owner.partition(":")
+                pid = rest.partition(":")[0]
+                if name == host and pid.isdigit() and not _alive(int(pid)):
+                    released = await store.release_tasks(conn, owner)
+                    log.info("engine: re-queued %d task(s) of dead process %s", released, owner)
 
     # --- the loops ---------------------------------------------------------------------------
 
@@ -345,10 +361,17 @@ class TaskRunner:
             await self.storage.publish_dir(work, final)
             url = self.storage.url_of(final / "index.m3u8")
         else:
-            dst = folder / f"v.f{definition}.mp4"
-            info = await self.media.transcode(src, dst, template)
-            md5 = await asyncio.to_thread(file_digest, dst, "md5")
-            url = self.storage.url_of(dst)
+            final = folder / f"v.f{definition}.mp4"
+            # Named for the task: another procedure may be making the same definition now.
+            work = folder / f".v.f{definition}.{task.task_id}.mp4"
+            try:
+                info = await self.media.transcode(src, work, template)
+                md5 = await asyncio.to_thread(file_digest, work, "md5")
+                await asyncio.to_thread(os.replace, work, final)
+            except BaseException:
+                await asyncio.to_thread(work.unlink, True)
+                raise
+            url = self.storage.url_of(final)
         output: Data = {"url": url, **bodies.meta_data(info, md5)}
         output["container"] = template.container
         return Outcome(
@@ -455,6 +478,22 @@ class TaskRunner:
     def _event(self, task: EngineTask, now: datetime) -> EngineEvent:
         data: Data = task.result
         return event_row(task.task_id, kind_info(task.kind).event_type, data, now, self.push)
+
+
+def owner_name() -> str:
+    """A lease holder's name: ``host:pid:random`` (this process may run several engines)."""
+    host = socket.gethostname().replace(":", "-")[:40] or "localhost"
+    return f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _apply(task: EngineTask, outcome: Outcome) -> None:

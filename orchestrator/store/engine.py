@@ -199,20 +199,27 @@ async def renew_leases(conn: AsyncConnection, owner: str, lease_until: datetime)
     return result.rowcount
 
 
-async def release_tasks(conn: AsyncConnection, owner: str, task_ids: Sequence[str]) -> int:
-    """Hand ``owner``'s unfinished tasks back to the queue (a graceful stop)."""
-    if not task_ids:
-        return 0
+async def release_tasks(
+    conn: AsyncConnection, owner: str, task_ids: Sequence[str] | None = None
+) -> int:
+    """Hand ``owner``'s running tasks (those of ``task_ids``, or all) back to the queue."""
+    where = [tasks.c.lease_owner == owner, tasks.c.status == lit(PROCESSING)]
+    if task_ids is not None:
+        where.append(tasks.c.task_id.in_(list(task_ids)))
     result = await conn.execute(
-        tasks.update()
-        .where(
-            tasks.c.task_id.in_(list(task_ids)),
-            tasks.c.lease_owner == owner,
-            tasks.c.status == lit(PROCESSING),
-        )
-        .values(status=WAITING, lease_owner=None, lease_until=None)
+        tasks.update().where(*where).values(status=WAITING, lease_owner=None, lease_until=None)
     )
     return result.rowcount
+
+
+async def lease_owners(conn: AsyncConnection) -> list[str]:
+    """Who holds the running tasks."""
+    rows = await conn.execute(
+        sa.select(tasks.c.lease_owner)
+        .where(tasks.c.status == lit(PROCESSING), tasks.c.lease_owner.is_not(None))
+        .distinct()
+    )
+    return [str(owner) for owner in rows.scalars()]
 
 
 async def finish_task(
