@@ -95,6 +95,11 @@ def sub_task_entry(member: EngineTask) -> Data:
     return bodies.sub_task(_task_type(member), _input(member), status=status)
 
 
+def _first_failure(members: list[EngineTask]) -> EngineTask | None:
+    """The procedure's first failed task, in execution order: its errCode is the procedure's."""
+    return next((m for m in members if m.status == store.FINISHED and m.err_code), None)
+
+
 def _task_type(member: EngineTask) -> str:
     return kind_info(member.kind).task_type or member.kind
 
@@ -114,7 +119,7 @@ async def procedure_data(
     """The procedure's ProcedureStateChanged data (``status`` FINISH) or progress (PROCESSING,
     WAITING), as GetTaskInfo and GetProcedureInfo show it."""
     file = await store.get_file(conn, procedure.file_id) if procedure.file_id else None
-    failed = next((m for m in members if m.status == store.FINISHED and m.err_code), None)
+    failed = _first_failure(members)
     return bodies.procedure_state(
         procedure.task_id,
         status=status,
@@ -156,7 +161,8 @@ class TaskRunner:
         self.tasks_ready = tasks_ready
         self.events_added = events_added
         self._loops: list[asyncio.Task[None]] = []
-        self._running: dict[str, EngineTask] = {}
+        self._running: set[str] = set()
+        """The tasks this runner's workers are running (the heartbeat keeps their leases)."""
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -213,7 +219,7 @@ class TaskRunner:
             if task is None:
                 await self.tasks_ready.wait(POLL_SECONDS, ticket)
                 continue
-            self._running[task.task_id] = task
+            self._running.add(task.task_id)
             try:
                 await self._run_and_record(task)
             except _LostLease:
@@ -224,7 +230,7 @@ class TaskRunner:
                 log.exception("engine task %s: recording its outcome failed", task.task_id)
                 await asyncio.sleep(POLL_SECONDS)
             finally:
-                self._running.pop(task.task_id, None)
+                self._running.discard(task.task_id)
 
     async def _heartbeat(self) -> None:
         while True:
@@ -234,7 +240,10 @@ class TaskRunner:
             try:
                 async with self.db.transaction() as conn:
                     await store.renew_leases(
-                        conn, self.owner, self._now() + timedelta(seconds=self.lease)
+                        conn,
+                        self.owner,
+                        list(self._running),
+                        self._now() + timedelta(seconds=self.lease),
                     )
             except Exception:
                 log.exception("engine heartbeat: renewing task leases failed")
@@ -454,10 +463,9 @@ class TaskRunner:
             if not await store.finish_task(conn, task, self.owner, now):
                 raise _LostLease(task.task_id)
             rows = [self._event(task, now)]
-            members = await store.procedure_members(conn, procedure.task_id)
             if outcome.code and task.stage < 2:
                 cause = f"not run: {task.kind} task {task.task_id} failed: {outcome.message}"
-                for later in members:
+                for later in await store.procedure_members(conn, procedure.task_id):
                     if later.stage > task.stage and later.status != store.FINISHED:
                         _apply(later, Outcome(outcome.code, cause))
                         await store.finish_task(conn, later, None, now)
@@ -465,7 +473,7 @@ class TaskRunner:
             members = await store.procedure_members(conn, procedure.task_id)
             if all(m.status == store.FINISHED for m in members):
                 data = await procedure_data(conn, procedure, members, self.storage, "FINISH")
-                failed = next((m for m in members if m.err_code), None)
+                failed = _first_failure(members)
                 procedure.err_code = failed.err_code if failed else 0
                 procedure.message = failed.message if failed else ""
                 procedure.result = data

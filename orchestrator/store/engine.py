@@ -190,10 +190,17 @@ async def claim_task(
     return task
 
 
-async def renew_leases(conn: AsyncConnection, owner: str, lease_until: datetime) -> int:
+async def renew_leases(
+    conn: AsyncConnection, owner: str, task_ids: Sequence[str], lease_until: datetime
+) -> int:
+    """Extend ``owner``'s leases on ``task_ids`` (those it is still running)."""
     result = await conn.execute(
         tasks.update()
-        .where(tasks.c.lease_owner == owner, tasks.c.status == lit(PROCESSING))
+        .where(
+            tasks.c.task_id.in_(list(task_ids)),
+            tasks.c.lease_owner == owner,
+            tasks.c.status == lit(PROCESSING),
+        )
         .values(lease_until=lease_until)
     )
     return result.rowcount

@@ -1,6 +1,7 @@
 """The database tables (SQLModel). Alembic owns the schema; these mirror its latest revision.
 
-Naming: one table per domain noun (runs, steps, tasks, inbox_events, outbox, timers, history).
+Naming: one table per domain noun (runs, steps, tasks, inbox_events, outbox, timers, history);
+the embedded VOD engine's tables start with ``engine_``.
 Hot paths have their own indexes: VOD task ID correlation (the tasks primary key), and every
 sweep's ``status + due time`` via partial indexes over the unfinished rows only, so a sweep costs
 the same with ten thousand rows as with a million.
@@ -367,6 +368,7 @@ class EngineEvent(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     msg_handle: str = Field(unique=True, max_length=32)
     task_id: str = Field(max_length=120)
+    """The task the event reports on (for NewFileUpload: the new file's ID)."""
     event_type: str = Field(max_length=64)
     body: Any = _json(nullable=False)
     created_at: datetime = _time(nullable=False)
