@@ -514,3 +514,38 @@ async def test_a_task_of_a_crashed_process_is_taken_over(
         event = parse_event(await receiver.task_done(claimed.task_id))
         assert event.success
         await receiver.wait_for(lambda b: b["eventType"] == "ProcedureStateChanged")
+
+
+async def test_two_engines_on_one_database_run_each_task_once(
+    database_url: str, tmp_path: Path, recordings: Recordings
+) -> None:
+    """Scale-out: both engines' workers and callback senders share the queue through leases."""
+    receiver = Receiver()
+    folder = tmp_path / "vod"  # one media directory, as on a shared volume
+    async with (
+        running_engine(database_url, folder, receiver=receiver, engine_workers=1) as first,
+        running_engine(database_url, folder, receiver=receiver, engine_workers=1) as second,
+    ):
+        files = [await first.upload(recordings.six), await second.upload(recordings.segments[0])]
+        procedures = []
+        for vod, uploaded in zip((first, second), files, strict=True):
+            for name in ("TranscodeAndSprite", "TranscodeAndSnapshots"):
+                vod.engine.api.shape = "procedure"
+                answer = await vod.process({"fileId": uploaded.file_id, "procedure": name})
+                assert answer.procedure_task_id is not None
+                procedures.append(answer.procedure_task_id)
+        for procedure_id in procedures:
+            assert parse_event(await receiver.procedure_done(procedure_id)).success
+        await asyncio.sleep(0.5)  # time for a duplicate to show up, if there were one
+        async with first.db.read() as conn:
+            members = [
+                task
+                for procedure_id in procedures
+                for task in await store.procedure_members(conn, procedure_id)
+            ]
+    assert len(members) == 8
+    assert {(task.status, task.err_code, task.attempts) for task in members} == {("finished", 0, 1)}
+    sent = [
+        (b["eventType"], b["data"].get("vodTaskId") or b["data"]["fileId"]) for b in receiver.bodies
+    ]
+    assert len(sent) == len(set(sent)) == 2 + 8 + 4  # uploads, tasks, procedures: once each
