@@ -36,14 +36,12 @@ _HTTP_STATUS = {1000: 400, 4000: 400, 4100: 401, 4104: 401, 4400: 429, 4500: 401
 class EngineError(Exception):
     """A request the engine refuses: ``code`` is VOD's, ``message`` names the thing and why."""
 
-    def __init__(self, code: int, message: str) -> None:
+    def __init__(self, code: int, message: str, *, http_status: int | None = None) -> None:
         self.code = code
         self.message = message
+        self.http_status = http_status or _HTTP_STATUS.get(code, 400)
+        """The upload endpoint's HTTP status for it (the API answers 200)."""
         super().__init__(f"code {code} ({CODE_MEANINGS.get(code, 'error')}): {message}")
-
-    @property
-    def http_status(self) -> int:
-        return _HTTP_STATUS.get(self.code, 400)
 
 
 def success(fields: dict[str, JsonValue]) -> JSONResponse:

@@ -57,7 +57,7 @@ from orchestrator.vod.params import ProcessFileByProcedureRequest
 
 Shape = Literal["tasks", "procedure", "both"]
 Container = Literal["mp4", "flv", "ts"]
-_Adder = Callable[[Kind, str | None, ClipParams | ConcatParams | MediaParams], EngineTask]
+_Adder = Callable[[Kind, str | None, ClipParams | ConcatParams | MediaParams], None]
 """Queues one task of the plan: (kind, its input file, its parameters)."""
 CONTAINERS: tuple[Container, ...] = ("mp4", "flv", "ts")
 
@@ -116,12 +116,10 @@ async def plan(
 
     def add(
         kind: Kind, file_id: str | None, params: ClipParams | ConcatParams | MediaParams
-    ) -> EngineTask:
-        position = sum(1 for m in members if m.stage == KINDS[kind].stage)
+    ) -> None:
         member = _row(new_task_id(kind, app_id), kind, procedure_id, file_id, params, now)
-        member.position = position
+        member.position = sum(1 for m in members if m.stage == member.stage)
         members.append(member)
-        return member
 
     if request.file_id is not None:
         if procedure is None:

@@ -129,7 +129,7 @@ class Uploads:
                 raise EngineError(1000, exc.message) from None
             declared = request.headers.get("content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-                raise EngineError(4000, self._too_large())
+                raise self._too_large()
             part = self.storage.root / ".uploads" / f"{secrets.token_hex(8)}.part"
             sha256, md5 = await self._receive(request, part)
             if sha256 != upload.content_sha256:
@@ -140,8 +140,7 @@ class Uploads:
                 )
             file = await self._register(upload, part, md5)
         except EngineError as exc:
-            status = 413 if exc.message == self._too_large() else exc.http_status
-            return failure(exc, http_status=status)
+            return failure(exc, http_status=exc.http_status)
         except Exception:
             reference = secrets.token_hex(4)
             log.exception("engine upload failed (reference %s)", reference)
@@ -152,8 +151,9 @@ class Uploads:
                 await asyncio.to_thread(part.unlink, True)
         return success({"fileId": file.file_id, "fileUrl": self.storage.url_for(file.path)})
 
-    def _too_large(self) -> str:
-        return f"the body is larger than the engine accepts ({self.max_bytes} bytes)"
+    def _too_large(self) -> EngineError:
+        message = f"the body is larger than the engine accepts ({self.max_bytes} bytes)"
+        return EngineError(4000, message, http_status=413)
 
     async def _receive(self, request: Request, part: Path) -> tuple[str, str]:
         """Write the body to ``part``; its SHA-256 and MD5 (hex)."""
@@ -166,7 +166,7 @@ class Uploads:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > self.max_bytes:
-                    raise EngineError(4000, self._too_large())
+                    raise self._too_large()
                 digest.update(chunk)
                 md5.update(chunk)
                 buffer += chunk
