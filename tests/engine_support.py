@@ -42,6 +42,7 @@ class Recordings:
     six: Path  # 6 s, 320x180, 30 fps, a keyframe every 2 s, AAC audio
     segments: tuple[Path, Path, Path]  # 4 s each, like `six`: they join by stream copy
     long: Path  # 20 s, 640x360: a transcode that takes a while
+    tiny: Path  # 2 s, 160x90: unlike the others
     text: Path  # not media
 
 
@@ -52,6 +53,7 @@ async def make_recordings(root: Path) -> Recordings:
         six=root / "six.mp4",
         segments=(root / "seg1.mp4", root / "seg2.mp4", root / "seg3.mp4"),
         long=root / "long.mp4",
+        tiny=root / "tiny.mp4",
         text=root / "notes.mp4",
     )
     rec.text.write_text("these are lecture notes, not a video\n" * 20)
@@ -62,6 +64,7 @@ async def make_recordings(root: Path) -> Recordings:
             for n, path in enumerate(rec.segments)
         ),
         media.make_test_media(rec.long, 20, width=640, height=360, fps=FPS, preset="ultrafast"),
+        media.make_test_media(rec.tiny, 2, width=160, height=90, fps=25),
     )
     return rec
 
@@ -194,7 +197,8 @@ async def running_engine(
 ) -> AsyncIterator[Vod]:
     """An engine on ``database_url`` serving at 127.0.0.1; events go to ``receiver`` (pull only
     without one). ``work=False`` serves the API without starting workers: tasks stay queued."""
-    migrate.upgrade(database_url)
+    # In a thread: another engine of the test may be holding SQLite's write lock in this loop.
+    await asyncio.to_thread(migrate.upgrade, database_url)
     async with AsyncExitStack() as stack:
         callback_url = ""
         if receiver is not None:

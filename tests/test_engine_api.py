@@ -327,6 +327,21 @@ async def test_the_same_procedure_twice_is_50005_naming_the_first(vod: Vod) -> N
     assert made["vodTaskId"] in again["message"]
 
 
+async def test_a_procedure_that_cannot_be_queued_is_50006(
+    vod: Vod, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def full(*args: Any) -> None:
+        raise OSError("no space left on device")
+
+    file_id = await add_file(vod.db)
+    monkeypatch.setattr(store, "insert_procedure", full)
+    answer = await vod.call(
+        "ProcessFileByProcedure", {"fileId": file_id, "procedure": "TranscodeAndSprite"}
+    )
+    assert answer["code"] == 50006
+    assert answer["message"] == ("procedure task creation failed: OSError: no space left on device")
+
+
 async def test_the_frequency_limit_is_4400_per_secret_id(database_url: str, tmp_path: Path) -> None:
     extra = {"AKIDpartner0000": "partner-secret"}
     async with running_engine(

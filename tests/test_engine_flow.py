@@ -375,6 +375,35 @@ async def test_concat_of_a_file_id_list_into_hls_renditions(
         ]
 
 
+async def test_gen_alone_joins_unlike_files_by_re_encoding(
+    sqlite_url: str, tmp_path: Path, recordings: Recordings
+) -> None:
+    receiver = Receiver()
+    async with running_engine(
+        sqlite_url, tmp_path / "vod", receiver=receiver, engine_answer_shape="both"
+    ) as vod:
+        six = await vod.upload(recordings.six)
+        tiny = await vod.upload(recordings.tiny)
+        answer = await vod.process(
+            {"gen": {"concat": {"fileIdList": [six.file_id, tiny.file_id], "dstType": "mp4"}}}
+        )
+        assert [task.kind for task in answer.tasks] == ["concat", "procedure"]
+        assert answer.procedure_task_id is not None
+        done = parse_event(await receiver.procedure_done(answer.procedure_task_id))
+        assert (done.success, done.sub_tasks) == (True, ())  # no procedure: only the new file
+        concat_id = answer.tasks[0].task_id
+        info = await vod.client.get_task_info(concat_id)
+        detail = (info.model_extra or {})["detail"]
+        assert detail["streamCopy"] is False
+        assert "input 1 (f0.mp4) video resolution 160x90 differs from 320x180" in detail["reason"]
+        joined = parse_event(await receiver.task_done(concat_id)).outputs.files[0]
+        assert joined.url is not None
+        out = await probe_url(vod, joined.url, tmp_path / "joined")
+        assert out.duration == pytest.approx(8.0, abs=SLACK)
+        assert out.video is not None
+        assert (out.video.width, out.video.height) == (320, 180)
+
+
 # --- failures -----------------------------------------------------------------------------------
 
 
