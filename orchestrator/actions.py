@@ -109,7 +109,8 @@ class Actions:
                 extra = entry.model_extra or {}
                 if extra.get("procedure") not in (None, procedure):
                     continue
-                if not isinstance(file_id, str) and extra.get("request") != request:
+                echoed = extra.get("request")
+                if not isinstance(file_id, str) and not _same_request(echoed, request):
                     continue
                 if isinstance(file_id, str) and entry.file_id not in (None, file_id):
                     continue
@@ -161,6 +162,16 @@ class Actions:
         if problem is None:
             return m.VerifySucceeded(step=command.step, attempt=command.attempt)
         return m.VerifyFailed(step=command.step, attempt=command.attempt, reason=problem)
+
+
+def _same_request(echoed: object, request: dict[str, JsonValue]) -> bool:
+    """VOD echoes parameters as the text it received: compare the flat wire forms."""
+    if not isinstance(echoed, dict):
+        return False
+    try:
+        return flatten(echoed) == flatten(request)
+    except (TypeError, ValueError):
+        return False
 
 
 def _tasks_of(entry: dict[str, Any], task_id: str) -> tuple[TaskRef, ...]:

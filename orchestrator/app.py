@@ -150,6 +150,11 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         return {}
 
     sweeper.jobs["metrics"] = (max(settings.sweep_interval, 5.0), refresh_gauges)
+    engine = None
+    if settings.engine:
+        from orchestrator.engine import Engine
+
+        engine = Engine(settings, db)
     return Services(
         settings=settings,
         keys=keys,
@@ -165,6 +170,7 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         sink=WebhookSink(keys.webhook_secret),
         metrics=metrics,
         live=live,
+        engine=engine,
     )
 
 

@@ -127,6 +127,95 @@ def serve() -> None:
     uvicorn.run(application, host=settings.host, port=settings.port, log_level="warning")
 
 
+vod_app = typer.Typer(help="The VOD service vodflow talks to.", no_args_is_help=True)
+app.add_typer(vod_app, name="vod")
+engine_app = typer.Typer(help="The embedded VOD engine.", no_args_is_help=True)
+app.add_typer(engine_app, name="engine")
+
+
+def _unix_time(text: str | None, option: str) -> int | None:
+    """Unix seconds from ``1763632800`` or an ISO 8601 time (``2026-11-20T10:00:00+08:00``)."""
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    from datetime import UTC, datetime
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: expected Unix seconds or an ISO 8601 time", param_hint=option
+        ) from None
+    return int((moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
+
+
+@vod_app.command("upload")
+def vod_upload(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="The media file.")],
+    stream_id: Annotated[
+        str | None, typer.Option("--stream-id", help="Register it as a recording of this stream.")
+    ] = None,
+    record_start: Annotated[
+        str | None,
+        typer.Option("--record-start", help="When the recording started (Unix seconds or ISO)."),
+    ] = None,
+    record_end: Annotated[
+        str | None,
+        typer.Option("--record-end", help="When the recording ended (Unix seconds or ISO)."),
+    ] = None,
+) -> None:
+    """Upload a file to the embedded engine; prints fileId=<id>."""
+    import asyncio
+
+    from orchestrator.engine.upload import upload_file
+    from orchestrator.keys import load_keys
+    from orchestrator.vod.errors import VodError
+
+    settings = _settings()
+    keys = load_keys(settings)
+    try:
+        uploaded = asyncio.run(
+            upload_file(
+                file,
+                endpoint=settings.vod_url,
+                secret_id=keys.vod_secret_id,
+                secret_key=keys.vod_secret_key,
+                algorithm=settings.vod_signature_method,
+                stream_id=stream_id,
+                record_start=_unix_time(record_start, "--record-start"),
+                record_end=_unix_time(record_end, "--record-end"),
+            )
+        )
+    except VodError as exc:
+        typer.echo(f"vodflow: upload of {file} failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"fileId={uploaded.file_id}")
+    typer.echo(f"fileUrl={uploaded.file_url}")
+
+
+@engine_app.command("serve")
+def engine_serve() -> None:
+    """Run the embedded VOD engine alone (its API, uploads and files) on HOST:PORT."""
+    import uvicorn
+
+    from orchestrator import logs
+    from orchestrator.engine import create_engine_app
+    from orchestrator.engine.procedures import ProceduresError
+    from orchestrator.store import migrate
+
+    settings = _settings()
+    logs.configure(settings.log_level, settings.log_format)
+    migrate.upgrade(settings.sqlalchemy_url)
+    try:
+        application = create_engine_app(settings)
+    except ProceduresError as exc:
+        typer.echo(f"vodflow: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"vodflow {__version__}: VOD engine at {settings.base_url}/v2/index.php")
+    uvicorn.run(application, host=settings.host, port=settings.port, log_level="warning")
+
+
 console.register(app, _settings)
 
 

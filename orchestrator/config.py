@@ -100,6 +100,59 @@ class Settings(BaseSettings):
         ge=1,
         description="Media tasks the embedded engine runs at once.",
     )
+    engine_media_dir: Path | None = Field(
+        None, description="Where the embedded engine keeps files; default: DATA_DIR/vod."
+    )
+    engine_app_id: int = Field(
+        1250000001,
+        ge=1,
+        description="The account's AppId the engine reports, as in <appid>-procedurev2-... IDs.",
+    )
+    engine_callback_url: str | None = Field(
+        None,
+        description="Where the engine POSTs its VOD 4.0 events; default: this server's receiver "
+        "(PUBLIC_URL/callbacks/vod?token=...), or none with RELIABLE_CALLBACKS; empty: none "
+        "(events are only pulled with PullEvent).",
+    )
+    engine_answer_shape: Literal["tasks", "procedure", "both"] = Field(
+        "tasks",
+        description="Task IDs ProcessFileByProcedure answers: the seed's transcodeTaskId, "
+        "imageSpriteTaskId, ... ('tasks'), one vodTaskId ('procedure'), or both.",
+    )
+    engine_rate_per_minute: int = Field(
+        100, ge=1, description="ProcessFileByProcedure calls the engine allows per minute per key."
+    )
+    engine_extra_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="SecretId -> SecretKey pairs the engine accepts besides vodflow's own.",
+    )
+    engine_timestamp_window: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds a request's Timestamp may differ from the engine's clock; a Nonce "
+        "cannot be reused within it.",
+    )
+    engine_pull_wait: float = Field(
+        5.0, ge=0, description="Seconds PullEvent holds a request while no event waits."
+    )
+    engine_event_visibility: float = Field(
+        30.0, gt=0, description="Seconds before a pulled but unconfirmed event is pulled again."
+    )
+    engine_callback_backoff: float = Field(
+        2.0, gt=0, description="Seconds before the first resend of a failed callback (doubling)."
+    )
+    engine_callback_backoff_max: float = Field(
+        600.0, gt=0, description="Longest wait between resends of a failed callback."
+    )
+    engine_task_lease: float = Field(
+        60.0,
+        ge=3,
+        description="Seconds a task stays claimed without a heartbeat; then another worker "
+        "re-runs it (a crashed process's tasks).",
+    )
+    engine_upload_max_bytes: int = Field(
+        8 * 1024**3, ge=1024, description="Largest file the engine's upload endpoint accepts."
+    )
     ffmpeg: Path | None = Field(
         None, description="FFmpeg binary; default: the one from the imageio-ffmpeg package."
     )

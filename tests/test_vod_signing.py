@@ -199,7 +199,9 @@ names = st.one_of(
     st.sampled_from(
         ["gen.concat.fileIdList.1", "gen_clip_streamInfo_streamId", "msgHandle.0", "fileId"]
     ),
-)
+    # The SDK signs before it adds Signature, so a parameter of that name never reaches its
+    # signer (ours skips it by design): not a case to compare.
+).filter(lambda name: name != "Signature")
 values = st.one_of(
     st.text(max_size=20),
     st.text("直播流_测试🎬🙂&=?%+ @#", max_size=12),

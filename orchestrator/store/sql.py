@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 _IGNORING: dict[tuple[str, str, tuple[str, ...]], sqlite.Insert | postgresql.Insert] = {}
 
 
 def insert_ignore(
-    conn: sa.Connection, table: sa.Table, conflict: list[str]
+    conn: sa.Connection | AsyncConnection, table: sa.Table, conflict: list[str]
 ) -> sqlite.Insert | postgresql.Insert:
     """``INSERT ... ON CONFLICT (conflict) DO NOTHING`` for the dialect (built once)."""
     key = (conn.dialect.name, table.name, tuple(conflict))

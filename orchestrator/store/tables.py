@@ -1,6 +1,7 @@
 """The database tables (SQLModel). Alembic owns the schema; these mirror its latest revision.
 
-Naming: one table per domain noun (runs, steps, tasks, inbox_events, outbox, timers, history).
+Naming: one table per domain noun (runs, steps, tasks, inbox_events, outbox, timers, history);
+the embedded VOD engine's tables start with ``engine_``.
 Hot paths have their own indexes: VOD task ID correlation (the tasks primary key), and every
 sweep's ``status + due time`` via partial indexes over the unfinished rows only, so a sweep costs
 the same with ten thousand rows as with a million.
@@ -287,6 +288,113 @@ class RateBucket(SQLModel, table=True):
     """Unix times (float seconds) of the calls made in the current window, oldest first."""
     blocked_until: float = 0.0
     """Set when VOD answered with its frequency limit: nobody calls before this."""
+
+
+# --- the embedded VOD engine ---------------------------------------------------------------------
+
+
+class EngineFile(SQLModel, table=True):
+    """A media file the embedded engine holds: uploaded, or made by a clip or concat task."""
+
+    __tablename__ = "engine_files"
+    __table_args__ = (sa.Index("ix_engine_files_stream", "stream_id", "record_start"),)
+
+    file_id: str = Field(primary_key=True, max_length=32)
+    name: str = _text(nullable=False)
+    path: str = _text(nullable=False)
+    """Relative to the engine's media directory."""
+    container: str = Field(max_length=32)
+    size: int = Field(sa_type=sa.BigInteger)
+    duration: float
+    md5: str | None = Field(default=None, max_length=32)
+    meta: Any = _json(nullable=False)
+    """VOD's metaData object for the file, as GetVideoInfo and ProcedureStateChanged show it."""
+    source_type: str = Field(max_length=32)
+    stream_id: str | None = Field(default=None, max_length=200)
+    record_start: int | None = Field(default=None, sa_type=sa.BigInteger)
+    record_end: int | None = Field(default=None, sa_type=sa.BigInteger)
+    created_at: datetime = _time(nullable=False)
+
+
+class EngineTask(SQLModel, table=True):
+    """A procedure and each of its tasks (clip, concat, transcode, sprites, snapshots)."""
+
+    __tablename__ = "engine_tasks"
+    __table_args__ = (
+        sa.Index("ix_engine_tasks_procedure", "procedure_id", "stage"),
+        sa.Index("ix_engine_tasks_status", "status", "created_at"),
+        sa.Index("ix_engine_tasks_file", "file_id"),
+    )
+
+    task_id: str = Field(primary_key=True, max_length=120)
+    kind: str = Field(max_length=32)
+    procedure_id: str = Field(max_length=120)
+    """The procedure task this belongs to; a procedure row names itself."""
+    stage: int
+    """Order of execution: clips 0, concat 1, the procedure's tasks 2 (the procedure row -1)."""
+    position: int
+    status: str = Field(max_length=16)
+    file_id: str | None = Field(default=None, max_length=32)
+    procedure: str | None = Field(default=None, max_length=120)
+    params: Any = _json(nullable=False)
+    dedup_key: str | None = Field(default=None, unique=True, max_length=120)
+    """Set while a procedure is unfinished: the same request cannot be queued twice (50005)."""
+    err_code: int | None = None
+    message: str | None = _text()
+    result: Any = _json()
+    """The data object of the task's VOD 4.0 event (GetTaskInfo's data)."""
+    output: Any = _json()
+    """The task's processTaskList entry in its procedure's ProcedureStateChanged."""
+    detail: Any = _json()
+    attempts: int = 0
+    created_at: datetime = _time(nullable=False)
+    begun_at: datetime | None = _time()
+    finished_at: datetime | None = _time()
+    lease_owner: str | None = Field(default=None, max_length=80)
+    lease_until: datetime | None = _time()
+
+
+class EngineEvent(SQLModel, table=True):
+    """A VOD 4.0 event the engine sends: pushed to the callback URL, and pullable until
+    confirmed."""
+
+    __tablename__ = "engine_events"
+    __table_args__ = (
+        sa.Index("ix_engine_events_push", "next_push_at", **pending_only("push_status", "pending")),
+        sa.Index("ix_engine_events_pull", "visible_at", **pending_only("pull_status", "pending")),
+        sa.Index("ix_engine_events_task", "task_id"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    msg_handle: str = Field(unique=True, max_length=32)
+    task_id: str = Field(max_length=120)
+    """The task the event reports on (for NewFileUpload: the new file's ID)."""
+    event_type: str = Field(max_length=64)
+    body: Any = _json(nullable=False)
+    created_at: datetime = _time(nullable=False)
+    push_status: str = Field(max_length=16)
+    """pending (to send), delivered, or off (pull-only)."""
+    push_attempts: int = 0
+    next_push_at: datetime | None = _time()
+    push_error: str | None = _text()
+    delivered_at: datetime | None = _time()
+    lease_owner: str | None = Field(default=None, max_length=80)
+    lease_until: datetime | None = _time()
+    pull_status: str = Field(max_length=16)
+    """pending until a ConfirmEvent names the msgHandle, then confirmed."""
+    visible_at: datetime = _time(nullable=False)
+    confirmed_at: datetime | None = _time()
+
+
+class EngineNonce(SQLModel, table=True):
+    """A Nonce seen from a SecretId, kept as long as its request's Timestamp could be fresh."""
+
+    __tablename__ = "engine_nonces"
+    __table_args__ = (sa.Index("ix_engine_nonces_seen", "seen_at"),)
+
+    secret_id: str = Field(primary_key=True, max_length=120)
+    nonce: str = Field(primary_key=True, max_length=40)
+    seen_at: float
 
 
 metadata = SQLModel.metadata
