@@ -116,6 +116,7 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         registry,
         actions,
         default_expected=timedelta(seconds=settings.task_poll_after_seconds),
+        lease=timedelta(seconds=settings.outbox_lease),
     )
     live = LiveHub()
     runner.listeners += [live.notify, metrics.transition, _step_metrics(metrics)]

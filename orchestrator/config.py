@@ -163,6 +163,12 @@ class Settings(BaseSettings):
     sweep_interval: float = Field(
         5.0, gt=0, description="Seconds between sweeps (timers, stalled tasks, leases)."
     )
+    outbox_lease: float = Field(
+        120.0,
+        gt=0,
+        description="Seconds an outbound call may stay unanswered before another process (or "
+        "this one, restarted) takes it over and looks for its result.",
+    )
     task_poll_after: str = Field(
         "10m", description="Default wait for a task's callback before asking VOD about it."
     )

@@ -494,7 +494,7 @@ class Runner:
                     quiet=trigger.quiet,
                     max_length=trigger.max_length,
                 )
-                verb = "joined" if added else "was already in"
+                verb = "joined" if added else "updated its recording in"
                 notes.append(f"{verb} {spec.name}'s session {window_id} of stream {stream_id}")
                 continue
             run_id = self.start_run(

@@ -55,9 +55,14 @@ def add_segment(
         .one()
     )
     segments: list[dict[str, Any]] = list(row["segments"] or [])
-    added = all(s.get("fileId") != segment.get("fileId") for s in segments)
+    same = [n for n, s in enumerate(segments) if s.get("fileId") == segment.get("fileId")]
+    added = not same
     if added:
         segments.append(segment)
+    else:
+        # The same recording announced again (VOD's NewFileUpload, then the live service's
+        # event with the recording times): what the later one knows fills in the first.
+        segments[same[0]] = {**segments[same[0]], **segment}
     closes = min(now + quiet, row["opened_at"] + max_length)
     conn.execute(
         windows.update()
