@@ -219,6 +219,24 @@ def engine_serve() -> None:
 console.register(app, _settings)
 
 
+@app.command()
+def demo(
+    seconds: Annotated[float, typer.Option(help="Length of the test recording.")] = 20.0,
+) -> None:
+    """Send a test recording through the running service and watch it become outputs."""
+    import asyncio
+
+    from orchestrator.demo import DemoError, run_demo
+
+    try:
+        status = asyncio.run(run_demo(_settings(), seconds))
+    except DemoError as exc:
+        typer.echo(f"vodflow: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if status != "succeeded":
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app(prog_name="vodflow")
 

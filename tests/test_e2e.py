@@ -416,3 +416,28 @@ def _dead(process: subprocess.Popen[bytes]) -> Callable[[], Any]:
         return process.poll() is not None
 
     return check
+
+
+async def test_demo_sends_a_recording_through_and_prints_its_outputs(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    workflow = (ROOT / "workflows" / "recording-transcode.yaml").read_text()
+    port = free_port()
+    async with vodflow(tmp_path, sqlite_url, {"recording-transcode": workflow}, port=port):
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("VODFLOW_")},
+            "VODFLOW_DATA_DIR": str(tmp_path / "data"),
+            "VODFLOW_PORT": str(port),
+            "COLUMNS": "200",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "orchestrator.cli", "demo", "--seconds", "6",
+            env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 180)
+    text = out.decode()
+    assert proc.returncode == 0, text
+    assert ": succeeded" in text
+    assert "transcode: video 854x480 http://127.0.0.1:" in text
+    assert "sprite index" in text
+    assert f"dashboard: http://127.0.0.1:{port}/runs/run_" in text
