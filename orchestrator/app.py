@@ -217,7 +217,7 @@ async def start(services: Services) -> None:
 
 
 async def stop(services: Services) -> None:
-    services.sweeper.stop()
+    await services.sweeper.stop()
     for task in services.background:
         task.cancel()
     for task in services.background:

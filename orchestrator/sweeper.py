@@ -18,6 +18,7 @@ not succeeded within three of its intervals is reported as stalled (a sweeper ca
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -88,6 +89,7 @@ class Sweeper:
         self.lease = lease
         self.on_findings = on_findings
         self.scheduler: AsyncIOScheduler | None = None
+        self._running: set[asyncio.Task[Any]] = set()
         self.jobs: dict[str, tuple[float, Callable[[], Awaitable[dict[str, int]]]]] = {
             "timers": (interval, self.fire_timers),
             "tasks": (interval, self.poll_tasks),
@@ -121,12 +123,21 @@ class Sweeper:
             )
         self.scheduler.start()
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        """Stop scheduling and wait for the jobs that are running to end (cancelled)."""
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        running = [t for t in self._running if not t.done()]
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
 
     async def run_job(self, name: str) -> dict[str, int]:
         """Run one job now, recording its heartbeat and findings."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
         every, job = self.jobs[name]
         await self.db.write(job_store.job_started, name, every, self.now)
         try:
