@@ -35,12 +35,10 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
 
-from orchestrator import template
+from orchestrator import template, yamldoc
 from orchestrator.durations import format_duration, parse_duration
+from orchestrator.yamldoc import PathElem, Positions
 
 # --- Field types -------------------------------------------------------------------------------
 
@@ -365,53 +363,11 @@ def version_of(spec: Workflow) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-PathElem = str | int
-
-
 def _dotted(path: Sequence[PathElem]) -> str:
     out = ""
     for elem in path:
         out += f"[{elem}]" if isinstance(elem, int) else (f".{elem}" if out else str(elem))
     return out
-
-
-class _Positions:
-    """Maps document paths to 1-based (line, column) using ruamel.yaml's node marks."""
-
-    def __init__(self, doc: object) -> None:
-        self.doc = doc
-
-    def of(self, path: Sequence[PathElem], *, key: bool = False) -> tuple[int, int]:
-        node = self.doc
-        line, col = 0, 0
-        if isinstance(node, CommentedMap | CommentedSeq):
-            line, col = node.lc.line, node.lc.col
-        for depth, elem in enumerate(path):
-            last = depth == len(path) - 1
-            if isinstance(node, CommentedMap) and elem in node:
-                line, col = node.lc.key(elem) if (key and last) else node.lc.value(elem)
-                node = node[elem]
-            elif isinstance(node, CommentedSeq) and isinstance(elem, int) and elem < len(node):
-                line, col = node.lc.item(elem)
-                node = node[elem]
-            else:
-                break
-        return line + 1, col + 1
-
-    def doc_path(self, loc: Sequence[PathElem], missing_last: bool) -> list[PathElem]:
-        """A pydantic error location without union member tags, as a path in the document."""
-        node: Any = self.doc
-        out: list[PathElem] = []
-        for depth, elem in enumerate(loc):
-            in_map = isinstance(node, Mapping) and elem in node
-            in_list = isinstance(node, list) and isinstance(elem, int) and elem < len(node)
-            if in_map or in_list:
-                out.append(elem)
-                node = node[elem]
-            elif missing_last and depth == len(loc) - 1:
-                out.append(elem)
-            # else: a union member tag (e.g. 'stream.session', 'int'): not part of the document
-        return out
 
 
 def _allowed_keys(loc: Sequence[PathElem]) -> list[str]:
@@ -495,7 +451,7 @@ def _describe(value: object) -> str:
 
 
 def _problems_from_validation(
-    exc: ValidationError, positions: _Positions, file: str
+    exc: ValidationError, positions: Positions, file: str
 ) -> list[Problem]:
     grouped: dict[tuple[PathElem, ...], list[dict[str, Any]]] = {}
     order: list[tuple[PathElem, ...]] = []
@@ -748,25 +704,14 @@ def _check_ref(
 # --- Loading -----------------------------------------------------------------------------------
 
 
-def _yaml() -> YAML:
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
-    return yaml
-
-
 def parse_workflow(source: str, file: str = "<workflow>") -> Workflow:
     """Parse and validate one workflow document; raise WorkflowError listing every problem."""
     try:
-        doc = _yaml().load(source)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise WorkflowError(
-            [Problem(file, line, col, "", f"not valid YAML: {exc.problem or exc}")]
-        ) from None
-    except Exception as exc:  # ruamel raises a few non-marked errors (e.g. duplicate keys)
-        raise WorkflowError([Problem(file, 1, 1, "", f"not valid YAML: {exc}")]) from None
-    positions = _Positions(doc)
+        doc = yamldoc.load(source)
+    except yamldoc.YamlSyntaxError as exc:
+        problem = Problem(file, exc.line, exc.column, "", f"not valid YAML: {exc.reason}")
+        raise WorkflowError([problem]) from None
+    positions = Positions(doc)
     if not isinstance(doc, Mapping):
         raise WorkflowError(
             [
@@ -780,7 +725,7 @@ def parse_workflow(source: str, file: str = "<workflow>") -> Workflow:
             ]
         )
     try:
-        spec = Workflow.model_validate(_plain(doc))
+        spec = Workflow.model_validate(yamldoc.plain(doc))
     except ValidationError as exc:
         raise WorkflowError(_problems_from_validation(exc, positions, file)) from None
     problems = sorted(
@@ -793,17 +738,6 @@ def parse_workflow(source: str, file: str = "<workflow>") -> Workflow:
     if problems:
         raise WorkflowError(problems)
     return spec
-
-
-def _plain(node: object) -> object:
-    """ruamel's round-trip containers as plain dicts/lists (pydantic sees ordinary data)."""
-    if isinstance(node, Mapping):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    if isinstance(node, str):
-        return str(node)
-    return node
 
 
 def load_workflow(path: Path) -> LoadedWorkflow:
@@ -838,8 +772,7 @@ def load_workflows(paths: Iterable[Path]) -> list[LoadedWorkflow]:
             problems.extend(exc.problems)
             continue
         if item.spec.name in names:
-            doc = _yaml().load(item.source)
-            line, col = _Positions(doc).of(["name"])
+            line, col = Positions(yamldoc.load(item.source)).of(["name"])
             problems.append(
                 Problem(
                     str(path),

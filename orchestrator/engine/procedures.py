@@ -17,10 +17,8 @@ from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
-from ruamel.yaml import YAML
-from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.error import MarkedYAMLError
 
+from orchestrator import yamldoc
 from orchestrator.engine.media import SnapshotTemplate, SpriteTemplate, TranscodeTemplate
 
 BUILT_IN = Path(__file__).with_name("procedures.yaml")
@@ -144,22 +142,16 @@ def load_procedures(path: Path | None = None) -> Procedures:
 
 
 def parse_procedures(text: str, file: str = "<procedures>") -> Procedures:
-    yaml = YAML(typ="rt")
-    yaml.allow_duplicate_keys = False
     try:
-        doc = yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1:1"
-        raise ProceduresError([f"{file}:{where}: not valid YAML: {exc.problem or exc}"]) from None
-    except Exception as exc:  # ruamel raises a few unmarked errors (duplicate keys)
-        raise ProceduresError([f"{file}:1:1: not valid YAML: {exc}"]) from None
+        doc = yamldoc.load(text)
+    except yamldoc.YamlSyntaxError as exc:
+        raise ProceduresError([f"{file}:{exc}"]) from None
     if not isinstance(doc, Mapping):
         raise ProceduresError(
             [f"{file}:1:1: expected a mapping with transcodeTemplates, ... and procedures"]
         )
     try:
-        spec = ProceduresSpec.model_validate(_plain(doc))
+        spec = ProceduresSpec.model_validate(yamldoc.plain(doc))
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_url=False):
@@ -170,13 +162,13 @@ def parse_procedures(text: str, file: str = "<procedures>") -> Procedures:
             if loc[-1] == "[key]":  # a definition number or procedure name itself
                 loc.pop()
                 message = f"the key {loc[-1]!r}: {message}"
-            line, col = _position(doc, loc)
+            line, col = yamldoc.Positions(doc).of(loc, key=True)
             problems.append(f"{file}:{line}:{col}: {'.'.join(loc)}: {message}")
         raise ProceduresError(problems) from None
     problems = [
         f"{file}:{line}:{col}: {'.'.join(loc)}: {message}"
         for loc, message in _missing_templates(spec)
-        for line, col in [_position(doc, loc)]
+        for line, col in [yamldoc.Positions(doc).of(loc, key=True)]
     ]
     if problems:
         raise ProceduresError(problems)
@@ -240,32 +232,3 @@ def _build(spec: ProceduresSpec, source: str) -> Procedures:
         for name, p in spec.procedures.items()
     }
     return Procedures(source, transcode, sprite, snapshot, procedures)
-
-
-def _plain(node: object) -> object:
-    """ruamel's containers as plain data; keys as text (definitions are read back as ints)."""
-    if isinstance(node, Mapping):
-        return {str(k): _plain(v) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_plain(v) for v in node]
-    if isinstance(node, str):
-        return str(node)
-    return node
-
-
-def _position(doc: object, loc: Sequence[str]) -> tuple[int, int]:
-    """1-based (line, column) of the deepest node of ``loc`` present in ``doc``."""
-    node, line, col = doc, 0, 0
-    for elem in loc:
-        if isinstance(node, CommentedMap):
-            key = next((k for k in node if str(k) == elem), None)
-            if key is None:
-                break
-            line, col = node.lc.key(key)
-            node = node[key]
-        elif isinstance(node, CommentedSeq) and elem.isdigit() and int(elem) < len(node):
-            line, col = node.lc.item(int(elem))
-            node = node[int(elem)]
-        else:
-            break
-    return line + 1, col + 1
