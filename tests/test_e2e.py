@@ -295,7 +295,11 @@ async def test_lost_callbacks_are_recovered(
         run = await app.finished(run_id, 60)
         assert run["status"] == "succeeded", run["error"]
         sources = {e["source"] for e in run["events"] if e["source"] != "manual"}
-        assert sources == ({"query"} if mode == "task query" else {"pull"})
+        if mode == "task query":
+            assert sources == {"query"}
+        else:  # pulled; a slow pull may also be overtaken by a task query (the first one applies)
+            assert "pull" in sources
+            assert sources <= {"pull", "query"}
 
 
 async def test_the_engines_frequency_limit_backs_the_step_off(
