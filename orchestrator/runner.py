@@ -88,7 +88,7 @@ Listener = Callable[[Transition], None]
 
 
 @dataclass
-class _Batch:
+class Batch:
     """What one transaction did, announced once it committed."""
 
     transitions: list[Transition] = field(default_factory=list)
@@ -172,7 +172,7 @@ class Runner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=self.poll_every)
 
-    def _announce(self, batch: _Batch) -> None:
+    def announce(self, batch: Batch) -> None:
         for transition in batch.transitions:
             step = transition.entry.step or "-"
             log.info(
@@ -200,7 +200,7 @@ class Runner:
     # --- transitions ----------------------------------------------------------------------
 
     def transition(
-        self, conn: sa.Connection, run_id: str, event: m.Input, now: datetime, batch: _Batch
+        self, conn: sa.Connection, run_id: str, event: m.Input, now: datetime, batch: Batch
     ) -> m.Decision | None:
         """Load, decide, save: one transition inside the caller's transaction."""
         before = load_run(conn, run_id, for_update=True)
@@ -217,7 +217,7 @@ class Runner:
         before: m.RunState,
         decision: m.Decision,
         now: datetime,
-        batch: _Batch,
+        batch: Batch,
     ) -> None:
         new_tasks = save_decision(conn, before, decision, now=now)
         if new_tasks:
@@ -232,7 +232,7 @@ class Runner:
         *,
         dedup_key: str | None,
         now: datetime,
-        batch: _Batch,
+        batch: Batch,
         event_id: int | None = None,
         started_by: str = "",
     ) -> str | None:
@@ -259,9 +259,9 @@ class Runner:
 
     async def apply(self, run_id: str, event: m.Input) -> m.Decision | None:
         """Apply one input in its own transaction (operators' actions, timers, poll results)."""
-        batch = _Batch()
+        batch = Batch()
         decision = await self.db.write(self.transition, run_id, event, self.clock(), batch)
-        self._announce(batch)
+        self.announce(batch)
         return decision
 
     async def trigger_manual(
@@ -312,7 +312,7 @@ class Runner:
             body=body,
             status=InboxStatus.APPLIED,
         )
-        batch = _Batch()
+        batch = Batch()
 
         def start(conn: sa.Connection) -> tuple[str, bool]:
             now = self.clock()
@@ -340,15 +340,15 @@ class Runner:
             return run_id, True
 
         result = await self.db.write(start)
-        self._announce(batch)
+        self.announce(batch)
         return result
 
     # --- inbox ----------------------------------------------------------------------------
 
     async def drain_inbox(self) -> int:
-        batch = _Batch()
+        batch = Batch()
         count = await self.db.write(self._drain_inbox, batch)
-        self._announce(batch)
+        self.announce(batch)
         return count
 
     def remember(self, event_id: int, event: VodEvent) -> None:
@@ -366,7 +366,7 @@ class Runner:
         except MalformedEvent as exc:
             return exc
 
-    def _drain_inbox(self, conn: sa.Connection, batch: _Batch) -> int:
+    def _drain_inbox(self, conn: sa.Connection, batch: Batch) -> int:
         """Apply a batch of pending events in this transaction.
 
         Task events, the bulk of the traffic, are applied together: their tasks and runs are
@@ -403,7 +403,7 @@ class Runner:
         conn: sa.Connection,
         items: list[tuple[dict[str, Any], VodEvent]],
         now: datetime,
-        batch: _Batch,
+        batch: Batch,
     ) -> list[tuple[int, str, str | None, str | None]]:
         owners = find_tasks(conn, {event.task_id for _, event in items if event.task_id})
         states = load_runs(conn, {o.run_id for o in owners.values()}, for_update=True)
@@ -448,7 +448,7 @@ class Runner:
         event: VodEvent,
         row: dict[str, Any],
         now: datetime,
-        batch: _Batch,
+        batch: Batch,
     ) -> tuple[str, str | None, str]:
         if triggers.contexts_for(event):
             return self._trigger(conn, event, row, now, batch)
@@ -472,7 +472,7 @@ class Runner:
         event: VodEvent,
         row: dict[str, Any],
         now: datetime,
-        batch: _Batch,
+        batch: Batch,
     ) -> tuple[str, str | None, str]:
         matches = triggers.match(event, self.registry.all())
         if not matches:
@@ -531,7 +531,7 @@ class Runner:
         try:
             command = COMMANDS.validate_python(row["payload"])
             outcome = await self.actions.perform(command, tries=row["tries"])
-            batch = _Batch()
+            batch = Batch()
 
             def record(conn: sa.Connection) -> None:
                 now = self.clock()
@@ -552,7 +552,7 @@ class Runner:
                     )
 
             await self.db.write(record)
-            self._announce(batch)
+            self.announce(batch)
         except Exception as exc:
             log.exception("outbox command %s failed", row["idempotency_key"])
             await self.db.write(

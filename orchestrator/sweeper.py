@@ -32,7 +32,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from orchestrator import machine as m
 from orchestrator import triggers
 from orchestrator.receiver import inbox_row
-from orchestrator.runner import Runner, _Batch
+from orchestrator.runner import Batch, Runner
 from orchestrator.store import jobs as job_store
 from orchestrator.store import queues, tasks, windows
 from orchestrator.store.db import Database
@@ -180,7 +180,7 @@ class Sweeper:
     # --- jobs -----------------------------------------------------------------------------
 
     async def fire_timers(self) -> dict[str, int]:
-        batch = _Batch()
+        batch = Batch()
 
         def fire(conn: sa.Connection) -> list[dict[str, Any]]:
             now = self.now
@@ -194,7 +194,7 @@ class Sweeper:
             return due
 
         due = await self.db.write(fire)
-        self.runner._announce(batch)
+        self.runner.announce(batch)
         timed_out = sum(1 for t in due if t["kind"] != "retry")
         return {"fired": len(due), "timeouts": timed_out, "retries": len(due) - timed_out}
 
@@ -265,14 +265,14 @@ class Sweeper:
             error_class=ErrorClass.INTERNAL,
             message=reason,
         )
-        batch = _Batch()
+        batch = Batch()
 
         def give_up(conn: sa.Connection) -> None:
             tasks.record_poll(conn, task["task_id"], now=now, status="lost", next_poll_at=None)
             self.runner.transition(conn, task["run_id"], event, now, batch)
 
         await self.db.write(give_up)
-        self.runner._announce(batch)
+        self.runner.announce(batch)
         return "lost"
 
     async def expire_leases(self) -> dict[str, int]:
@@ -282,7 +282,7 @@ class Sweeper:
         return {"expired_leases": len(expired)}
 
     async def close_sessions(self) -> dict[str, int]:
-        batch = _Batch()
+        batch = Batch()
 
         def close(conn: sa.Connection) -> tuple[int, int]:
             now = self.now
@@ -309,7 +309,7 @@ class Sweeper:
             return len(due), started
 
         closed, started = await self.db.write(close)
-        self.runner._announce(batch)
+        self.runner.announce(batch)
         return {"closed": closed, "runs_started": started}
 
     async def checkpoint(self) -> dict[str, int]:
