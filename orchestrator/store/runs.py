@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from orchestrator import machine as m
 from orchestrator.store.sql import insert_ignore
 from orchestrator.store.tables import HistoryRow, OutboxCommand, Run, StepRow, TaskRow, Timer
+from orchestrator.vod.errors import ErrorClass
 from orchestrator.vod.events import normalize_task_id
 
 runs = Run.__table__  # type: ignore[attr-defined]
@@ -146,9 +147,7 @@ def load_runs(
         step_rows.setdefault(s["run_id"], []).append(s)
     task_states: dict[tuple[str, str], list[m.TaskState]] = {}
     for t in conn.execute(_SELECT_TASKS_OF, key).mappings():
-        task_states.setdefault((t["run_id"], t["step"]), []).append(
-            m.TaskState.model_validate({f: t[f] for f in _TASK_FIELDS})
-        )
+        task_states.setdefault((t["run_id"], t["step"]), []).append(_task_state(t))
     return {
         row["id"]: m.RunState(
             run_id=row["id"],
@@ -157,13 +156,7 @@ def load_runs(
             status=m.RunStatus(row["status"]),
             context=row["context"] or {},
             steps=tuple(
-                m.StepState.model_validate(
-                    {
-                        "name": s["name"],
-                        "tasks": tuple(task_states.get((row["id"], s["name"]), ())),
-                        **{f: s[f] for f in _STEP_FIELDS},
-                    }
-                )
+                _step_state(s, tuple(task_states.get((row["id"], s["name"]), ())))
                 for s in step_rows.get(row["id"], ())
             ),
             created_at=row["created_at"],
@@ -174,6 +167,31 @@ def load_runs(
         )
         for row in rows
     }
+
+
+# Rows are what vodflow itself wrote, so states are built without validating them again
+# (model_construct), converting only what the columns store differently (enums as text).
+
+
+def _task_state(row: Any) -> m.TaskState:
+    values = {f: row[f] for f in _TASK_FIELDS}
+    values["status"] = m.TaskStatus(values["status"])
+    values["outputs"] = values["outputs"] or {}
+    return m.TaskState.model_construct(**values)
+
+
+def _step_state(row: Any, tasks: tuple[m.TaskState, ...]) -> m.StepState:
+    values = {f: row[f] for f in _STEP_FIELDS}
+    values["status"] = m.StepStatus(values["status"])
+    if values["error_class"] is not None:
+        values["error_class"] = ErrorClass(values["error_class"])
+    values["outputs"] = values["outputs"] or {}
+    return m.StepState.model_construct(name=row["name"], tasks=tasks, **values)
+
+
+def _same_step(a: m.StepState, b: m.StepState) -> bool:
+    """Equal but for their tasks (which are compared one by one)."""
+    return all(getattr(a, f) == getattr(b, f) for f in _STEP_FIELDS)
 
 
 def _values(model: m.StepState | m.TaskState, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -229,7 +247,7 @@ class Changes:
         old_steps = {s.name: s for s in before.steps}
         for step in after.steps:
             old = old_steps[step.name]
-            if old.model_copy(update={"tasks": ()}) != step.model_copy(update={"tasks": ()}):
+            if not _same_step(old, step):
                 self.steps[(after.run_id, step.name)] = {
                     "b_run_id": after.run_id,
                     "b_name": step.name,
