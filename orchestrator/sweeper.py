@@ -95,7 +95,7 @@ class Sweeper:
             "tasks": (interval, self.poll_tasks),
             "outbox": (interval, self.expire_leases),
             "sessions": (interval, self.close_sessions),
-            "orphans": (max(interval, 60.0), self.expire_orphans),
+            "orphans": (interval, self.rematch_orphans),
             "checkpoint": (1.0, self.checkpoint),
         }
         if reliable:
@@ -316,9 +316,26 @@ class Sweeper:
         await self.db.checkpoint()
         return {}
 
-    async def expire_orphans(self) -> dict[str, int]:
-        count = await self.db.write(queues.expire_orphans, self.now - self.orphan_ttl, self.now)
-        return {"unmatched": count}
+    async def rematch_orphans(self) -> dict[str, int]:
+        """Orphans whose task is known by now go back to the runner; old ones expire.
+
+        The runner wakes an orphan in the transaction that records its task ID. On PostgreSQL
+        that transaction can commit while another is still deciding the same event is an orphan
+        (neither sees the other's write), so the sweep looks again: no event waits longer than
+        one sweep interval for a task that exists.
+        """
+
+        def rematch(conn: sa.Connection) -> tuple[int, int]:
+            waiting = queues.orphans(conn, self.batch)
+            known = tasks.find_tasks(conn, {task_id for _, task_id in waiting})
+            found = queues.requeue(conn, [i for i, task_id in waiting if task_id in known])
+            expired = queues.expire_orphans(conn, self.now - self.orphan_ttl, self.now)
+            return found, expired
+
+        found, expired = await self.db.write(rematch)
+        if found:
+            self.runner.inbox_wake.set()
+        return {"rematched": found, "unmatched": expired}
 
     async def pull_events(self) -> dict[str, int]:
         items = pull_event_items(await self.client.pull_event())

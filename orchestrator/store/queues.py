@@ -160,6 +160,29 @@ def wake_orphans(conn: sa.Connection, task_ids: Sequence[str]) -> int:
     return int(result.rowcount or 0)
 
 
+def orphans(conn: sa.Connection, limit: int) -> list[tuple[int, str]]:
+    """(id, task ID) of the oldest orphans."""
+    rows = conn.execute(
+        sa.select(inbox.c.id, inbox.c.task_id)
+        .where(inbox.c.status == lit(InboxStatus.ORPHAN), inbox.c.task_id.is_not(None))
+        .order_by(inbox.c.id)
+        .limit(limit)
+    )
+    return [(int(row.id), str(row.task_id)) for row in rows]
+
+
+def requeue(conn: sa.Connection, event_ids: Sequence[int]) -> int:
+    """Orphans become pending again."""
+    if not event_ids:
+        return 0
+    result = conn.execute(
+        inbox.update()
+        .where(inbox.c.id.in_(list(event_ids)), inbox.c.status == lit(InboxStatus.ORPHAN))
+        .values(status=InboxStatus.PENDING)
+    )
+    return int(result.rowcount or 0)
+
+
 def expire_orphans(conn: sa.Connection, older_than: datetime, now: datetime) -> int:
     result = conn.execute(
         inbox.update()

@@ -1,0 +1,167 @@
+"""The sweeper's jobs, driven directly on SQLite and PostgreSQL: orphans rematched after a race,
+due timers, expired outbox leases, quiet sessions, and the sweeper watching itself."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from orchestrator import machine as m
+from orchestrator.registry import Registry
+from orchestrator.runner import Batch, Runner
+from orchestrator.store import queues
+from orchestrator.store.db import Database
+from orchestrator.store.queues import NewInboxEvent
+from orchestrator.sweeper import Sweeper
+from tests.fakevod import transcode_complete
+
+WORKFLOW = """
+name: wf
+triggers: [{type: manual}, {type: stream.session, quiet: 1m}]
+steps:
+  - name: transcode
+    process: {fileId: "{{ trigger.fileId }}", procedure: P}
+    timeout: 10m
+    verify: false
+"""
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def parts(db: Database, tmp_path: Path) -> tuple[Runner, Sweeper, Clock]:
+    (tmp_path / "wf.yaml").write_text(WORKFLOW)
+    registry = Registry.from_paths([tmp_path / "wf.yaml"])
+    clock = Clock()
+    runner = Runner(db, registry, actions=None, clock=clock)  # type: ignore[arg-type]
+    sweeper = Sweeper(db, runner, client=None, interval=1.0)  # type: ignore[arg-type]
+    return runner, sweeper, clock
+
+
+async def _waiting_run(db: Database, runner: Runner, clock: Clock) -> str:
+    batch = Batch()
+    workflow = runner.registry.current["wf"]
+    await db.write(runner.registry.record_versions, clock.now)
+
+    def start(conn: sa.Connection) -> str:
+        run_id = runner.start_run(
+            conn, workflow, {"fileId": "f1"}, dedup_key=None, now=clock.now, batch=batch
+        )
+        assert run_id is not None
+        return run_id
+
+    run_id = await db.write(start)
+    tasks = (m.TaskRef(task_id="transcode-1", kind="transcode"),)
+    await runner.apply(run_id, m.SubmitSucceeded(step="transcode", attempt=1, tasks=tasks))
+    return run_id
+
+
+async def _status(db: Database, run_id: str) -> str:
+    return str(
+        await db.query(
+            lambda conn: conn.execute(
+                sa.text("SELECT status FROM runs WHERE id = :i"), {"i": run_id}
+            ).scalar_one()
+        )
+    )
+
+
+async def test_an_orphan_whose_task_is_known_is_applied_on_the_next_sweep(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    runner, sweeper, clock = parts
+    run_id = await _waiting_run(db, runner, clock)
+    # The race: the event was judged an orphan by a transaction that could not yet see the
+    # task ID another had just recorded.
+    body = transcode_complete("transcode-1", "f1")
+    event = NewInboxEvent(
+        source="vod",
+        event_type="TranscodeComplete",
+        dedup_key="k1",
+        body=json.dumps(body),
+        task_id="transcode-1",
+        status="orphan",
+    )
+    await db.write(queues.insert_inbox, [event], clock.now)
+    found = await sweeper.rematch_orphans()
+    assert found == {"rematched": 1, "unmatched": 0}
+    await runner.drain_inbox()
+    assert await _status(db, run_id) == "succeeded"
+
+
+async def test_due_timers_fire_and_fired_ones_do_not_again(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    runner, sweeper, clock = parts
+    run_id = await _waiting_run(db, runner, clock)
+    assert await sweeper.fire_timers() == {"fired": 0, "timeouts": 0, "retries": 0}
+    clock.now += timedelta(minutes=11)
+    assert await sweeper.fire_timers() == {"fired": 1, "timeouts": 1, "retries": 0}
+    assert await _status(db, run_id) == "retrying"
+    clock.now += timedelta(hours=1)
+    fired = await sweeper.fire_timers()  # the retry timer, once
+    assert fired == {"fired": 1, "timeouts": 0, "retries": 1}
+    assert (await sweeper.fire_timers())["fired"] == 0
+
+
+async def test_expired_outbox_leases_are_handed_back(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    runner, sweeper, clock = parts
+    await _waiting_run(db, runner, clock)  # its submit is still in the outbox, undone
+    lease = timedelta(seconds=30)
+    (taken,) = await db.write(queues.claim_outbox, "a-replica-that-dies", clock.now, lease, 10)
+    assert taken["tries"] == 1
+    assert await db.write(queues.claim_outbox, "me", clock.now, lease, 10) == []
+    assert await sweeper.expire_leases() == {"expired_leases": 0}
+    clock.now += timedelta(seconds=31)
+    assert await sweeper.expire_leases() == {"expired_leases": 1}
+    (again,) = await db.write(queues.claim_outbox, "me", clock.now, lease, 10)
+    assert (again["idempotency_key"], again["tries"]) == (taken["idempotency_key"], 2)
+
+
+async def test_quiet_sessions_start_one_run(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    runner, sweeper, clock = parts
+    await db.write(runner.registry.record_versions, clock.now)
+    for n, (start, end) in enumerate([(100, 160), (160, 220)]):
+        body = {
+            "event_type": 100, "stream_id": "s", "file_id": f"f{n}", "start_time": start,
+            "end_time": end, "t": 4102444800, "sign": "x",
+        }  # fmt: skip
+        row = NewInboxEvent("lvb", "lvb.recording", f"r{n}", json.dumps(body))
+        await db.write(queues.insert_inbox, [row], clock.now)
+        await runner.drain_inbox()
+    assert await sweeper.close_sessions() == {"closed": 0, "runs_started": 0}
+    clock.now += timedelta(minutes=2)
+    assert await sweeper.close_sessions() == {"closed": 1, "runs_started": 1}
+    runs = await db.query(lambda conn: conn.execute(sa.text("SELECT context FROM runs")).all())
+    (context,) = [json.loads(r[0]) if isinstance(r[0], str) else r[0] for r in runs]
+    assert (context["startTime"], context["endTime"], context["fileIds"]) == (
+        100,
+        220,
+        ["f0", "f1"],
+    )
+
+
+async def test_the_sweeper_reports_a_job_that_stopped(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    _, sweeper, clock = parts
+    await sweeper.run_job("timers")
+    health = {j.name: j for j in await sweeper.health()}
+    assert health["timers"].stalled is False
+    clock.now += timedelta(seconds=10)  # three intervals of 1 s and more
+    health = {j.name: j for j in await sweeper.health()}
+    assert health["timers"].stalled is True
