@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
+import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -152,6 +153,21 @@ async def test_pages_are_markup_and_static_files_only(service: Service) -> None:
     assert 'data-run-id="run_x"' in run.text
     # The page says nothing the API keeps behind its token; here the API is open.
     assert 'data-auth="open"' in run.text
+
+
+def test_every_page_file_ships_in_the_package() -> None:
+    """A template or static file missing from the wheel would break the installed page."""
+    package = ROOT / "orchestrator"
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["orchestrator"]
+    shipped = {path for pattern in patterns for path in package.glob(pattern)}
+    needed = {
+        path
+        for folder in ("templates", "static")
+        for path in (package / folder).rglob("*")
+        if path.is_file()
+    }
+    assert needed - shipped == set()
 
 
 @pytest.mark.browser
