@@ -33,6 +33,7 @@ from orchestrator.engine.ffmpeg import FFmpeg
 from orchestrator.hooks import WebhookSink
 from orchestrator.keys import Keys, load_keys
 from orchestrator.metrics import Metrics
+from orchestrator.page import Page
 from orchestrator.receiver import InboxWriter, Receiver
 from orchestrator.registry import Registry
 from orchestrator.runner import Runner
@@ -257,6 +258,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> Starlett
         *services.receiver.routes,
         *services.sink.routes,
         *dashboard.routes,
+        *Page(auth=admin is not None or read is not None).routes,
     ]
     if services.engine is not None:
         routes.extend(services.engine.routes)

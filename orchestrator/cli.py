@@ -124,7 +124,15 @@ def serve() -> None:
         raise typer.Exit(1) from None
     application = create_app(settings, registry)
     typer.echo(f"vodflow {__version__}: dashboard at {settings.base_url}/")
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level="warning")
+    # Every open dashboard keeps an /api/events stream: without a bound, stopping would wait
+    # for each browser tab to close.
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
 
 
 vod_app = typer.Typer(help="The VOD service vodflow talks to.", no_args_is_help=True)
