@@ -76,8 +76,16 @@ def meta_data(info: MediaInfo, md5: str | None = None) -> Data:
 
 
 def new_file_upload(
-    *, file_id: str, name: str, url: str, source_type: str, stream_id: str | None
+    *,
+    file_id: str,
+    name: str,
+    url: str,
+    source_type: str,
+    stream_id: str | None,
+    meta: Data | None = None,
 ) -> Data:
+    """Tencent's v2 NewFileUpload, plus the file's ``metaData`` as its v3 FileUploadEvent
+    carries it (``MetaData``): a receiver learns the duration without asking GetVideoInfo."""
     return {
         "fileId": file_id,
         "fileName": name,
@@ -89,6 +97,7 @@ def new_file_upload(
         "streamId": stream_id or "",
         "procedureTaskId": "",
         "transcodeTaskId": "",
+        **({"metaData": meta} if meta else {}),
     }
 
 

@@ -222,6 +222,7 @@ class Uploads:
                 url=self.storage.url_for(file.path),
                 source_type=source_type,
                 stream_id=upload.stream_id,
+                meta=file.meta,
             )
             async with self.db.transaction() as conn:
                 if await store.insert_file(conn, file):

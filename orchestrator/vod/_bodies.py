@@ -225,6 +225,8 @@ class NewFileUploadDataV2(V2Body):
     stream_id: OptStr = None
     procedure_task_id: OptStr = None
     transcode_task_id: OptStr = None
+    meta_data: Annotated[MetaDataV2 | None, BeforeValidator(_object)] = None
+    """Not in Tencent's v2 table (its v3 FileUploadEvent has it); read when present."""
 
 
 class PlayItemV2(V2Body):

@@ -522,6 +522,7 @@ def _v4_new_file(data: JsonValue) -> dict[str, object]:
         "outputs": Outputs(
             files=(FileOutput(file_id=body.file_id, url=body.file_url),),
             cover_url=body.cover_url,
+            meta=_meta_v2(body.meta_data),
         ),
     }
 
