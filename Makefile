@@ -54,5 +54,9 @@ chromium:
 		echo "make: no Chromium at $(CHROMIUM) ($$why): the browser tests will skip (fail with CI=true)"; \
 	fi
 
+bench: $(STAMP)
+	$(BIN)/python bench/media.py
+	$(BIN)/python bench/ingest.py
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
