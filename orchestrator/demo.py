@@ -60,7 +60,7 @@ async def run_demo(settings: Settings, seconds: float = 20.0, within: float = 30
         console.print(f"recording [bold]{uploaded.file_id}[/] stored: {uploaded.file_url}")
         await http.post(
             f"/callbacks/lvb?token={keys.callback_token}",
-            json=_recording_finished(settings, uploaded.file_id, start, end),
+            json=recording_finished(STREAM, uploaded.file_id, start, end, _lvb_key(settings)),
         )
         run_id = await _find_run(http, uploaded.file_id, within)
         run = await _follow(http, run_id, within)
@@ -73,14 +73,19 @@ def _auth(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
 
 
-def _recording_finished(settings: Settings, file_id: str, start: int, end: int) -> dict[str, Any]:
-    """The live service's recording callback (event_type 100) for the uploaded file."""
+def _lvb_key(settings: Settings) -> str:
+    return settings.lvb_callback_key.get_secret_value() if settings.lvb_callback_key else ""
+
+
+def recording_finished(
+    stream_id: str, file_id: str, start: int, end: int, key: str
+) -> dict[str, Any]:
+    """The live service's recording callback (event_type 100), signed with ``key``."""
     t = int(time.time()) + 600
-    key = settings.lvb_callback_key.get_secret_value() if settings.lvb_callback_key else ""
     return {
         "event_type": 100,
-        "stream_id": STREAM,
-        "channel_id": STREAM,
+        "stream_id": stream_id,
+        "channel_id": stream_id,
         "file_id": file_id,
         "start_time": start,
         "end_time": end,

@@ -6,7 +6,6 @@ VOD's answer and recording it, and recovers without a second job."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import signal
@@ -28,6 +27,7 @@ from starlette.routing import Route
 
 from orchestrator.app import create_app
 from orchestrator.config import load_settings
+from orchestrator.demo import recording_finished
 from orchestrator.engine.ffmpeg import FFmpeg
 from orchestrator.engine.upload import Uploaded, upload_file
 from orchestrator.keys import load_keys
@@ -140,19 +140,7 @@ async def vodflow(
 
 
 def lvb_recording(file_id: str, stream_id: str, start: int, end: int) -> dict[str, Any]:
-    t = int(time.time()) + 600
-    return {
-        "event_type": 100,
-        "stream_id": stream_id,
-        "channel_id": stream_id,
-        "file_id": file_id,
-        "start_time": start,
-        "end_time": end,
-        "duration": end - start,
-        "file_format": "mp4",
-        "t": t,
-        "sign": hashlib.md5(f"{LVB_KEY}{t}".encode()).hexdigest(),  # the live service's scheme
-    }
+    return recording_finished(stream_id, file_id, start, end, LVB_KEY)
 
 
 async def test_a_lecture_session_becomes_one_replay_with_real_outputs(
