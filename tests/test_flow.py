@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.fakevod import new_file_upload, sprite_complete, transcode_complete
@@ -260,3 +261,77 @@ async def test_bad_callbacks_are_refused_and_kept_for_inspection(service: Servic
     )
     assert huge.status_code == 413
     assert await service.runs() == []
+
+
+async def test_two_replicas_on_one_database_run_each_job_once(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Invariant 6: claims are rows with leases. Two vodflow processes share a database and a
+    VOD; callbacks land on either; every run completes and VOD sees one submit per run."""
+    from orchestrator.app import create_app
+    from orchestrator.config import load_settings
+    from orchestrator.store import migrate
+    from tests.conftest import free_port
+    from tests.fakevod import FakeVod
+    from tests.harness import SECRET_ID, SECRET_KEY
+    from tests.servers import serving
+
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    (folder / "transcode.yaml").write_text(TRANSCODE % {"timeout": "1h"})
+    migrate.upgrade(database_url)
+    vod = FakeVod(SECRET_KEY)
+    async with serving(vod.app()) as vod_base:
+        ports = [free_port(), free_port()]
+        apps = [
+            create_app(
+                load_settings(
+                    data_dir=tmp_path / f"data{n}",
+                    database_url=database_url,
+                    workflows=folder,
+                    port=port,
+                    vod_endpoint=f"{vod_base}/v2/index.php",
+                    vod_secret_id=SECRET_ID,
+                    vod_secret_key=SECRET_KEY,
+                    callback_token=TOKEN,
+                    engine=False,
+                    sweep_interval=0.2,
+                    task_poll_after="1h",
+                )
+            )
+            for n, port in enumerate(ports)
+        ]
+        async with (
+            serving(apps[0], ports[0]) as a,
+            serving(apps[1], ports[1]) as b,
+            httpx.AsyncClient(timeout=10) as http,
+        ):
+            replicas = [Service(a, vod, http), Service(b, vod, http)]
+            files = [f"f{n}" for n in range(12)]
+            for n, file_id in enumerate(files):
+                await replicas[n % 2].callback(new_file_upload(file_id))
+
+            async def all_submitted() -> bool:
+                return len(vod.submitted) >= len(files)
+
+            await replicas[0].wait(all_submitted, 30)
+            for n, sent in enumerate(list(vod.submitted)):
+                file_id = sent.params["fileId"]
+                await replicas[n % 2].callback(transcode_complete(sent.tasks["transcode"], file_id))
+                await replicas[(n + 1) % 2].callback(
+                    sprite_complete(sent.tasks["imageSprite"], file_id)
+                )
+
+            async def all_done() -> list[dict[str, Any]] | None:
+                runs = await replicas[1].runs()
+                done = [r for r in runs if r["status"] == "succeeded"]
+                return runs if len(done) == len(files) else None
+
+            runs = await replicas[0].wait(all_done, 30)
+            await asyncio.sleep(0.5)  # let any double action show itself
+            assert len(vod.submitted) == len(files) == len(runs)
+            assert sorted(s.params["fileId"] for s in vod.submitted) == sorted(files)
+            for run in runs:
+                detail = await replicas[0].run(run["id"])
+                inputs = [h["input"] for h in detail["history"]]
+                assert inputs.count("submit_succeeded") == 1, inputs
