@@ -136,6 +136,7 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         interval=settings.sweep_interval,
         reliable=settings.reliable_callbacks,
         poll_gap=timedelta(seconds=settings.task_poll_after_seconds),
+        retention=timedelta(seconds=settings.retention_seconds),
         on_findings=metrics.sweep,
     )
 

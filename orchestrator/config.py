@@ -169,6 +169,11 @@ class Settings(BaseSettings):
         description="Seconds an outbound call may stay unanswered before another process (or "
         "this one, restarted) takes it over and looks for its result.",
     )
+    retention: str = Field(
+        "30d",
+        description="How long handled inbox events, done outbox commands and spent timers are "
+        "kept (runs and their history are kept).",
+    )
     task_poll_after: str = Field(
         "10m", description="Default wait for a task's callback before asking VOD about it."
     )
@@ -176,7 +181,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "text"
 
-    @field_validator("task_poll_after")
+    @field_validator("task_poll_after", "retention")
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration(value)
@@ -234,6 +239,10 @@ class Settings(BaseSettings):
     @property
     def task_poll_after_seconds(self) -> float:
         return parse_duration(self.task_poll_after).total_seconds()
+
+    @property
+    def retention_seconds(self) -> float:
+        return parse_duration(self.retention).total_seconds()
 
 
 def _setting_name(loc: tuple[int | str, ...]) -> str:

@@ -11,6 +11,8 @@ Jobs (each claims its rows with a lease or a row lock, so concurrent sweeps neve
 - ``sessions``: stream sessions quiet for long enough start their run.
 - ``orphans``: events whose task never appeared are marked unmatched after a day.
 - ``pull`` (reliable-callback mode): PullEvent, commit to the inbox, then ConfirmEvent.
+- ``prune``: handled inbox events, done outbox commands and spent timers older than the
+  retention period are deleted (runs and their history stay).
 
 The sweeper watches itself: every job records when it last started and succeeded; a job that has
 not succeeded within three of its intervals is reported as stalled (a sweeper can hang too).
@@ -74,6 +76,7 @@ class Sweeper:
         reliable: bool = False,
         orphan_ttl: timedelta = timedelta(days=1),
         poll_gap: timedelta = timedelta(minutes=1),
+        retention: timedelta = timedelta(days=30),
         batch: int = 200,
         lease: timedelta = timedelta(minutes=2),
         on_findings: Callable[[str, dict[str, int]], None] = lambda job, findings: None,
@@ -85,6 +88,7 @@ class Sweeper:
         self.reliable = reliable
         self.orphan_ttl = orphan_ttl
         self.poll_gap = poll_gap
+        self.retention = retention
         self.batch = batch
         self.lease = lease
         self.on_findings = on_findings
@@ -97,6 +101,7 @@ class Sweeper:
             "sessions": (interval, self.close_sessions),
             "orphans": (interval, self.rematch_orphans),
             "checkpoint": (1.0, self.checkpoint),
+            "prune": (max(interval, 300.0), self.prune),
         }
         if reliable:
             self.jobs["pull"] = (1.0, self.pull_events)
@@ -311,6 +316,11 @@ class Sweeper:
         closed, started = await self.db.write(close)
         self.runner.announce(batch)
         return {"closed": closed, "runs_started": started}
+
+    async def prune(self) -> dict[str, int]:
+        """Forget handled events, done commands and spent timers past the retention period."""
+        found = await self.db.write(queues.prune, self.now - self.retention)
+        return {f"pruned_{name}": count for name, count in found.items()}
 
     async def checkpoint(self) -> dict[str, int]:
         await self.db.checkpoint()

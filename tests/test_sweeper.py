@@ -165,3 +165,21 @@ async def test_the_sweeper_reports_a_job_that_stopped(
     clock.now += timedelta(seconds=10)  # three intervals of 1 s and more
     health = {j.name: j for j in await sweeper.health()}
     assert health["timers"].stalled is True
+
+
+async def test_prune_forgets_handled_rows_past_retention_and_keeps_pending_work(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    runner, sweeper, clock = parts
+    await _waiting_run(db, runner, clock)
+    rows = [
+        NewInboxEvent("vod", "X", f"k{status}", "{}", status=status)
+        for status in ("applied", "orphan", "pending", "failed", "invalid")
+    ]
+    await db.write(queues.insert_inbox, rows, clock.now - timedelta(days=40))
+    found = await sweeper.prune()
+    assert found == {"pruned_inbox": 2, "pruned_outbox": 0, "pruned_timers": 0}
+    left = await db.query(
+        lambda conn: sorted(r[0] for r in conn.execute(sa.text("SELECT status FROM inbox_events")))
+    )
+    assert left == ["failed", "orphan", "pending"]

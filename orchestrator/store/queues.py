@@ -351,3 +351,31 @@ def next_timer_due(conn: sa.Connection) -> datetime | None:
         )
     ).scalar()
     return due
+
+
+_DONE_INBOX = (
+    InboxStatus.APPLIED,
+    InboxStatus.IGNORED,
+    InboxStatus.LATE,
+    InboxStatus.UNMATCHED,
+    InboxStatus.INVALID,
+)
+
+
+def prune(conn: sa.Connection, older_than: datetime, limit: int = 5000) -> dict[str, int]:
+    """Delete handled inbox events, done outbox commands and spent timers older than a time.
+
+    Pending work (pending inbox events, orphans, failed events kept for replay, outbox commands
+    not done, pending timers) is never pruned. At most ``limit`` rows of each per call, so a
+    large backlog is worked off over several sweeps without one long transaction.
+    """
+    found: dict[str, int] = {}
+    for name, table, done, when in (
+        ("inbox", inbox, inbox.c.status.in_(_DONE_INBOX), inbox.c.received_at),
+        ("outbox", outbox, outbox.c.status == "done", outbox.c.created_at),
+        ("timers", timers, timers.c.status.in_(["fired", "cancelled"]), timers.c.due_at),
+    ):
+        ids = sa.select(table.c.id).where(done, when < older_than).limit(limit)
+        result = conn.execute(table.delete().where(table.c.id.in_(ids.scalar_subquery())))
+        found[name] = int(result.rowcount or 0)
+    return found
