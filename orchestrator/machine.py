@@ -285,51 +285,44 @@ Input: TypeAlias = Annotated[
 # --- Commands -------------------------------------------------------------------------------
 
 
-class Submit(_Frozen):
+class _StepCommand(_Frozen):
+    """An outbound call for one attempt of one step; the outbox dedupes on the idempotency key."""
+
+    run_id: str
+    step: str
+    attempt: int
+    idempotency_key: str
+
+
+class Submit(_StepCommand):
     """Call ProcessFileByProcedure with ``request`` (nested wire names, templates resolved)."""
 
     kind: Literal["submit"] = "submit"
-    run_id: str
-    step: str
-    attempt: int
     request: dict[str, JsonValue]
-    idempotency_key: str
 
 
-class Recover(_Frozen):
+class Recover(_StepCommand):
     """Find the tasks VOD is already running for this step (after a 50005 answer)."""
 
     kind: Literal["recover"] = "recover"
-    run_id: str
-    step: str
-    attempt: int
     request: dict[str, JsonValue]
-    idempotency_key: str
 
 
-class Notify(_Frozen):
+class Notify(_StepCommand):
     """POST ``payload`` to ``url`` as a Standard Webhooks message with id ``webhook_id``."""
 
     kind: Literal["notify"] = "notify"
-    run_id: str
-    step: str
-    attempt: int
     url: str
     payload: dict[str, JsonValue]
     webhook_id: str
     timeout: float
-    idempotency_key: str
 
 
-class Verify(_Frozen):
+class Verify(_StepCommand):
     """Check that a step's outputs are usable (they exist, durations match, sprites cover)."""
 
     kind: Literal["verify"] = "verify"
-    run_id: str
-    step: str
-    attempt: int
     outputs: dict[str, JsonValue]
-    idempotency_key: str
 
 
 class ScheduleTimer(_Frozen):
