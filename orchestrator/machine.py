@@ -354,7 +354,8 @@ Command: TypeAlias = Annotated[
     Submit | Recover | Notify | Verify | ScheduleTimer | CancelTimers | Finish,
     Field(discriminator="kind"),
 ]
-OUTBOUND = (Submit, Recover, Notify, Verify)
+OUTBOUND = _StepCommand
+"""Commands that become outbox rows (everything else is a timer or bookkeeping)."""
 
 
 class HistoryEntry(_Frozen):
