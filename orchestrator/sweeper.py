@@ -15,7 +15,9 @@ Jobs (each claims its rows with a lease or a row lock, so concurrent sweeps neve
   retention period are deleted (runs and their history stay).
 
 The sweeper watches itself: every job records when it last started and succeeded; a job that has
-not succeeded within three of its intervals is reported as stalled (a sweeper can hang too).
+not succeeded within three of its intervals is reported as stalled (a sweeper can hang too). The
+clock starts at the later of the job's last success and this sweeper's start, so a service that has
+just started (its first sweeps still running, or yesterday's heartbeat on record) is not degraded.
 """
 
 from __future__ import annotations
@@ -93,6 +95,7 @@ class Sweeper:
         self.lease = lease
         self.on_findings = on_findings
         self.scheduler: AsyncIOScheduler | None = None
+        self.started_at: datetime | None = None
         self._running: set[asyncio.Task[Any]] = set()
         self.jobs: dict[str, tuple[float, Callable[[], Awaitable[dict[str, int]]]]] = {
             "timers": (interval, self.fire_timers),
@@ -114,12 +117,13 @@ class Sweeper:
     # --- scheduling -----------------------------------------------------------------------
 
     def start(self) -> None:
+        self.started_at = self.now
         self.scheduler = AsyncIOScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
         for name, (every, _) in self.jobs.items():
             self.scheduler.add_job(
-                self.run_job,
+                self._scheduled,
                 "interval",
                 seconds=every,
                 args=[name],
@@ -137,12 +141,16 @@ class Sweeper:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
 
-    async def run_job(self, name: str) -> dict[str, int]:
-        """Run one job now, recording its heartbeat and findings."""
+    async def _scheduled(self, name: str) -> None:
+        """A run the scheduler started: `stop` cancels it (and never a caller of `run_job`)."""
         task = asyncio.current_task()
         if task is not None:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
+        await self.run_job(name)
+
+    async def run_job(self, name: str) -> dict[str, int]:
+        """Run one job now, recording its heartbeat and findings."""
         every, job = self.jobs[name]
         await self.db.write(job_store.job_started, name, every, self.now)
         try:
@@ -168,6 +176,7 @@ class Sweeper:
         out = []
         for row in rows:
             last = row["last_success_at"]
+            since = max((t for t in (last, self.started_at) if t is not None), default=None)
             limit = timedelta(seconds=row["interval_seconds"] * STALLED_AFTER_INTERVALS)
             out.append(
                 JobHealth(
@@ -176,7 +185,7 @@ class Sweeper:
                     last_started_at=row["last_started_at"],
                     last_success_at=last,
                     last_error=row["last_error"],
-                    stalled=last is None or now - last > limit,
+                    stalled=since is None or now - since > limit,
                     findings=row["last_findings"] or {},
                 )
             )

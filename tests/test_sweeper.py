@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from orchestrator import machine as m
 from orchestrator.registry import Registry
 from orchestrator.runner import Batch, Runner
+from orchestrator.store import jobs as job_store
 from orchestrator.store import queues
 from orchestrator.store.db import Database
 from orchestrator.store.queues import NewInboxEvent
@@ -165,6 +166,25 @@ async def test_the_sweeper_reports_a_job_that_stopped(
     clock.now += timedelta(seconds=10)  # three intervals of 1 s and more
     health = {j.name: j for j in await sweeper.health()}
     assert health["timers"].stalled is True
+
+
+async def test_a_service_that_just_started_is_not_degraded(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """Yesterday's heartbeat on record, or a first sweep still running, is not a stall: the clock
+    starts when this sweeper does."""
+    _, sweeper, clock = parts
+    clock.now -= timedelta(days=1)
+    await sweeper.run_job("timers")
+    clock.now += timedelta(days=1)
+    await db.write(job_store.job_started, "tasks", 1.0, clock.now)  # first sweep not done yet
+    sweeper.start()
+    await sweeper.stop()
+    health = {j.name: j for j in await sweeper.health()}
+    assert (health["timers"].stalled, health["tasks"].stalled) == (False, False)
+    clock.now += timedelta(seconds=10)
+    health = {j.name: j for j in await sweeper.health()}
+    assert (health["timers"].stalled, health["tasks"].stalled) == (True, True)
 
 
 async def test_prune_forgets_handled_rows_past_retention_and_keeps_pending_work(
