@@ -3,7 +3,7 @@ machine decisions, history, outbox and timers rows."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -162,3 +162,57 @@ async def test_a_failed_transaction_leaves_nothing_behind(db: Database, now: dat
     async with db.read() as conn:
         assert (await conn.execute(sa.text("SELECT count(*) FROM runs"))).scalar() == 0
         assert (await conn.execute(sa.text("SELECT count(*) FROM steps"))).scalar() == 0
+
+
+async def test_rows_written_on_the_driver_read_back_through_core_and_back(db: Database) -> None:
+    """The hot path's statements bypass SQLAlchemy's types (``store.driver``): what they write
+    must read back identically through Core, and what Core writes through them."""
+    from orchestrator.store import driver
+    from orchestrator.store.tables import Run, TaskRow
+
+    runs, tasks = Run.__table__, TaskRow.__table__  # type: ignore[attr-defined]
+    at = datetime(2026, 11, 30, 21, 7, 5, 120, tzinfo=timezone(timedelta(hours=8)))
+    utc = at.astimezone(UTC)
+    task = {
+        "run_id": "r1", "step": "s", "position": 0, "attempt": 1, "kind": "transcode",
+        "status": "waiting", "submitted_at": at, "expected_at": utc.replace(microsecond=0),
+        "finished_at": None, "awaited": False, "polls": 0,
+        "outputs": {"url": "http://x/视频.mp4", "sizes": [1, 2.5, None], "ok": True},
+    }  # fmt: skip
+
+    def write(conn: sa.Connection) -> None:
+        conn.execute(
+            runs.insert(),
+            {"id": "r1", "workflow": "w", "version": "v", "status": "waiting", "context": {},
+             "created_at": at, "updated_at": at},
+        )  # fmt: skip
+        driver.insert_many(conn, tasks, [{**task, "task_id": "t-driver", "folded_id": "t"}])
+        conn.execute(tasks.insert(), {**task, "task_id": "t-core", "folded_id": "t"})
+        driver.insert_many(
+            conn,
+            tasks,
+            [{**task, "task_id": "t-driver", "folded_id": "t"}],
+            ignore_conflict_on=["task_id"],
+        )  # a second copy is ignored
+        driver.update_many(conn, tasks, ["task_id"], [{"task_id": "t-core", "polls": 3}])
+
+    await db.write(write)
+
+    def read(conn: sa.Connection) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+        core = [
+            dict(r) for r in conn.execute(sa.select(tasks).order_by(tasks.c.task_id)).mappings()
+        ]
+        raw = driver.select_where_in(conn, tasks, "run_id", ["r1"], order_by=["task_id"])
+        return core, raw
+
+    core, raw = await db.query(read)
+    assert core == raw
+    assert [r["task_id"] for r in core] == ["t-core", "t-driver"]
+    for row in core:
+        assert row["submitted_at"] == utc
+        assert row["submitted_at"].tzinfo == UTC  # type: ignore[attr-defined]
+        assert row["outputs"] == task["outputs"]
+        assert row["awaited"] is False
+    assert [r["polls"] for r in core] == [3, 0]
+    with pytest.raises(KeyError, match="table tasks has no column nope"):
+        await db.query(lambda conn: driver.select_where_in(conn, tasks, "nope", ["x"]))

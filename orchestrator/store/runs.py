@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 import sqlalchemy as sa
 
 from orchestrator import machine as m
+from orchestrator.store import driver
 from orchestrator.store.sql import insert_ignore
 from orchestrator.store.tables import HistoryRow, OutboxCommand, Run, StepRow, TaskRow, Timer
 from orchestrator.vod.errors import ErrorClass
@@ -78,56 +80,7 @@ def create_run(
     return True
 
 
-def _by(column: sa.Column[Any], name: str) -> sa.ColumnElement[bool]:
-    return column == sa.bindparam(name)
-
-
-# Statements are built once: executing a prepared statement with parameters skips SQLAlchemy's
-# per-call construction and cache-key work, which dominated the cost of a transition.
-_RUN_FIELDS = ("status", "updated_at", "finished_at", "deadline", "error")
-_UPDATE_RUN = (
-    runs.update()
-    .where(_by(runs.c.id, "b_run_id"))
-    .values({f: sa.bindparam(f) for f in _RUN_FIELDS})
-)
-_UPDATE_STEP = (
-    steps.update()
-    .where(_by(steps.c.run_id, "b_run_id"), _by(steps.c.name, "b_name"))
-    .values({f: sa.bindparam(f) for f in _STEP_FIELDS})
-)
-_TASK_COLUMNS = (*_TASK_FIELDS, "next_poll_at")
-_UPDATE_TASK = (
-    tasks.update()
-    .where(_by(tasks.c.task_id, "b_task_id"))
-    .values({f: sa.bindparam(f) for f in _TASK_COLUMNS if f != "task_id"})
-)
-_UPDATE_TASK_KEEP_POLL = (
-    tasks.update()
-    .where(_by(tasks.c.task_id, "b_task_id"))
-    .values({f: sa.bindparam(f) for f in _TASK_FIELDS if f != "task_id"})
-)
-_INSERT_HISTORY = history.insert()
-_CANCEL_RUN_TIMERS = (
-    timers.update()
-    .where(_by(timers.c.run_id, "b_run_id"), timers.c.status == "pending")
-    .values(status="cancelled")
-)
-_CANCEL_STEP_TIMERS = _CANCEL_RUN_TIMERS.where(_by(timers.c.step, "b_step"))
-_INSERT_TIMER = timers.insert()
-
-
-_SELECT_RUNS = sa.select(runs).where(runs.c.id.in_(sa.bindparam("ids", expanding=True)))
-_SELECT_RUNS_LOCKED = _SELECT_RUNS.with_for_update()
-_SELECT_STEPS_OF = (
-    sa.select(steps)
-    .where(steps.c.run_id.in_(sa.bindparam("ids", expanding=True)))
-    .order_by(steps.c.run_id, steps.c.position)
-)
-_SELECT_TASKS_OF = (
-    sa.select(tasks)
-    .where(tasks.c.run_id.in_(sa.bindparam("ids", expanding=True)))
-    .order_by(tasks.c.run_id, tasks.c.position)
-)
+_CANCEL_TIMERS = "UPDATE timers SET status = 'cancelled' WHERE run_id = ? AND status = 'pending'"
 
 
 def load_run(conn: sa.Connection, run_id: str, *, for_update: bool = False) -> m.RunState | None:
@@ -137,19 +90,27 @@ def load_run(conn: sa.Connection, run_id: str, *, for_update: bool = False) -> m
 def load_runs(
     conn: sa.Connection, run_ids: Collection[str], *, for_update: bool = False
 ) -> dict[str, m.RunState]:
-    """Several runs' states with three queries in all (locked on PostgreSQL when asked)."""
+    """Several runs' states with three queries in all (locked on PostgreSQL when asked).
+
+    On the hot path (every task callback loads its run), so read through ``driver``."""
     if not run_ids:
         return {}
-    key = {"ids": list(run_ids)}
-    rows = conn.execute(_SELECT_RUNS_LOCKED if for_update else _SELECT_RUNS, key).mappings().all()
+    ids = list(run_ids)
+    rows = driver.select_where_in(
+        conn, runs, "id", ids, columns=_RUN_COLUMNS, for_update=for_update
+    )
     step_rows: dict[str, list[Any]] = {}
-    for s in conn.execute(_SELECT_STEPS_OF, key).mappings():
+    for s in driver.select_where_in(
+        conn, steps, "run_id", ids, columns=_STEP_COLUMNS, order_by=("run_id", "position")
+    ):
         step_rows.setdefault(s["run_id"], []).append(s)
     task_states: dict[tuple[str, str], list[m.TaskState]] = {}
-    for t in conn.execute(_SELECT_TASKS_OF, key).mappings():
+    for t in driver.select_where_in(
+        conn, tasks, "run_id", ids, columns=_TASK_STATE_COLUMNS, order_by=("run_id", "position")
+    ):
         task_states.setdefault((t["run_id"], t["step"]), []).append(_task_state(t))
     return {
-        row["id"]: m.RunState(
+        row["id"]: m.RunState.model_construct(
             run_id=row["id"],
             workflow=row["workflow"],
             version=row["version"],
@@ -167,6 +128,14 @@ def load_runs(
         )
         for row in rows
     }
+
+
+_RUN_COLUMNS = (
+    *("id", "workflow", "version", "status", "context"),
+    *("created_at", "updated_at", "finished_at", "deadline", "error"),
+)
+_STEP_COLUMNS = ("run_id", "name", *_STEP_FIELDS)
+_TASK_STATE_COLUMNS = ("run_id", "step", *_TASK_FIELDS)
 
 
 # Rows are what vodflow itself wrote, so states are built without validating them again
@@ -199,11 +168,9 @@ def _values(model: m.StepState | m.TaskState, fields: tuple[str, ...]) -> dict[s
     out: dict[str, Any] = {}
     for field in fields:
         value = getattr(model, field)
-        if isinstance(value, tuple | list | dict) and field != "tasks":
-            value = model.model_dump(mode="json", include={field})[field]
-        elif hasattr(value, "value") and not isinstance(value, datetime):  # enums
+        if isinstance(value, Enum):
             value = value.value
-        out[field] = value
+        out[field] = value  # JSON fields hold JSON values already (JsonValue)
     return out
 
 
@@ -237,7 +204,7 @@ class Changes:
     def add(self, before: m.RunState, decision: m.Decision, now: datetime) -> None:
         after = decision.state
         self.runs[after.run_id] = {
-            "b_run_id": after.run_id,
+            "id": after.run_id,
             "status": after.status.value,
             "updated_at": after.updated_at,
             "finished_at": after.finished_at,
@@ -249,14 +216,14 @@ class Changes:
             old = old_steps[step.name]
             if not _same_step(old, step):
                 self.steps[(after.run_id, step.name)] = {
-                    "b_run_id": after.run_id,
-                    "b_name": step.name,
+                    "run_id": after.run_id,
+                    "name": step.name,
                     **_step_values(step),
                 }
             old_tasks = {t.task_id: t for t in old.tasks}
             for position, task in enumerate(step.tasks):
                 previous = old_tasks.get(task.task_id)
-                if previous == task:
+                if previous is task or previous == task:
                     continue
                 self._task(after.run_id, step.name, position, previous, task)
         entry = decision.history
@@ -317,7 +284,7 @@ class Changes:
         else:
             # A task still running in the same attempt keeps the sweeper's poll schedule.
             keep_poll = previous.attempt == task.attempt and not task.status.terminal
-            row = {"b_task_id": task.task_id, **values}
+            row = dict(values)
             if not keep_poll:
                 row["next_poll_at"] = next_poll
             earlier = self.task_updates.get(task.task_id)
@@ -326,23 +293,22 @@ class Changes:
             self.task_updates[task.task_id] = (row, keep_poll and (earlier is None or earlier[1]))
 
     def flush(self, conn: sa.Connection) -> list[m.TaskState]:
-        """Write everything; returns the tasks new to the database."""
-        if self.runs:
-            conn.execute(_UPDATE_RUN, list(self.runs.values()))
-        if self.steps:
-            conn.execute(_UPDATE_STEP, list(self.steps.values()))
-        if self.task_inserts:
-            conn.execute(insert_ignore(conn, tasks, ["task_id"]), list(self.task_inserts.values()))
-        keep = [row for row, keep_poll in self.task_updates.values() if keep_poll]
-        reset = [row for row, keep_poll in self.task_updates.values() if not keep_poll]
-        if keep:
-            conn.execute(_UPDATE_TASK_KEEP_POLL, keep)
-        if reset:
-            conn.execute(_UPDATE_TASK, [{"next_poll_at": None, **row} for row in reset])
-        if self.history:
-            conn.execute(_INSERT_HISTORY, self.history)
-        if self.outbox:
-            conn.execute(insert_ignore(conn, outbox, ["idempotency_key"]), self.outbox)
+        """Write everything (straight on the driver: see ``driver``); returns the tasks new to
+        the database."""
+        driver.update_many(conn, runs, ["id"], self.runs.values())
+        driver.update_many(conn, steps, ["run_id", "name"], self.steps.values())
+        driver.insert_many(conn, tasks, self.task_inserts.values(), ignore_conflict_on=["task_id"])
+        driver.update_many(
+            conn,
+            tasks,
+            ["task_id"],
+            [
+                row if keep_poll else {"next_poll_at": None, **row}
+                for row, keep_poll in self.task_updates.values()
+            ],
+        )
+        driver.insert_many(conn, history, self.history)
+        driver.insert_many(conn, outbox, self.outbox, ignore_conflict_on=["idempotency_key"])
         for command in self.timer_commands:
             _timer_command(conn, command)
         return self.new_tasks
@@ -359,22 +325,19 @@ def save_decision(
 
 def _timer_command(conn: sa.Connection, command: m.ScheduleTimer | m.CancelTimers) -> None:
     if isinstance(command, m.ScheduleTimer):
-        conn.execute(
-            _INSERT_TIMER,
-            {
-                "run_id": command.run_id,
-                "kind": command.timer,
-                "step": command.step,
-                "attempt": command.attempt,
-                "due_at": command.due,
-                "status": "pending",
-            },
-        )
-        return
-    if command.step is None:
-        conn.execute(_CANCEL_RUN_TIMERS, {"b_run_id": command.run_id})
+        row = {
+            "run_id": command.run_id,
+            "kind": command.timer,
+            "step": command.step,
+            "attempt": command.attempt,
+            "due_at": command.due,
+            "status": "pending",
+        }
+        driver.insert_many(conn, timers, [row])
+    elif command.step is None:
+        driver.execute(conn, _CANCEL_TIMERS, (command.run_id,))
     else:
-        conn.execute(_CANCEL_STEP_TIMERS, {"b_run_id": command.run_id, "b_step": command.step})
+        driver.execute(conn, _CANCEL_TIMERS + " AND step = ?", (command.run_id, command.step))
 
 
 def run_history(conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:

@@ -1,0 +1,207 @@
+"""Statements run straight on the database driver, for the callback hot path.
+
+Applying a group of callbacks reads and writes a few hundred rows; through SQLAlchemy Core each
+row of each statement pays for parameter construction and type processing (on SQLite, times are
+parsed from text in Python), which cost more than the statements themselves. Here a statement is
+plain SQL with ``?`` placeholders, run with ``exec_driver_sql`` (one ``executemany`` per group),
+and each value is converted by a function chosen once from its column's type:
+
+- times (``UTCDateTime``): SQLite keeps naive UTC text in the very format SQLAlchemy writes
+  (``2026-11-30 13:37:14.633262``), so rows written here read back identically through Core and
+  vice versa; PostgreSQL takes and gives aware datetimes;
+- JSON: text through the json module on SQLite, ``Jsonb`` values on PostgreSQL (psycopg decodes
+  them on the way out);
+- booleans: SQLite's 0/1 back to ``bool``.
+
+The statements are built from the tables' own columns (every identifier is looked up in the
+table, so none comes from input), and a schema change reaches them as it reaches Core.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+import sqlalchemy as sa
+
+from orchestrator.store.tables import UTCDateTime
+
+Convert = Callable[[Any], Any]
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _sqlite_time_in(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: vodflow stores aware UTC times only")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _sqlite_time_out(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value + "+00:00")
+
+
+def _pg_time_out(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+def _json_in(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _json_out(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def _pg_json_in(value: Any) -> Any:
+    from psycopg.types.json import Jsonb
+
+    return None if value is None else Jsonb(value)
+
+
+def _bool_out(value: int | None) -> bool | None:
+    return None if value is None else bool(value)
+
+
+@cache
+def _converters(backend: str, column: sa.Column[Any]) -> tuple[Convert, Convert]:
+    """(into the driver, out of the driver) for one column on one backend."""
+    kind = column.type
+    sqlite = backend == "sqlite"
+    if isinstance(kind, UTCDateTime):
+        return (_sqlite_time_in, _sqlite_time_out) if sqlite else (_same, _pg_time_out)
+    if isinstance(kind, sa.JSON):
+        return (_json_in, _json_out) if sqlite else (_pg_json_in, _same)
+    if isinstance(kind, sa.Boolean) and sqlite:
+        return _same, _bool_out
+    return _same, _same
+
+
+def _sql(conn: sa.Connection, text: str) -> str:
+    return text if conn.dialect.name == "sqlite" else text.replace("?", "%s")
+
+
+def _placeholders(count: int) -> str:
+    return ", ".join("?" * count)
+
+
+def select_where_in(
+    conn: sa.Connection,
+    table: sa.Table,
+    column: str,
+    keys: Iterable[Any],
+    *,
+    columns: Sequence[str] | None = None,
+    order_by: Sequence[str] = (),
+    for_update: bool = False,
+) -> list[dict[str, Any]]:
+    """Every row whose ``column`` is one of ``keys`` (its ``columns``, or all), as dicts of
+    converted values."""
+    wanted = list(keys)
+    if not wanted:
+        return []
+    names = list(columns) if columns is not None else [c.name for c in table.columns]
+    _check(table, column, *order_by, *names)
+    decode = [_converters(conn.dialect.name, table.c[name])[1] for name in names]
+    text = (
+        f"SELECT {', '.join(names)} FROM {table.name} "  # noqa: S608 (identifiers checked)
+        f"WHERE {column} IN ({_placeholders(len(wanted))})"
+    )
+    if order_by:
+        text += f" ORDER BY {', '.join(order_by)}"
+    if for_update and conn.dialect.name == "postgresql":
+        text += " FOR UPDATE"
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    try:  # rows straight from the driver: SQLAlchemy's Row objects cost more than the query
+        cursor.execute(_sql(conn, text), tuple(wanted))
+        rows = cursor.fetchall()
+    finally:
+        cursor.close()
+    return [
+        {name: convert(value) for name, convert, value in zip(names, decode, row, strict=True)}
+        for row in rows
+    ]
+
+
+@cache
+def _update_sql(backend: str, table: sa.Table, sets: tuple[str, ...], keys: tuple[str, ...]) -> str:
+    assignments = ", ".join(f"{name} = ?" for name in sets)
+    where = " AND ".join(f"{name} = ?" for name in keys)
+    text = f"UPDATE {table.name} SET {assignments} WHERE {where}"  # noqa: S608 (checked)
+    return text if backend == "sqlite" else text.replace("?", "%s")
+
+
+@cache
+def _insert_sql(
+    backend: str, table: sa.Table, names: tuple[str, ...], conflict: tuple[str, ...] | None
+) -> str:
+    columns, values = ", ".join(names), _placeholders(len(names))
+    text = f"INSERT INTO {table.name} ({columns}) VALUES ({values})"  # noqa: S608 (checked)
+    if conflict is not None:
+        text += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
+    return text if backend == "sqlite" else text.replace("?", "%s")
+
+
+def _check(table: sa.Table, *names: str) -> None:
+    unknown = [name for name in names if name not in table.c]
+    if unknown:
+        raise KeyError(f"table {table.name} has no column {', '.join(unknown)}")
+
+
+def _encoders(backend: str, table: sa.Table, names: Sequence[str]) -> list[Convert]:
+    """The columns' conversions into the driver (a KeyError names an unknown column)."""
+    return [_converters(backend, table.c[name])[0] for name in names]
+
+
+def update_many(
+    conn: sa.Connection, table: sa.Table, keys: Sequence[str], rows: Iterable[Mapping[str, Any]]
+) -> None:
+    """Set each row's other columns where its ``keys`` match (one executemany per column set)."""
+    backend = conn.dialect.name
+    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    for columns, group in groups.items():
+        sets = tuple(c for c in columns if c not in keys)
+        order = (*sets, *keys)
+        encode = _encoders(backend, table, order)
+        params = [
+            tuple(convert(row[name]) for name, convert in zip(order, encode, strict=True))
+            for row in group
+        ]
+        conn.exec_driver_sql(_update_sql(backend, table, sets, tuple(keys)), params)
+
+
+def insert_many(
+    conn: sa.Connection,
+    table: sa.Table,
+    rows: Iterable[Mapping[str, Any]],
+    *,
+    ignore_conflict_on: Sequence[str] | None = None,
+) -> None:
+    """Insert rows (one executemany per column set); with ``ignore_conflict_on``, rows that
+    collide on those columns are skipped (``ON CONFLICT DO NOTHING``, on both backends)."""
+    backend = conn.dialect.name
+    conflict = tuple(ignore_conflict_on) if ignore_conflict_on is not None else None
+    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    for names, group in groups.items():
+        encode = _encoders(backend, table, names)
+        params = [
+            tuple(convert(row[name]) for name, convert in zip(names, encode, strict=True))
+            for row in group
+        ]
+        conn.exec_driver_sql(_insert_sql(backend, table, names, conflict), params)
+
+
+def execute(conn: sa.Connection, text: str, params: tuple[Any, ...] = ()) -> None:
+    """One statement with plain (already driver-ready) parameters."""
+    conn.exec_driver_sql(_sql(conn, text), params)
