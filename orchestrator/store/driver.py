@@ -170,6 +170,8 @@ def update_many(
         groups.setdefault(tuple(row), []).append(row)
     for columns, group in groups.items():
         sets = tuple(c for c in columns if c not in keys)
+        if not sets:
+            continue
         order = (*sets, *keys)
         encode = _encoders(backend, table, order)
         params = [

@@ -158,9 +158,16 @@ def _step_state(row: Any, tasks: tuple[m.TaskState, ...]) -> m.StepState:
     return m.StepState.model_construct(name=row["name"], tasks=tasks, **values)
 
 
-def _same_step(a: m.StepState, b: m.StepState) -> bool:
-    """Equal but for their tasks (which are compared one by one)."""
-    return all(getattr(a, f) == getattr(b, f) for f in _STEP_FIELDS)
+def _changed(
+    old: m.StepState | m.TaskState, new: m.StepState | m.TaskState, fields: tuple[str, ...]
+) -> dict[str, Any]:
+    """The column values of ``fields`` that differ (updates write only those)."""
+    out: dict[str, Any] = {}
+    for field in fields:
+        value = getattr(new, field)
+        if value != getattr(old, field):
+            out[field] = value.value if isinstance(value, Enum) else value
+    return out
 
 
 def _values(model: m.StepState | m.TaskState, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -214,12 +221,10 @@ class Changes:
         old_steps = {s.name: s for s in before.steps}
         for step in after.steps:
             old = old_steps[step.name]
-            if not _same_step(old, step):
-                self.steps[(after.run_id, step.name)] = {
-                    "run_id": after.run_id,
-                    "name": step.name,
-                    **_step_values(step),
-                }
+            changed = _changed(old, step, _STEP_FIELDS)
+            if changed:
+                key = {"run_id": after.run_id, "name": step.name}
+                self.steps.setdefault((after.run_id, step.name), key).update(changed)
             old_tasks = {t.task_id: t for t in old.tasks}
             for position, task in enumerate(step.tasks):
                 previous = old_tasks.get(task.task_id)
@@ -282,14 +287,14 @@ class Changes:
                 "polls": 0,
             }
         else:
-            # A task still running in the same attempt keeps the sweeper's poll schedule.
+            # A task still running in the same attempt keeps the sweeper's poll schedule; once
+            # an update in this group reset it, the reset stands.
             keep_poll = previous.attempt == task.attempt and not task.status.terminal
-            row = dict(values)
+            earlier = self.task_updates.get(task.task_id)
+            row: dict[str, Any] = earlier[0] if earlier is not None else {"task_id": task.task_id}
+            row.update(_changed(previous, task, _TASK_FIELDS))
             if not keep_poll:
                 row["next_poll_at"] = next_poll
-            earlier = self.task_updates.get(task.task_id)
-            if earlier is not None and not earlier[1] and keep_poll:
-                row["next_poll_at"] = earlier[0].get("next_poll_at")  # the earlier reset stands
             self.task_updates[task.task_id] = (row, keep_poll and (earlier is None or earlier[1]))
 
     def flush(self, conn: sa.Connection) -> list[m.TaskState]:
@@ -302,10 +307,7 @@ class Changes:
             conn,
             tasks,
             ["task_id"],
-            [
-                row if keep_poll else {"next_poll_at": None, **row}
-                for row, keep_poll in self.task_updates.values()
-            ],
+            [row for row, _ in self.task_updates.values()],
         )
         driver.insert_many(conn, history, self.history)
         driver.insert_many(conn, outbox, self.outbox, ignore_conflict_on=["idempotency_key"])
