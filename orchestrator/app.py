@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -121,7 +122,7 @@ def build_services(settings: Settings, registry: Registry) -> Services:
     )
     live = LiveHub()
     runner.listeners += [live.notify, metrics.transition, _step_metrics(metrics)]
-    writer = InboxWriter(db, on_commit=runner.inbox_wake.set, remember=runner.remember)
+    writer = InboxWriter(db, apply=runner.apply_received)
     receiver = Receiver(
         writer,
         callback_token=keys.callback_token,
@@ -208,6 +209,11 @@ async def healthz(request: Request) -> JSONResponse:
 
 
 async def start(services: Services) -> None:
+    # Everything built so far (workflows, tables, routes, pydantic and SQLAlchemy machinery)
+    # lives as long as the process: keep it out of the collector's full passes, which otherwise
+    # walk all of it every few thousand callbacks.
+    gc.collect()
+    gc.freeze()
     await services.db.write(services.registry.record_versions, datetime.now(UTC))
     if services.engine is not None:
         await services.engine.start()

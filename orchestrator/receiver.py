@@ -3,7 +3,10 @@
 Every accepted body is committed to the inbox before the 2xx answer (nothing accepted is lost).
 Commits are grouped: callbacks arriving together share one transaction, and each is answered
 only after the transaction holding it committed, so the durable path keeps up with bursts that
-one commit per request could not. A resent body (same dedup key) is answered 2xx and stored once.
+one commit per request could not. Task events are applied in that same transaction (the runner
+correlates them and commits their transitions with the inbox rows, or records them as orphans);
+the rest (triggers, stream ends) are left pending for the runner. A resent body (same dedup key)
+is answered 2xx and stored once.
 
 Authentication: both endpoints need the callback token (``?token=`` in the URL configured in the
 VOD / live console, or the ``X-Vodflow-Token`` header; compared in constant time). Live-service
@@ -22,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -54,21 +58,33 @@ class _Pending:
     done: asyncio.Future[int | None]
 
 
+Apply = Callable[[sa.Connection, list[tuple[int, VodEvent]], datetime], Callable[[], None]]
+
+
+def _apply_nothing(
+    _conn: sa.Connection, _received: list[tuple[int, VodEvent]], _now: datetime
+) -> Callable[[], None]:
+    return lambda: None
+
+
 class InboxWriter:
-    """Commits inbox rows in groups; ``add`` returns once the row's transaction committed."""
+    """Commits inbox rows in groups; ``add`` returns once the row's transaction committed.
+
+    ``apply(conn, received, now)`` runs in that transaction with the new rows' ids and parsed
+    events (the runner applies the task events among them there and then, so a callback is
+    answered once its transition has committed too); what it returns is called after the commit.
+    """
 
     def __init__(
         self,
         db: Database,
-        on_commit: Callable[[], None] = lambda: None,
         *,
-        remember: Callable[[int, VodEvent], None] = lambda _id, _event: None,
+        apply: Apply = _apply_nothing,
         max_batch: int = 256,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.db = db
-        self.on_commit = on_commit
-        self.remember = remember
+        self.apply = apply
         self.max_batch = max_batch
         self.clock = clock
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
@@ -78,12 +94,23 @@ class InboxWriter:
     async def add(self, event: NewInboxEvent, parsed: VodEvent | None = None) -> int | None:
         """The new row's id, or None when the dedup key was already stored (a duplicate).
 
-        ``parsed`` (the body as the receiver read it) is handed to the runner after the commit,
-        so it does not parse the body again.
+        ``parsed`` is the body as the receiver read it, handed to ``apply``.
         """
         done: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Pending(event, parsed, done))
         return await done
+
+    def _commit(
+        self, conn: sa.Connection, group: list[_Pending]
+    ) -> tuple[list[int | None], Callable[[], None]]:
+        now = self.clock()
+        ids = queues.insert_inbox(conn, [p.event for p in group], now)
+        received = [
+            (row_id, p.parsed)
+            for p, row_id in zip(group, ids, strict=True)
+            if row_id is not None and p.parsed is not None
+        ]
+        return ids, self.apply(conn, received, now)
 
     async def serve(self) -> None:
         while True:
@@ -91,9 +118,7 @@ class InboxWriter:
             while len(group) < self.max_batch and not self._queue.empty():
                 group.append(self._queue.get_nowait())
             try:
-                ids = await self.db.write(
-                    queues.insert_inbox, [p.event for p in group], self.clock()
-                )
+                ids, after_commit = await self.db.write(self._commit, group)
             except Exception as exc:
                 for pending in group:
                     if not pending.done.done():
@@ -101,12 +126,10 @@ class InboxWriter:
                 continue
             self.batches += 1
             self.rows += len(group)
+            after_commit()
             for pending, row_id in zip(group, ids, strict=True):
-                if row_id is not None and pending.parsed is not None:
-                    self.remember(row_id, pending.parsed)
                 if not pending.done.done():
                     pending.done.set_result(row_id)
-            self.on_commit()
 
 
 class Receiver:

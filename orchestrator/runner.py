@@ -59,6 +59,11 @@ EVENT_TASK_KINDS = {
 }
 
 
+def _is_task_event(event: VodEvent) -> bool:
+    """A task's result (applied in groups), not a trigger that happens to carry a task ID."""
+    return bool(event.task_id) and not triggers.contexts_for(event)
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -351,6 +356,43 @@ class Runner:
         self.announce(batch)
         return count
 
+    def apply_received(
+        self, conn: sa.Connection, received: list[tuple[int, VodEvent]], now: datetime
+    ) -> Callable[[], None]:
+        """Apply the task events among inbox rows just inserted, in the inserting transaction.
+
+        Called by the receiver's group commit: a task callback's transition commits with its
+        inbox row, and its answer waits for both. Everything else, and everything when applying
+        fails (rolled back to a savepoint, logged), stays pending for ``drain_inbox``. Returns
+        what to do once the transaction committed.
+        """
+        batch = Batch()
+        tasks: list[tuple[dict[str, Any], VodEvent]] = []
+        left: list[tuple[int, VodEvent]] = []
+        for event_id, event in received:
+            if _is_task_event(event):
+                tasks.append(({"id": event_id}, event))
+            else:
+                left.append((event_id, event))
+        if tasks:
+            try:
+                with conn.begin_nested():
+                    outcomes = self._apply_task_events(conn, tasks, now, batch)
+                    queues.mark_inbox_many(conn, outcomes, now)
+            except Exception:
+                log.exception("applying %d task events on receipt failed; left pending", len(tasks))
+                batch = Batch()
+                left = received
+        for event_id, event in left:
+            self.remember(event_id, event)
+
+        def after_commit() -> None:
+            self.announce(batch)
+            if left:
+                self.inbox_wake.set()
+
+        return after_commit
+
     def remember(self, event_id: int, event: VodEvent) -> None:
         """The receiver already parsed this inbox event: spare the runner parsing it again."""
         if len(self._parsed) > 10 * self.batch:
@@ -383,7 +425,7 @@ class Runner:
             if isinstance(event, MalformedEvent):
                 outcomes.append((row["id"], InboxStatus.INVALID, None, str(event)))
                 continue
-            if event.task_id and not triggers.contexts_for(event):
+            if _is_task_event(event):
                 task_events.append((row, event))
                 continue
             try:

@@ -108,6 +108,21 @@ async def test_callbacks_before_the_submit_answer_wait_as_orphans(service: Servi
     assert all("succeeded" in n for n in notes)
 
 
+async def test_a_task_callback_is_answered_after_its_transition_committed(
+    service: Service,
+) -> None:
+    await service.callback(new_file_upload("f1"))
+    run_id = await service.one_run()
+    await service.submitted()
+    await service.status_is(run_id, "awaiting_callback")
+    sent = service.vod.submitted[0]
+    answer = await service.callback(transcode_complete(sent.tasks["transcode"], "f1"))
+    assert answer.status_code == 200
+    run = await service.run(run_id)  # no waiting: the answer came after the commit
+    assert [h["input"] for h in run["history"]][-1] == "task_event"
+    assert run["events"][-1]["status"] == "applied"
+
+
 async def test_duplicated_and_reordered_callbacks_apply_once(service: Service) -> None:
     await service.callback(new_file_upload("f1"))
     run_id = await service.one_run()

@@ -203,3 +203,36 @@ async def test_prune_forgets_handled_rows_past_retention_and_keeps_pending_work(
         lambda conn: sorted(r[0] for r in conn.execute(sa.text("SELECT status FROM inbox_events")))
     )
     assert left == ["failed", "orphan", "pending"]
+
+
+async def test_task_events_that_fail_on_receipt_stay_pending_for_the_runner(
+    db: Database, parts: tuple[Runner, Sweeper, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Applying on receipt is an optimization: when it fails, the inbox row still commits
+    (the callback is answered 2xx) and the runner applies it later."""
+    import asyncio
+
+    from orchestrator.receiver import InboxWriter, inbox_row
+    from orchestrator.vod.events import parse_event
+
+    runner, _, clock = parts
+    run_id = await _waiting_run(db, runner, clock)
+    writer = InboxWriter(db, apply=runner.apply_received, clock=clock)
+    serving = asyncio.create_task(writer.serve())
+
+    def broken(*args: object) -> object:
+        raise RuntimeError("registry unavailable")
+
+    monkeypatch.setattr(runner, "_apply_task_events", broken)
+    body = json.dumps(transcode_complete("transcode-1", "f1"))
+    event = parse_event(body, source="vod")
+    try:
+        assert await writer.add(inbox_row(event, body, "vod"), event) is not None
+    finally:
+        serving.cancel()
+    status = "SELECT status FROM inbox_events"
+    assert await db.query(lambda conn: conn.execute(sa.text(status)).scalar()) == "pending"
+    monkeypatch.undo()
+    assert await runner.drain_inbox() == 1
+    assert await db.query(lambda conn: conn.execute(sa.text(status)).scalar()) == "applied"
+    assert await _status(db, run_id) == "succeeded"
