@@ -147,7 +147,12 @@ class Sweeper:
         if task is not None:
             self._running.add(task)
             task.add_done_callback(self._running.discard)
-        await self.run_job(name)
+        try:
+            await self.run_job(name)
+        except asyncio.CancelledError:
+            # `stop` cancelled it: the service is shutting down, which is not the job failing
+            # (APScheduler would log it as an error).
+            log.debug("sweeper job %s cancelled by stop", name)
 
     async def run_job(self, name: str) -> dict[str, int]:
         """Run one job now, recording its heartbeat and findings."""

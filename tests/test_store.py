@@ -216,3 +216,28 @@ async def test_rows_written_on_the_driver_read_back_through_core_and_back(db: Da
     assert [r["polls"] for r in core] == [3, 0]
     with pytest.raises(KeyError, match="table tasks has no column nope"):
         await db.query(lambda conn: driver.select_where_in(conn, tasks, "nope", ["x"]))
+
+
+async def test_timer_commands_keep_their_order_when_grouped(db: Database, now: datetime) -> None:
+    """Consecutive timer commands share a statement; a cancel still cancels only the timers
+    scheduled before it, and one scheduled after it stays pending."""
+    from orchestrator.store.runs import _timer_commands
+
+    await _start(db, now)
+    step = {"run_id": "run1", "timer": "step_timeout", "step": "transcode", "attempt": 1}
+    commands: list[m.ScheduleTimer | m.CancelTimers] = [
+        m.ScheduleTimer(**step, due=now),  # type: ignore[arg-type]
+        m.ScheduleTimer(**step, due=now + timedelta(seconds=1)),  # type: ignore[arg-type]
+        m.CancelTimers(run_id="run1", step="transcode"),
+        m.ScheduleTimer(**step, due=now + timedelta(seconds=2)),  # type: ignore[arg-type]
+        m.CancelTimers(run_id="run1", step="tell"),
+    ]
+    await db.write(_timer_commands, commands)
+    query = "SELECT kind, status FROM timers ORDER BY id"
+    rows = await db.query(lambda conn: [tuple(r) for r in conn.execute(sa.text(query))])
+    assert rows == [
+        ("run_timeout", "pending"),
+        ("step_timeout", "cancelled"),
+        ("step_timeout", "cancelled"),
+        ("step_timeout", "pending"),
+    ]

@@ -204,6 +204,6 @@ def insert_many(
         conn.exec_driver_sql(_insert_sql(backend, table, names, conflict), params)
 
 
-def execute(conn: sa.Connection, text: str, params: tuple[Any, ...] = ()) -> None:
-    """One statement with plain (already driver-ready) parameters."""
+def execute_many(conn: sa.Connection, text: str, params: list[tuple[Any, ...]]) -> None:
+    """One statement for each tuple of plain (already driver-ready) parameters."""
     conn.exec_driver_sql(_sql(conn, text), params)

@@ -311,8 +311,7 @@ class Changes:
         )
         driver.insert_many(conn, history, self.history)
         driver.insert_many(conn, outbox, self.outbox, ignore_conflict_on=["idempotency_key"])
-        for command in self.timer_commands:
-            _timer_command(conn, command)
+        _timer_commands(conn, self.timer_commands)
         return self.new_tasks
 
 
@@ -325,21 +324,40 @@ def save_decision(
     return changes.flush(conn)
 
 
-def _timer_command(conn: sa.Connection, command: m.ScheduleTimer | m.CancelTimers) -> None:
-    if isinstance(command, m.ScheduleTimer):
-        row = {
-            "run_id": command.run_id,
-            "kind": command.timer,
-            "step": command.step,
-            "attempt": command.attempt,
-            "due_at": command.due,
-            "status": "pending",
-        }
-        driver.insert_many(conn, timers, [row])
-    elif command.step is None:
-        driver.execute(conn, _CANCEL_TIMERS, (command.run_id,))
-    else:
-        driver.execute(conn, _CANCEL_TIMERS + " AND step = ?", (command.run_id, command.step))
+def _timer_commands(conn: sa.Connection, commands: list[m.ScheduleTimer | m.CancelTimers]) -> None:
+    """Timer commands in order; consecutive ones of the same shape share one executemany (a
+    cancel never overtakes the schedule before it, nor the reverse)."""
+    shape: str | None = None
+    params: list[Any] = []
+    for command in [*commands, None]:
+        if command is None:
+            this = None
+        elif isinstance(command, m.ScheduleTimer):
+            this = "schedule"
+        else:
+            this = "cancel_run" if command.step is None else "cancel_step"
+        if this != shape and params:
+            if shape == "schedule":
+                driver.insert_many(conn, timers, params)
+            else:
+                text = _CANCEL_TIMERS if shape == "cancel_run" else _CANCEL_TIMERS + " AND step = ?"
+                driver.execute_many(conn, text, params)
+            params = []
+        shape = this
+        if isinstance(command, m.ScheduleTimer):
+            params.append(
+                {
+                    "run_id": command.run_id,
+                    "kind": command.timer,
+                    "step": command.step,
+                    "attempt": command.attempt,
+                    "due_at": command.due,
+                    "status": "pending",
+                }
+            )
+        elif isinstance(command, m.CancelTimers):
+            step = () if command.step is None else (command.step,)
+            params.append((command.run_id, *step))
 
 
 def run_history(conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
