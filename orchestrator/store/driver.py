@@ -107,20 +107,41 @@ def select_where_in(
     wanted = list(keys)
     if not wanted:
         return []
-    names = list(columns) if columns is not None else [c.name for c in table.columns]
-    _check(table, column, *order_by, *names)
-    decode = [_converters(conn.dialect.name, table.c[name])[1] for name in names]
-    text = (
-        f"SELECT {', '.join(names)} FROM {table.name} "  # noqa: S608 (identifiers checked)
-        f"WHERE {column} IN ({_placeholders(len(wanted))})"
+    _check(table, column)
+    where = f"{column} IN ({_placeholders(len(wanted))})"
+    return select(
+        conn, table, where, wanted, columns=columns, order_by=order_by, for_update=for_update
     )
+
+
+def select(
+    conn: sa.Connection,
+    table: sa.Table,
+    where: str,
+    params: Sequence[Any],
+    *,
+    columns: Sequence[str] | None = None,
+    order_by: Sequence[str] = (),
+    limit: int | None = None,
+    for_update: bool = False,
+    skip_locked: bool = False,
+) -> list[dict[str, Any]]:
+    """Rows matching ``where`` (SQL written by vodflow, ``?`` for each of ``params``, values
+    already as the driver takes them), as dicts of converted values. Locks them on PostgreSQL
+    when asked (``skip_locked``: rows other transactions hold are left out)."""
+    names = list(columns) if columns is not None else [c.name for c in table.columns]
+    _check(table, *order_by, *names)
+    decode = [_converters(conn.dialect.name, table.c[name])[1] for name in names]
+    text = f"SELECT {', '.join(names)} FROM {table.name} WHERE {where}"  # noqa: S608 (checked)
     if order_by:
         text += f" ORDER BY {', '.join(order_by)}"
-    if for_update and conn.dialect.name == "postgresql":
-        text += " FOR UPDATE"
+    if limit is not None:
+        text += f" LIMIT {int(limit)}"
+    if (for_update or skip_locked) and conn.dialect.name == "postgresql":
+        text += " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:  # rows straight from the driver: SQLAlchemy's Row objects cost more than the query
-        cursor.execute(_sql(conn, text), tuple(wanted))
+        cursor.execute(_sql(conn, text), tuple(params))
         rows = cursor.fetchall()
     finally:
         cursor.close()
@@ -128,6 +149,11 @@ def select_where_in(
         {name: convert(value) for name, convert, value in zip(names, decode, row, strict=True)}
         for row in rows
     ]
+
+
+def to_driver(conn: sa.Connection, column: sa.Column[Any], value: Any) -> Any:
+    """``value`` as the driver takes it for ``column`` (for ``select``'s parameters)."""
+    return _converters(conn.dialect.name, column)[0](value)
 
 
 @cache

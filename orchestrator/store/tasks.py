@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from orchestrator.store.sql import lit
+from orchestrator.store import driver
 from orchestrator.store.tables import Run, TaskRow
 from orchestrator.vod.events import normalize_task_id
 
@@ -65,31 +65,31 @@ def find_tasks(conn: sa.Connection, task_ids: Collection[str]) -> dict[str, Task
 def claim_due_polls(
     conn: sa.Connection, owner: str, now: datetime, lease: timedelta, limit: int
 ) -> list[dict[str, Any]]:
-    """Unfinished tasks whose expected time has passed, leased to ``owner`` for one query."""
-    rows = (
-        (
-            conn.execute(
-                sa.select(tasks)
-                .where(
-                    tasks.c.status == lit("waiting"),
-                    tasks.c.next_poll_at <= now,
-                    sa.or_(tasks.c.lease_until.is_(None), tasks.c.lease_until < now),
-                )
-                .order_by(tasks.c.next_poll_at)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-        )
-        .mappings()
-        .all()
+    """Unfinished tasks whose expected time has passed, leased to ``owner`` for one query.
+
+    Read and leased straight on the driver (``store.driver``): a sweep handles hundreds of rows,
+    and the status stays a literal in the SQL so the partial index serves it on PostgreSQL too.
+    """
+    at = driver.to_driver(conn, tasks.c.next_poll_at, now)
+    rows = driver.select(
+        conn,
+        tasks,
+        "status = 'waiting' AND next_poll_at <= ? AND (lease_until IS NULL OR lease_until < ?)",
+        (at, at),
+        order_by=("next_poll_at",),
+        limit=limit,
+        skip_locked=True,
     )
-    if rows:
-        conn.execute(
-            tasks.update()
-            .where(tasks.c.task_id.in_([r["task_id"] for r in rows]))
-            .values(lease_owner=owner, lease_until=now + lease)
-        )
-    return [dict(r) for r in rows]
+    until = now + lease
+    driver.update_many(
+        conn,
+        tasks,
+        ["task_id"],
+        [{"task_id": r["task_id"], "lease_owner": owner, "lease_until": until} for r in rows],
+    )
+    for row in rows:
+        row.update(lease_owner=owner, lease_until=until)
+    return rows
 
 
 def record_poll(
