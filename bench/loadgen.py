@@ -10,7 +10,6 @@ coordinated omission (a late answer does not delay the next send's timestamp).
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -128,11 +127,3 @@ async def run(
         await asyncio.gather(*workers)
     seconds = time.perf_counter() - start
     return Result(len(bodies), seconds, latencies, statuses)
-
-
-def describe(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    ordered = sorted(values)
-    p99 = ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
-    return f"p50 {statistics.median(ordered) * 1000:.2f} ms, p99 {p99 * 1000:.2f} ms"
