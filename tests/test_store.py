@@ -214,6 +214,14 @@ async def test_rows_written_on_the_driver_read_back_through_core_and_back(db: Da
         assert row["outputs"] == task["outputs"]
         assert row["awaited"] is False
     assert [r["polls"] for r in core] == [3, 0]
+    if db.is_sqlite:  # text another writer may have left: no microseconds, or an offset
+        for text in ("2026-11-30 13:07:05", "2026-11-30 21:07:05+08:00"):
+            sql = f"UPDATE tasks SET finished_at = '{text}' WHERE task_id = 't-core'"
+            await db.write(lambda conn, sql=sql: conn.exec_driver_sql(sql))
+            (row,) = await db.query(
+                lambda conn: driver.select_where_in(conn, tasks, "task_id", ["t-core"])
+            )
+            assert row["finished_at"] == datetime(2026, 11, 30, 13, 7, 5, tzinfo=UTC)
     with pytest.raises(KeyError, match="table tasks has no column nope"):
         await db.query(lambda conn: driver.select_where_in(conn, tasks, "nope", ["x"]))
 

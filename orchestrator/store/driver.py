@@ -45,7 +45,10 @@ def _sqlite_time_in(value: datetime | None) -> str | None:
 
 
 def _sqlite_time_out(value: str | None) -> datetime | None:
-    return None if value is None else datetime.fromisoformat(value + "+00:00")
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _pg_time_out(value: datetime | None) -> datetime | None:
