@@ -96,8 +96,10 @@ def load_runs(
     if not run_ids:
         return {}
     ids = list(run_ids)
+    # In id order, so that two transactions locking overlapping groups of runs on PostgreSQL
+    # take the locks in the same order instead of deadlocking.
     rows = driver.select_where_in(
-        conn, runs, "id", ids, columns=_RUN_COLUMNS, for_update=for_update
+        conn, runs, "id", ids, columns=_RUN_COLUMNS, order_by=("id",), for_update=for_update
     )
     step_rows: dict[str, list[Any]] = {}
     for s in driver.select_where_in(
