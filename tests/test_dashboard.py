@@ -212,6 +212,9 @@ async def test_metrics(service: Service) -> None:
     assert 'vodflow_vod_calls_total{action="ProcessFileByProcedure",code="0"} 1.0' in text
     assert "vodflow_step_duration_seconds_count" in text
     assert "vodflow_limiter_wait_seconds_bucket" in text
+    # the gauges the sweeper's metrics job refreshes (at start, then every few seconds)
+    assert 'vodflow_inbox_depth{status="orphan"} 0.0' in text
+    assert "vodflow_outbox_depth " in text
 
 
 async def test_tokens_guard_the_api(tmp_path: Path, sqlite_url: str) -> None:

@@ -204,6 +204,19 @@ def stats(conn: sa.Connection, now: datetime) -> dict[str, Any]:
         )
         .limit(10_000)
     ).all()
+    return {
+        "runs_by_status": by_status,
+        "stalled_tasks": int(stalled),
+        "oldest_pending_seconds": (now - oldest_inbox).total_seconds() if oldest_inbox else None,
+        "callbacks_per_minute": int(per_minute),
+        "step_seconds": [(f - s).total_seconds() for s, f in step_rows if s and f],
+        "callback_lag_seconds": [(a - r).total_seconds() for r, a in lag_rows if a and r],
+        **queue_depths(conn),
+    }
+
+
+def queue_depths(conn: sa.Connection) -> dict[str, Any]:
+    """Inbox events waiting, by status, and outbox commands not done (cheap: for the gauges)."""
     depth = {
         status: int(count)
         for status, count in conn.execute(
@@ -215,16 +228,7 @@ def stats(conn: sa.Connection, now: datetime) -> dict[str, Any]:
     outbox_pending = conn.execute(
         sa.text("SELECT count(*) FROM outbox WHERE status IN ('pending', 'in_flight')")
     ).scalar_one()
-    return {
-        "runs_by_status": by_status,
-        "stalled_tasks": int(stalled),
-        "oldest_pending_seconds": (now - oldest_inbox).total_seconds() if oldest_inbox else None,
-        "callbacks_per_minute": int(per_minute),
-        "step_seconds": [(f - s).total_seconds() for s, f in step_rows if s and f],
-        "callback_lag_seconds": [(a - r).total_seconds() for r, a in lag_rows if a and r],
-        "inbox": depth,
-        "outbox_pending": int(outbox_pending),
-    }
+    return {"inbox": depth, "outbox_pending": int(outbox_pending)}
 
 
 def history_since(conn: sa.Connection, after: int, limit: int = 200) -> list[dict[str, Any]]:
