@@ -87,8 +87,9 @@ def _converters(backend: str, column: sa.Column[Any]) -> tuple[Convert, Convert]
     return _same, _same
 
 
-def _sql(conn: sa.Connection, text: str) -> str:
-    return text if conn.dialect.name == "sqlite" else text.replace("?", "%s")
+def _paramstyle(backend: str, text: str) -> str:
+    """``?`` placeholders as the backend's driver wants them (psycopg: ``%s``)."""
+    return text if backend == "sqlite" else text.replace("?", "%s")
 
 
 def _placeholders(count: int) -> str:
@@ -144,7 +145,7 @@ def select(
         text += " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
     cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
     try:  # rows straight from the driver: SQLAlchemy's Row objects cost more than the query
-        cursor.execute(_sql(conn, text), tuple(params))
+        cursor.execute(_paramstyle(conn.dialect.name, text), tuple(params))
         rows = cursor.fetchall()
     finally:
         cursor.close()
@@ -164,7 +165,7 @@ def _update_sql(backend: str, table: sa.Table, sets: tuple[str, ...], keys: tupl
     assignments = ", ".join(f"{name} = ?" for name in sets)
     where = " AND ".join(f"{name} = ?" for name in keys)
     text = f"UPDATE {table.name} SET {assignments} WHERE {where}"  # noqa: S608 (checked)
-    return text if backend == "sqlite" else text.replace("?", "%s")
+    return _paramstyle(backend, text)
 
 
 @cache
@@ -175,7 +176,7 @@ def _insert_sql(
     text = f"INSERT INTO {table.name} ({columns}) VALUES ({values})"  # noqa: S608 (checked)
     if conflict is not None:
         text += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
-    return text if backend == "sqlite" else text.replace("?", "%s")
+    return _paramstyle(backend, text)
 
 
 def _check(table: sa.Table, *names: str) -> None:
@@ -184,9 +185,28 @@ def _check(table: sa.Table, *names: str) -> None:
         raise KeyError(f"table {table.name} has no column {', '.join(unknown)}")
 
 
-def _encoders(backend: str, table: sa.Table, names: Sequence[str]) -> list[Convert]:
-    """The columns' conversions into the driver (a KeyError names an unknown column)."""
-    return [_converters(backend, table.c[name])[0] for name in names]
+def _by_columns(
+    backend: str,
+    table: sa.Table,
+    rows: Iterable[Mapping[str, Any]],
+    order: Callable[[tuple[str, ...]], tuple[str, ...]],
+) -> Iterable[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
+    """Rows grouped by their column set (one executemany each), as ``(names, params)`` where
+    ``names = order(columns)`` and each row's parameters follow ``names``, converted for the
+    driver (a KeyError names an unknown column)."""
+    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    for columns, group in groups.items():
+        names = order(columns)
+        encode = [_converters(backend, table.c[name])[0] for name in names]
+        yield (
+            names,
+            [
+                tuple(convert(row[name]) for name, convert in zip(names, encode, strict=True))
+                for row in group
+            ],
+        )
 
 
 def update_many(
@@ -194,20 +214,14 @@ def update_many(
 ) -> None:
     """Set each row's other columns where its ``keys`` match (one executemany per column set)."""
     backend = conn.dialect.name
-    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row), []).append(row)
-    for columns, group in groups.items():
-        sets = tuple(c for c in columns if c not in keys)
-        if not sets:
-            continue
-        order = (*sets, *keys)
-        encode = _encoders(backend, table, order)
-        params = [
-            tuple(convert(row[name]) for name, convert in zip(order, encode, strict=True))
-            for row in group
-        ]
-        conn.exec_driver_sql(_update_sql(backend, table, sets, tuple(keys)), params)
+
+    def sets_then_keys(columns: tuple[str, ...]) -> tuple[str, ...]:
+        return (*(c for c in columns if c not in keys), *keys)
+
+    for names, params in _by_columns(backend, table, rows, sets_then_keys):
+        sets = names[: -len(keys)]
+        if sets:
+            conn.exec_driver_sql(_update_sql(backend, table, sets, tuple(keys)), params)
 
 
 def insert_many(
@@ -221,18 +235,10 @@ def insert_many(
     collide on those columns are skipped (``ON CONFLICT DO NOTHING``, on both backends)."""
     backend = conn.dialect.name
     conflict = tuple(ignore_conflict_on) if ignore_conflict_on is not None else None
-    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(tuple(row), []).append(row)
-    for names, group in groups.items():
-        encode = _encoders(backend, table, names)
-        params = [
-            tuple(convert(row[name]) for name, convert in zip(names, encode, strict=True))
-            for row in group
-        ]
+    for names, params in _by_columns(backend, table, rows, tuple):
         conn.exec_driver_sql(_insert_sql(backend, table, names, conflict), params)
 
 
 def execute_many(conn: sa.Connection, text: str, params: list[tuple[Any, ...]]) -> None:
     """One statement for each tuple of plain (already driver-ready) parameters."""
-    conn.exec_driver_sql(_sql(conn, text), params)
+    conn.exec_driver_sql(_paramstyle(conn.dialect.name, text), params)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 from enum import Enum
+from itertools import groupby
 from typing import Any
 
 import sqlalchemy as sa
@@ -160,27 +161,22 @@ def _step_state(row: Any, tasks: tuple[m.TaskState, ...]) -> m.StepState:
     return m.StepState.model_construct(name=row["name"], tasks=tasks, **values)
 
 
+def _column(value: Any) -> Any:
+    """A state field as its column stores it: enums by value; JSON fields hold JSON values
+    already (JsonValue) and datetimes go as they are."""
+    return value.value if isinstance(value, Enum) else value
+
+
 def _changed(
     old: m.StepState | m.TaskState, new: m.StepState | m.TaskState, fields: tuple[str, ...]
 ) -> dict[str, Any]:
     """The column values of ``fields`` that differ (updates write only those)."""
-    out: dict[str, Any] = {}
-    for field in fields:
-        value = getattr(new, field)
-        if value != getattr(old, field):
-            out[field] = value.value if isinstance(value, Enum) else value
-    return out
+    return {f: _column(getattr(new, f)) for f in fields if getattr(new, f) != getattr(old, f)}
 
 
 def _values(model: m.StepState | m.TaskState, fields: tuple[str, ...]) -> dict[str, Any]:
-    """Column values of a state model: JSON-able where the column is JSON, datetimes as is."""
-    out: dict[str, Any] = {}
-    for field in fields:
-        value = getattr(model, field)
-        if isinstance(value, Enum):
-            value = value.value
-        out[field] = value  # JSON fields hold JSON values already (JsonValue)
-    return out
+    """Column values of a state model."""
+    return {f: _column(getattr(model, f)) for f in fields}
 
 
 def _step_values(step: m.StepState) -> dict[str, Any]:
@@ -204,7 +200,7 @@ class Changes:
         self.runs: dict[str, dict[str, Any]] = {}
         self.steps: dict[tuple[str, str], dict[str, Any]] = {}
         self.task_inserts: dict[str, dict[str, Any]] = {}
-        self.task_updates: dict[str, tuple[dict[str, Any], bool]] = {}
+        self.task_updates: dict[str, dict[str, Any]] = {}
         self.history: list[dict[str, Any]] = []
         self.outbox: list[dict[str, Any]] = []
         self.timer_commands: list[m.ScheduleTimer | m.CancelTimers] = []
@@ -273,14 +269,13 @@ class Changes:
         previous: m.TaskState | None,
         task: m.TaskState,
     ) -> None:
-        values = _task_values(task)
         next_poll = None if task.status.terminal else task.expected_at
         if task.task_id in self.task_inserts:  # new in this group: insert its latest state
-            self.task_inserts[task.task_id].update(values, next_poll_at=next_poll)
+            self.task_inserts[task.task_id].update(_task_values(task), next_poll_at=next_poll)
         elif previous is None:
             self.new_tasks.append(task)
             self.task_inserts[task.task_id] = {
-                **values,
+                **_task_values(task),
                 "next_poll_at": next_poll,
                 "run_id": run_id,
                 "step": step,
@@ -291,13 +286,10 @@ class Changes:
         else:
             # A task still running in the same attempt keeps the sweeper's poll schedule; once
             # an update in this group reset it, the reset stands.
-            keep_poll = previous.attempt == task.attempt and not task.status.terminal
-            earlier = self.task_updates.get(task.task_id)
-            row: dict[str, Any] = earlier[0] if earlier is not None else {"task_id": task.task_id}
+            row = self.task_updates.setdefault(task.task_id, {"task_id": task.task_id})
             row.update(_changed(previous, task, _TASK_FIELDS))
-            if not keep_poll:
+            if previous.attempt != task.attempt or task.status.terminal:
                 row["next_poll_at"] = next_poll
-            self.task_updates[task.task_id] = (row, keep_poll and (earlier is None or earlier[1]))
 
     def flush(self, conn: sa.Connection) -> list[m.TaskState]:
         """Write everything (straight on the driver: see ``driver``); returns the tasks new to
@@ -305,12 +297,7 @@ class Changes:
         driver.update_many(conn, runs, ["id"], self.runs.values())
         driver.update_many(conn, steps, ["run_id", "name"], self.steps.values())
         driver.insert_many(conn, tasks, self.task_inserts.values(), ignore_conflict_on=["task_id"])
-        driver.update_many(
-            conn,
-            tasks,
-            ["task_id"],
-            [row for row, _ in self.task_updates.values()],
-        )
+        driver.update_many(conn, tasks, ["task_id"], self.task_updates.values())
         driver.insert_many(conn, history, self.history)
         driver.insert_many(conn, outbox, self.outbox, ignore_conflict_on=["idempotency_key"])
         _timer_commands(conn, self.timer_commands)
@@ -327,39 +314,34 @@ def save_decision(
 
 
 def _timer_commands(conn: sa.Connection, commands: list[m.ScheduleTimer | m.CancelTimers]) -> None:
-    """Timer commands in order; consecutive ones of the same shape share one executemany (a
+    """Timer commands in order; consecutive ones of the same kind share one executemany (a
     cancel never overtakes the schedule before it, nor the reverse)."""
-    shape: str | None = None
-    params: list[Any] = []
-    for command in [*commands, None]:
-        if command is None:
-            this = None
-        elif isinstance(command, m.ScheduleTimer):
-            this = "schedule"
+    for kind, group in groupby(commands, key=_timer_kind):
+        if kind == "schedule":
+            rows = [_timer_row(c) for c in group if isinstance(c, m.ScheduleTimer)]
+            driver.insert_many(conn, timers, rows)
+        elif kind == "cancel_run":
+            driver.execute_many(conn, _CANCEL_TIMERS, [(c.run_id,) for c in group])
         else:
-            this = "cancel_run" if command.step is None else "cancel_step"
-        if this != shape and params:
-            if shape == "schedule":
-                driver.insert_many(conn, timers, params)
-            else:
-                text = _CANCEL_TIMERS if shape == "cancel_run" else _CANCEL_TIMERS + " AND step = ?"
-                driver.execute_many(conn, text, params)
-            params = []
-        shape = this
-        if isinstance(command, m.ScheduleTimer):
-            params.append(
-                {
-                    "run_id": command.run_id,
-                    "kind": command.timer,
-                    "step": command.step,
-                    "attempt": command.attempt,
-                    "due_at": command.due,
-                    "status": "pending",
-                }
-            )
-        elif isinstance(command, m.CancelTimers):
-            step = () if command.step is None else (command.step,)
-            params.append((command.run_id, *step))
+            params = [(c.run_id, c.step) for c in group]
+            driver.execute_many(conn, _CANCEL_TIMERS + " AND step = ?", params)
+
+
+def _timer_kind(command: m.ScheduleTimer | m.CancelTimers) -> str:
+    if isinstance(command, m.ScheduleTimer):
+        return "schedule"
+    return "cancel_run" if command.step is None else "cancel_step"
+
+
+def _timer_row(command: m.ScheduleTimer) -> dict[str, Any]:
+    return {
+        "run_id": command.run_id,
+        "kind": command.timer,
+        "step": command.step,
+        "attempt": command.attempt,
+        "due_at": command.due,
+        "status": "pending",
+    }
 
 
 def run_history(conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
