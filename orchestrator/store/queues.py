@@ -18,7 +18,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from orchestrator.store.sql import insert_ignore, lit
+from orchestrator.store import driver
+from orchestrator.store.sql import lit
 from orchestrator.store.tables import InboxEvent, OutboxCommand, Timer
 
 inbox = InboxEvent.__table__  # type: ignore[attr-defined]
@@ -55,16 +56,17 @@ def insert_inbox(
 ) -> list[int | None]:
     """Insert events; returns each one's id, or None where its dedup key was already stored.
 
-    One statement for the whole group (executemany), then one query for the new ids: a group of
-    callbacks costs little more than one.
+    One statement for the whole group (executemany, on the driver: this is every callback's
+    path), then one query for the new ids: a group of callbacks costs little more than one.
     """
     rows = [_inbox_values(event, now) for event in events]
     keyed = [row for row in rows if row["dedup_key"] is not None]
     ids: dict[str, int] = {}
     if keyed:
-        before = conn.execute(_MAX_INBOX_ID).scalar() or 0
-        conn.execute(insert_ignore(conn, inbox, ["dedup_key"]), keyed)
-        ids = {key: int(row_id) for row_id, key in conn.execute(_NEW_INBOX_IDS, {"after": before})}
+        after = conn.execute(_MAX_INBOX_ID).scalar() or 0
+        driver.insert_many(conn, inbox, keyed, ignore_conflict_on=["dedup_key"])
+        new = driver.select(conn, inbox, "id > ?", (after,), columns=["id", "dedup_key"])
+        ids = {row["dedup_key"]: int(row["id"]) for row in new}
     out: list[int | None] = []
     taken: set[str] = set()
     for row in rows:
@@ -80,7 +82,6 @@ def insert_inbox(
 
 
 _MAX_INBOX_ID = sa.select(sa.func.max(inbox.c.id))
-_NEW_INBOX_IDS = sa.select(inbox.c.id, inbox.c.dedup_key).where(inbox.c.id > sa.bindparam("after"))
 
 
 def _inbox_values(event: NewInboxEvent, now: datetime) -> dict[str, Any]:
@@ -110,18 +111,6 @@ def pending_inbox(conn: sa.Connection, limit: int) -> list[dict[str, Any]]:
     return [dict(r) for r in (conn.execute(query)).mappings()]
 
 
-_MARK_INBOX = (
-    inbox.update()
-    .where(inbox.c.id == sa.bindparam("b_id"))
-    .values(
-        status=sa.bindparam("status"),
-        run_id=sa.bindparam("run_id"),
-        note=sa.bindparam("note"),
-        applied_at=sa.bindparam("applied_at"),
-    )
-)
-
-
 def mark_inbox(
     conn: sa.Connection,
     event_id: int,
@@ -137,15 +126,17 @@ def mark_inbox(
 def mark_inbox_many(
     conn: sa.Connection, outcomes: Sequence[tuple[int, str, str | None, str | None]], now: datetime
 ) -> None:
-    """Record (id, status, run_id, note) for many events in one statement."""
-    if outcomes:
-        conn.execute(
-            _MARK_INBOX,
-            [
-                {"b_id": i, "status": st, "run_id": run, "note": note, "applied_at": now}
-                for i, st, run, note in outcomes
-            ],
-        )
+    """Record (id, status, run_id, note) for many events in one statement (on the driver:
+    every task callback is marked so)."""
+    driver.update_many(
+        conn,
+        inbox,
+        ["id"],
+        (
+            {"id": i, "status": st, "run_id": run, "note": note, "applied_at": now}
+            for i, st, run, note in outcomes
+        ),
+    )
 
 
 def wake_orphans(conn: sa.Connection, task_ids: Sequence[str]) -> int:
