@@ -128,7 +128,7 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         callback_token=keys.callback_token,
         lvb_key=settings.lvb_callback_key.get_secret_value() if settings.lvb_callback_key else None,
         max_body=settings.max_body_bytes,
-        count=lambda source, kind, outcome: metrics.callbacks.labels(source, kind, outcome).inc(),
+        count=metrics.callback,
     )
     sweeper = Sweeper(
         db,

@@ -14,6 +14,7 @@ from starlette.responses import Response
 
 from orchestrator import machine as m
 from orchestrator.runner import Transition
+from orchestrator.vod.events import KNOWN_KINDS
 
 _DURATIONS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 
@@ -28,6 +29,7 @@ class Metrics:
             ["source", "type", "outcome"],
             registry=r,
         )
+        self._callbacks: dict[tuple[str, str, str], Counter] = {}
         self.runs = Gauge(
             "vodflow_runs", "Runs by workflow and status.", ["workflow", "status"], registry=r
         )
@@ -72,6 +74,15 @@ class Metrics:
         self.outbox_depth = Gauge(
             "vodflow_outbox_depth", "Outbox commands not yet done.", registry=r
         )
+
+    def callback(self, source: str, kind: str, outcome: str) -> None:
+        """Count a callback. Event types vodflow does not read count as ``other``: the type
+        comes from the body, and each distinct label value would be a series of its own."""
+        key = (source, kind if kind in KNOWN_KINDS or kind == "-" else "other", outcome)
+        child = self._callbacks.get(key)
+        if child is None:  # labels() takes a lock and builds its key: once per label set
+            child = self._callbacks[key] = self.callbacks.labels(*key)
+        child.inc()
 
     def transition(self, t: Transition) -> None:
         self.transitions.labels(t.workflow, t.entry.input, t.status.value).inc()

@@ -217,6 +217,16 @@ async def test_metrics(service: Service) -> None:
     assert "vodflow_outbox_depth " in text
 
 
+async def test_event_types_vodflow_does_not_read_count_as_other(service: Service) -> None:
+    # the type comes from the body: made-up types must not each become a series of their own
+    for n in range(3):
+        body = {"version": "4.0", "eventType": f"Invented{n}", "data": {"n": n}}
+        assert (await service.callback(body)).status_code == 200
+    text = (await service.http.get(f"{service.base}/metrics")).text
+    assert 'vodflow_callbacks_total{outcome="accepted",source="vod",type="other"} 3.0' in text
+    assert "Invented" not in text
+
+
 async def test_tokens_guard_the_api(tmp_path: Path, sqlite_url: str) -> None:
     tokens = {"api_token": "admin-secret", "api_read_token": "read-secret"}
     async with running_service(tmp_path, sqlite_url, {"transcode": WORKFLOW}, **tokens) as service:

@@ -1077,6 +1077,12 @@ _V3_READERS: Mapping[str, Callable[[JsonValue, str], dict[str, object]]] = {
 }
 
 
+#: Every event type vodflow reads (other types are kept and ignored).
+KNOWN_KINDS: frozenset[str] = (
+    frozenset(_V4_READERS) | frozenset(_V3_READERS) | frozenset(LVB_KINDS.values())
+)
+
+
 # --- live service --------------------------------------------------------------------------
 
 
