@@ -278,6 +278,20 @@ async def test_bad_callbacks_are_refused_and_kept_for_inspection(service: Servic
     assert await service.runs() == []
 
 
+async def test_the_callback_token_is_read_from_the_url_or_the_header(service: Service) -> None:
+    base = f"{service.base}/callbacks/vod"
+    body = transcode_complete("transcode-unknown-1", "f")
+    wrong = await service.http.post(f"{base}?token=wrong", json=body)
+    assert wrong.status_code == 401
+    beside = await service.http.post(f"{base}?a=1&token={TOKEN}&b=2", json=body)
+    assert beside.status_code == 200
+    header = await service.http.post(base, json=body, headers={"X-Vodflow-Token": TOKEN})
+    assert header.status_code == 200  # the same body again: accepted as a duplicate
+    assert header.json()["message"].startswith("duplicate")
+    again = await service.http.post(f"{base}?token=wrong", json=body)
+    assert again.status_code == 401  # a URL refused before stays refused
+
+
 async def test_two_replicas_on_one_database_run_each_job_once(
     tmp_path: Path, database_url: str
 ) -> None:
