@@ -121,11 +121,16 @@ class Sweeper:
         self.scheduler = AsyncIOScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
-        for name, (every, _) in self.jobs.items():
+        # Every job runs at start, then on its interval from a start of its own, spread over
+        # the interval: jobs due together would queue their transactions on the database's one
+        # writer at the same moment, and the callbacks waiting behind them would feel it.
+        spread = len(self.jobs)
+        for position, (name, (every, _)) in enumerate(self.jobs.items()):
             self.scheduler.add_job(
                 self._scheduled,
                 "interval",
                 seconds=every,
+                start_date=self.now + timedelta(seconds=every * position / spread),
                 args=[name],
                 id=name,
                 next_run_time=self.now,

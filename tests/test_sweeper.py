@@ -187,6 +187,26 @@ async def test_a_service_that_just_started_is_not_degraded(
     assert (health["timers"].stalled, health["tasks"].stalled) == (True, True)
 
 
+async def test_jobs_run_at_start_then_spread_over_their_interval(
+    parts: tuple[Runner, Sweeper, Clock],
+) -> None:
+    """Jobs due together would queue their transactions on the one writer at once, and the
+    callbacks behind them would wait: after their first run they keep apart."""
+    _, sweeper, clock = parts
+    sweeper.start()
+    assert sweeper.scheduler is not None
+    jobs = {job.id: job for job in sweeper.scheduler.get_jobs()}
+    await sweeper.stop()
+    assert set(jobs) == set(sweeper.jobs)
+    assert all(job.next_run_time == clock.now for job in jobs.values())
+    offsets = sorted(
+        (job.trigger.start_date - clock.now) / job.trigger.interval for job in jobs.values()
+    )
+    assert offsets[0] == 0
+    assert offsets[-1] < 1
+    assert len(set(offsets)) == len(offsets)
+
+
 async def test_prune_forgets_handled_rows_past_retention_and_keeps_pending_work(
     db: Database, parts: tuple[Runner, Sweeper, Clock]
 ) -> None:
