@@ -10,8 +10,10 @@ Measured in one run, with the same load generator (bench/loadgen.py) and the sam
    run that recorded its task ID, fed to the state machine and its new state committed, all in
    the group transaction its answer waits for (so the answer latency is the full path's).
    Throughput counts until no inbox event is pending, so work left to the runner is not hidden;
-3. latency at half of vodflow's maximum rate (open loop);
-4. the sweeper's stalled-task query with 10k and 1M task rows in the table.
+3. the receiving half alone (authenticate, read, commit to the inbox, answer; nothing applied),
+   to show where the full path's cost lies;
+4. latency at half of vodflow's maximum rate (open loop);
+5. the sweeper's stalled-task query with 10k and 1M task rows in the table.
 
 Each callback is a real TranscodeComplete or CreateImageSpriteComplete for a task of a run that
 waits for it; one in ten is sent twice (a resend, which must change nothing).
@@ -72,6 +74,20 @@ def full_app():  # type: ignore[no-untyped-def]
     from orchestrator.config import load_settings
 
     return create_app(load_settings())
+
+
+def receive_only_app():  # type: ignore[no-untyped-def]
+    """vodflow applying nothing: callbacks are authenticated, read, committed to the inbox in
+    groups and answered, and left pending (the runner does not run): the receiving half alone."""
+    app = full_app()
+    services = app.state.services
+    services.writer.apply = lambda conn, received, now: lambda: None
+
+    async def idle() -> None:
+        await asyncio.Event().wait()
+
+    services.runner.serve = idle
+    return app
 
 
 async def populate(url: str, runs: int) -> list[bytes]:
@@ -234,8 +250,15 @@ async def wait_applied(url: str, expected: int) -> float:
 
 
 async def measure_full(
-    workdir: Path, runs: int, connections: int, rate: float | None
+    workdir: Path,
+    runs: int,
+    connections: int,
+    rate: float | None,
+    *,
+    factory: str = "bench.ingest:full_app",
 ) -> tuple[loadgen.Result, float]:
+    """The load generator's result, and the rate until no event is pending (for the full app;
+    the answered rate for one that leaves events pending)."""
     data = workdir / f"data-{time.time_ns()}"
     url = f"sqlite:///{data / 'vodflow.db'}"
     data.mkdir()
@@ -257,7 +280,7 @@ async def measure_full(
         "VODFLOW_CALLBACK_TOKEN": TOKEN,
         "VODFLOW_LOG_LEVEL": "WARNING",
     }
-    server = Server("bench.ingest:full_app", port, env)
+    server = Server(factory, port, env)
     try:
         await server.ready()
         start = time.time()
@@ -269,6 +292,8 @@ async def measure_full(
             connections=connections,
             rate=rate,
         )
+        if factory != "bench.ingest:full_app":
+            return result, result.rate
         done = await wait_applied(url, unique)
     finally:
         server.stop()
@@ -359,6 +384,13 @@ async def main() -> None:
             f"vodflow full path : {full_rate:8.0f} callbacks/s until the last transition committed"
         )
         print(f"ratio full path / bare: {full_rate / bare.rate:.2f}  (goal >= 0.40)")
+        received, _ = await measure_full(
+            workdir, args.runs, args.connections, None, factory="bench.ingest:receive_only_app"
+        )
+        print(
+            f"receiving alone   : {received.summary()}  (nothing applied; "
+            f"{received.rate / bare.rate:.2f} of bare)"
+        )
         half = full_rate / 2
         paced, _ = await measure_full(workdir, args.runs // 2, args.connections, half)
         print(f"at half the full-path rate ({half:.0f}/s): {paced.summary()}  (goal p99 < 50 ms)")
