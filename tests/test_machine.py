@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pydantic
 import pytest
 
 from orchestrator import machine as m
@@ -501,3 +502,16 @@ def test_state_round_trips_through_json() -> None:
     run.event("tr1", outputs={"play": [{"url": "a", "definition": 20}]})
     again = m.RunState.model_validate_json(run.state.model_dump_json())
     assert again == run.state
+
+
+def test_a_restored_state_equals_the_validated_one_and_needs_every_field() -> None:
+    task = m.TaskState(
+        task_id="t-1", kind="transcode", attempt=1, awaited=True, submitted_at=T0, expected_at=T0
+    )
+    restored = m.TaskState.restore(dict(task.__dict__))
+    assert restored == task
+    assert restored.model_dump(mode="json") == task.model_dump(mode="json")
+    with pytest.raises(TypeError, match=r"missing \['outputs'\]"):
+        m.TaskState.restore({k: v for k, v in task.__dict__.items() if k != "outputs"})
+    with pytest.raises(pydantic.ValidationError):
+        restored.status = m.TaskStatus.SUCCEEDED  # still frozen

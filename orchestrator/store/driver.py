@@ -135,7 +135,11 @@ def select(
     when asked (``skip_locked``: rows other transactions hold are left out)."""
     names = list(columns) if columns is not None else [c.name for c in table.columns]
     _check(table, *order_by, *names)
-    decode = [_converters(conn.dialect.name, table.c[name])[1] for name in names]
+    decode = [
+        (name, convert)
+        for name in names
+        if (convert := _converters(conn.dialect.name, table.c[name])[1]) is not _same
+    ]
     text = f"SELECT {', '.join(names)} FROM {table.name} WHERE {where}"  # noqa: S608 (checked)
     if order_by:
         text += f" ORDER BY {', '.join(order_by)}"
@@ -149,10 +153,11 @@ def select(
         rows = cursor.fetchall()
     finally:
         cursor.close()
-    return [
-        {name: convert(value) for name, convert, value in zip(names, decode, row, strict=True)}
-        for row in rows
-    ]
+    found = [dict(zip(names, row, strict=True)) for row in rows]
+    for name, convert in decode:  # only the columns stored differently (times, JSON, booleans)
+        for values in found:
+            values[name] = convert(values[name])
+    return found
 
 
 def to_driver(conn: sa.Connection, column: sa.Column[Any], value: Any) -> Any:
@@ -199,14 +204,16 @@ def _by_columns(
         groups.setdefault(tuple(row), []).append(row)
     for columns, group in groups.items():
         names = order(columns)
-        encode = [_converters(backend, table.c[name])[0] for name in names]
-        yield (
-            names,
-            [
-                tuple(convert(row[name]) for name, convert in zip(names, encode, strict=True))
-                for row in group
-            ],
-        )
+        encode = [
+            (position, convert)
+            for position, name in enumerate(names)
+            if (convert := _converters(backend, table.c[name])[0]) is not _same
+        ]
+        params = [[row[name] for name in names] for row in group]
+        for position, convert in encode:  # only the columns stored differently
+            for values in params:
+                values[position] = convert(values[position])
+        yield names, [tuple(values) for values in params]  # SQLAlchemy takes tuples
 
 
 def update_many(

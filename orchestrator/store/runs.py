@@ -113,21 +113,23 @@ def load_runs(
     ):
         task_states.setdefault((t["run_id"], t["step"]), []).append(_task_state(t))
     return {
-        row["id"]: m.RunState.model_construct(
-            run_id=row["id"],
-            workflow=row["workflow"],
-            version=row["version"],
-            status=m.RunStatus(row["status"]),
-            context=row["context"] or {},
-            steps=tuple(
-                _step_state(s, tuple(task_states.get((row["id"], s["name"]), ())))
-                for s in step_rows.get(row["id"], ())
-            ),
-            created_at=row["created_at"],
-            updated_at=row["updated_at"],
-            finished_at=row["finished_at"],
-            deadline=row["deadline"],
-            error=row["error"],
+        row["id"]: m.RunState.restore(
+            {
+                "run_id": row["id"],
+                "workflow": row["workflow"],
+                "version": row["version"],
+                "status": m.RunStatus(row["status"]),
+                "context": row["context"] or {},
+                "steps": tuple(
+                    _step_state(s, tuple(task_states.get((row["id"], s["name"]), ())))
+                    for s in step_rows.get(row["id"], ())
+                ),
+                "created_at": row["created_at"],
+                "updated_at": row["updated_at"],
+                "finished_at": row["finished_at"],
+                "deadline": row["deadline"],
+                "error": row["error"],
+            }
         )
         for row in rows
     }
@@ -141,24 +143,24 @@ _STEP_COLUMNS = ("run_id", "name", *_STEP_FIELDS)
 _TASK_STATE_COLUMNS = ("run_id", "step", *_TASK_FIELDS)
 
 
-# Rows are what vodflow itself wrote, so states are built without validating them again
-# (model_construct), converting only what the columns store differently (enums as text).
+# Rows are what vodflow itself wrote, so states are restored without validating them again,
+# converting only what the columns store differently (enums as text).
 
 
-def _task_state(row: Any) -> m.TaskState:
+def _task_state(row: dict[str, Any]) -> m.TaskState:
     values = {f: row[f] for f in _TASK_FIELDS}
     values["status"] = m.TaskStatus(values["status"])
     values["outputs"] = values["outputs"] or {}
-    return m.TaskState.model_construct(**values)
+    return m.TaskState.restore(values)
 
 
-def _step_state(row: Any, tasks: tuple[m.TaskState, ...]) -> m.StepState:
+def _step_state(row: dict[str, Any], tasks: tuple[m.TaskState, ...]) -> m.StepState:
     values = {f: row[f] for f in _STEP_FIELDS}
     values["status"] = m.StepStatus(values["status"])
     if values["error_class"] is not None:
         values["error_class"] = ErrorClass(values["error_class"])
     values["outputs"] = values["outputs"] or {}
-    return m.StepState.model_construct(name=row["name"], tasks=tasks, **values)
+    return m.StepState.restore({"name": row["name"], **values, "tasks": tasks})
 
 
 def _column(value: Any) -> Any:
