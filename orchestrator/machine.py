@@ -104,9 +104,13 @@ class _Frozen(BaseModel):
         """A state from the values of all its fields, as vodflow wrote them, without validating
         them again: the store rebuilds every callback's run this way (``model_construct`` costs
         about twice as much, looking up each field's alias and default)."""
-        if len(values) != len(cls.__pydantic_fields__):
-            missing = cls.__pydantic_fields__.keys() - values.keys()
-            raise TypeError(f"{cls.__name__} needs every field; missing {sorted(missing)}")
+        fields = cls.__pydantic_fields__
+        if len(values) != len(fields):
+            missing, unknown = fields.keys() - values.keys(), values.keys() - fields.keys()
+            raise TypeError(
+                f"{cls.__name__} is restored from all its fields and no others; "
+                f"missing {sorted(missing)}, unknown {sorted(unknown)}"
+            )
         state = cls.__new__(cls)
         _set(state, "__dict__", values)
         _set(state, "__pydantic_fields_set__", set(values))
