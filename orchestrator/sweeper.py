@@ -27,7 +27,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -121,21 +121,26 @@ class Sweeper:
         self.scheduler = AsyncIOScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
-        # Every job runs at start, then on its interval from a start of its own, spread over
+        # Every job runs once now, then on its interval from an offset of its own, spread over
         # the interval: jobs due together would queue their transactions on the database's one
-        # writer at the same moment, and the callbacks waiting behind them would feel it.
+        # writer at the same moment, and the callbacks waiting behind them would feel it (each
+        # later run is due one interval after the previous one, so the offsets stay).
+        now = datetime.now(UTC)
         spread = len(self.jobs)
         for position, (name, (every, _)) in enumerate(self.jobs.items()):
             self.scheduler.add_job(
                 self._scheduled,
                 "interval",
                 seconds=every,
-                start_date=self.now + timedelta(seconds=every * position / spread),
+                next_run_time=now + timedelta(seconds=every * (1 + position / spread)),
                 args=[name],
                 id=name,
-                next_run_time=self.now,
             )
         self.scheduler.start()
+        for name in self.jobs:
+            first = asyncio.get_running_loop().create_task(self._scheduled(name))
+            self._running.add(first)  # (it adds itself once running; `stop` may come first)
+            first.add_done_callback(self._running.discard)
 
     async def stop(self) -> None:
         """Stop scheduling and wait for the jobs that are running to end (cancelled)."""
