@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal, Self, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, SkipValidation
 
 from orchestrator import template
 from orchestrator.durations import format_duration
@@ -94,6 +94,11 @@ class TaskStatus(StrEnum):
 
 
 TimerKind = Literal["step_timeout", "run_timeout", "retry"]
+
+
+BuiltJson = Annotated[dict[str, JsonValue], SkipValidation]
+"""A JSON object vodflow built itself from values already read and checked (a parsed event's
+outputs, a dumped input): not walked again, value by value, on every callback."""
 
 
 class _Frozen(BaseModel):
@@ -256,7 +261,7 @@ class TaskEvent(_Frozen):
     error_class: ErrorClass | None = None
     error_code: int | None = None
     message: str = ""
-    outputs: dict[str, JsonValue] = Field(default_factory=dict)
+    outputs: BuiltJson = Field(default_factory=dict)
 
 
 class VerifySucceeded(_Frozen):
@@ -387,7 +392,7 @@ class HistoryEntry(_Frozen):
     from_status: RunStatus
     to_status: RunStatus
     reason: str
-    detail: dict[str, JsonValue] = Field(default_factory=dict)
+    detail: BuiltJson = Field(default_factory=dict)
 
 
 class Decision(_Frozen):
