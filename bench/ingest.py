@@ -256,9 +256,10 @@ async def measure_full(
     rate: float | None,
     *,
     factory: str = "bench.ingest:full_app",
+    until_applied: bool = True,
 ) -> tuple[loadgen.Result, float]:
-    """The load generator's result, and the rate until no event is pending (for the full app;
-    the answered rate for one that leaves events pending)."""
+    """The load generator's result, and the rate until no event is pending (or, with
+    ``until_applied=False`` for an app that leaves them pending, the answered rate)."""
     data = workdir / f"data-{time.time_ns()}"
     url = f"sqlite:///{data / 'vodflow.db'}"
     data.mkdir()
@@ -292,7 +293,7 @@ async def measure_full(
             connections=connections,
             rate=rate,
         )
-        if factory != "bench.ingest:full_app":
+        if not until_applied:
             return result, result.rate
         done = await wait_applied(url, unique)
     finally:
@@ -385,7 +386,12 @@ async def main() -> None:
         )
         print(f"ratio full path / bare: {full_rate / bare.rate:.2f}  (goal >= 0.40)")
         received, _ = await measure_full(
-            workdir, args.runs, args.connections, None, factory="bench.ingest:receive_only_app"
+            workdir,
+            args.runs,
+            args.connections,
+            None,
+            factory="bench.ingest:receive_only_app",
+            until_applied=False,
         )
         print(
             f"receiving alone   : {received.summary()}  (nothing applied; "
