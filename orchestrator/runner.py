@@ -367,13 +367,8 @@ class Runner:
         what to do once the transaction committed.
         """
         batch = Batch()
-        tasks: list[tuple[dict[str, Any], VodEvent]] = []
-        left: list[tuple[int, VodEvent]] = []
-        for event_id, event in received:
-            if _is_task_event(event):
-                tasks.append(({"id": event_id}, event))
-            else:
-                left.append((event_id, event))
+        tasks = [(event_id, event) for event_id, event in received if _is_task_event(event)]
+        left = [(event_id, event) for event_id, event in received if not _is_task_event(event)]
         if tasks:
             try:
                 with conn.begin_nested():
@@ -419,14 +414,14 @@ class Runner:
         rows = queues.pending_inbox(conn, self.batch)
         now = self.clock()
         outcomes: list[tuple[int, str, str | None, str | None]] = []
-        task_events: list[tuple[dict[str, Any], VodEvent]] = []
+        task_events: list[tuple[int, VodEvent]] = []
         for row in rows:
             event = self._event_of(row)
             if isinstance(event, MalformedEvent):
                 outcomes.append((row["id"], InboxStatus.INVALID, None, str(event)))
                 continue
             if _is_task_event(event):
-                task_events.append((row, event))
+                task_events.append((row["id"], event))
                 continue
             try:
                 with conn.begin_nested():
@@ -443,7 +438,7 @@ class Runner:
     def _apply_task_events(
         self,
         conn: sa.Connection,
-        items: list[tuple[dict[str, Any], VodEvent]],
+        items: list[tuple[int, VodEvent]],
         now: datetime,
         batch: Batch,
     ) -> list[tuple[int, str, str | None, str | None]]:
@@ -452,12 +447,12 @@ class Runner:
         changes = Changes()
         decided: list[m.Decision] = []
         outcomes: list[tuple[int, str, str | None, str | None]] = []
-        for row, event in items:
+        for event_id, event in items:
             assert event.task_id is not None
             owner = owners.get(event.task_id)
             if owner is None:
                 note = f"no run has recorded task {event.task_id} yet"
-                outcomes.append((row["id"], InboxStatus.ORPHAN, None, note))
+                outcomes.append((event_id, InboxStatus.ORPHAN, None, note))
                 continue
             state = states.get(owner.run_id)
             try:
@@ -466,16 +461,16 @@ class Runner:
                 spec = self.registry.spec_for(conn, state.version)
                 decision = m.decide(spec, state, task_input(event, owner.task_id), now)
             except Exception as exc:
-                log.exception("applying inbox event %s failed", row["id"])
+                log.exception("applying inbox event %s failed", event_id)
                 note = f"{type(exc).__name__}: {exc}"
-                outcomes.append((row["id"], InboxStatus.FAILED, owner.run_id, note))
+                outcomes.append((event_id, InboxStatus.FAILED, owner.run_id, note))
                 continue
             changes.add(state, decision, now)
             states[owner.run_id] = decision.state
             decided.append(decision)
             prefix = "" if owner.exact else f"matched {owner.task_id} by its case-folded ID; "
             outcomes.append(
-                (row["id"], _event_status(decision), owner.run_id, prefix + decision.history.reason)
+                (event_id, _event_status(decision), owner.run_id, prefix + decision.history.reason)
             )
         new_tasks = changes.flush(conn)
         if new_tasks:

@@ -138,9 +138,7 @@ class Sweeper:
             )
         self.scheduler.start()
         for name in self.jobs:
-            first = asyncio.get_running_loop().create_task(self._scheduled(name))
-            self._running.add(first)  # (it adds itself once running; `stop` may come first)
-            first.add_done_callback(self._running.discard)
+            self._track(asyncio.get_running_loop().create_task(self._scheduled(name)))
 
     async def stop(self) -> None:
         """Stop scheduling and wait for the jobs that are running to end (cancelled)."""
@@ -151,12 +149,15 @@ class Sweeper:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
 
+    def _track(self, task: asyncio.Task[Any]) -> None:
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
     async def _scheduled(self, name: str) -> None:
         """A run the scheduler started: `stop` cancels it (and never a caller of `run_job`)."""
         task = asyncio.current_task()
-        if task is not None:
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+        if task is not None:  # APScheduler's own task: `stop` must find it
+            self._track(task)
         try:
             await self.run_job(name)
         except asyncio.CancelledError:
