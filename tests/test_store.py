@@ -4,6 +4,7 @@ machine decisions, history, outbox and timers rows."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -13,7 +14,7 @@ from alembic.migration import MigrationContext
 
 from orchestrator import machine as m
 from orchestrator.spec import parse_workflow
-from orchestrator.store import migrate
+from orchestrator.store import driver, migrate
 from orchestrator.store.db import Database, sync_url
 from orchestrator.store.runs import create_run, load_run, run_history, save_decision
 from orchestrator.store.tables import OutboxCommand, metadata
@@ -167,7 +168,6 @@ async def test_a_failed_transaction_leaves_nothing_behind(db: Database, now: dat
 async def test_rows_written_on_the_driver_read_back_through_core_and_back(db: Database) -> None:
     """The hot path's statements bypass SQLAlchemy's types (``store.driver``): what they write
     must read back identically through Core, and what Core writes through them."""
-    from orchestrator.store import driver
     from orchestrator.store.tables import Run, TaskRow
 
     runs, tasks = Run.__table__, TaskRow.__table__  # type: ignore[attr-defined]
@@ -249,3 +249,39 @@ async def test_timer_commands_keep_their_order_when_grouped(db: Database, now: d
         ("step_timeout", "cancelled"),
         ("step_timeout", "pending"),
     ]
+
+
+async def test_timer_commands_of_different_runs_share_statements_in_order(
+    db: Database, now: datetime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interleaved commands of many runs (as a group of callbacks makes them) take one
+    statement per kind and round, and each run's own commands still apply in order."""
+    from orchestrator.store.runs import _timer_commands
+
+    run_ids = [f"run{n}" for n in range(1, 5)]
+    for run_id in run_ids:
+        await _start(db, now, run_id=run_id)
+    commands: list[m.ScheduleTimer | m.CancelTimers] = []
+    for run_id in run_ids:  # each run: schedule, cancel it, schedule again
+        step = {"run_id": run_id, "timer": "step_timeout", "step": "transcode", "attempt": 1}
+        commands.append(m.ScheduleTimer(**step, due=now))  # type: ignore[arg-type]
+    for run_id in run_ids:
+        commands.append(m.CancelTimers(run_id=run_id, step="transcode"))
+        step = {"run_id": run_id, "timer": "step_timeout", "step": "transcode", "attempt": 2}
+        commands.append(m.ScheduleTimer(**step, due=now))  # type: ignore[arg-type]
+    statements: list[str] = []
+    executemany = driver._executemany
+
+    def counted(conn: sa.Connection, text: str, params: list[tuple[Any, ...]]) -> None:
+        statements.append(text)
+        executemany(conn, text, params)
+
+    monkeypatch.setattr(driver, "_executemany", counted)
+    await db.write(_timer_commands, commands)
+    assert len(statements) == 3  # schedule, cancel, schedule
+    query = "SELECT run_id, attempt, status FROM timers WHERE kind = 'step_timeout' ORDER BY id"
+    rows = await db.query(lambda conn: [tuple(r) for r in conn.execute(sa.text(query))])
+    assert sorted(rows) == sorted(
+        [(run_id, 1, "cancelled") for run_id in run_ids]
+        + [(run_id, 2, "pending") for run_id in run_ids]
+    )

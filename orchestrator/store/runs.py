@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Collection
 from datetime import datetime
 from enum import Enum
-from itertools import groupby
 from typing import Any
 
 import sqlalchemy as sa
@@ -316,17 +315,33 @@ def save_decision(
 
 
 def _timer_commands(conn: sa.Connection, commands: list[m.ScheduleTimer | m.CancelTimers]) -> None:
-    """Timer commands in order; consecutive ones of the same kind share one executemany (a
-    cancel never overtakes the schedule before it, nor the reverse)."""
-    for kind, group in groupby(commands, key=_timer_kind):
-        if kind == "schedule":
-            rows = [_timer_row(c) for c in group if isinstance(c, m.ScheduleTimer)]
-            driver.insert_many(conn, timers, rows)
-        elif kind == "cancel_run":
-            driver.execute_many(conn, _CANCEL_TIMERS, [(c.run_id,) for c in group])
-        else:
-            params = [(c.run_id, c.step) for c in group]
-            driver.execute_many(conn, _CANCEL_TIMERS + " AND step = ?", params)
+    """Timer commands with as few statements as their order allows.
+
+    A run's commands keep their order (a cancel never overtakes the schedule before it, nor the
+    reverse); commands of different runs touch different rows, so they may share a statement.
+    Each command joins the round of its run's previous command when it is of the same kind, or
+    the next round otherwise; a round runs one statement per kind. A group's callbacks, each
+    cancelling one step's timers, cost one statement instead of one each."""
+    rounds: list[dict[str, list[m.ScheduleTimer | m.CancelTimers]]] = []
+    last: dict[str, tuple[int, str]] = {}
+    for command in commands:
+        kind = _timer_kind(command)
+        previous = last.get(command.run_id)
+        number = 0 if previous is None else previous[0] + (previous[1] != kind)
+        last[command.run_id] = (number, kind)
+        if number == len(rounds):
+            rounds.append({})
+        rounds[number].setdefault(kind, []).append(command)
+    for round_ in rounds:
+        for kind, group in round_.items():
+            if kind == "schedule":
+                rows = [_timer_row(c) for c in group if isinstance(c, m.ScheduleTimer)]
+                driver.insert_many(conn, timers, rows)
+            elif kind == "cancel_run":
+                driver.execute_many(conn, _CANCEL_TIMERS, [(c.run_id,) for c in group])
+            else:
+                params = [(c.run_id, c.step) for c in group]
+                driver.execute_many(conn, _CANCEL_TIMERS + " AND step = ?", params)
 
 
 def _timer_kind(command: m.ScheduleTimer | m.CancelTimers) -> str:
