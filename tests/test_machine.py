@@ -515,3 +515,20 @@ def test_a_restored_state_equals_the_validated_one_and_needs_every_field() -> No
         m.TaskState.restore({k: v for k, v in task.__dict__.items() if k != "outputs"})
     with pytest.raises(pydantic.ValidationError):
         restored.status = m.TaskStatus.SUCCEEDED  # still frozen
+
+
+def test_a_copied_state_matches_pydantics_copy_and_refuses_unknown_fields() -> None:
+    task = m.TaskState(
+        task_id="t-1", kind="transcode", attempt=1, awaited=True, submitted_at=T0, expected_at=T0
+    )
+    update = {"status": m.TaskStatus.SUCCEEDED, "outputs": {"url": "u"}}
+    copied = task.model_copy(update=update)
+    reference = pydantic.BaseModel.model_copy(task, update=update)
+    assert copied == reference
+    assert copied.model_fields_set == reference.model_fields_set
+    assert task.status is m.TaskStatus.WAITING  # the original is untouched
+    assert task.model_copy() == task
+    with pytest.raises(TypeError, match="TaskState has no field colour"):
+        task.model_copy(update={"colour": "red"})
+    with pytest.raises(pydantic.ValidationError):
+        copied.status = m.TaskStatus.FAILED  # still frozen
