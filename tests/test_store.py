@@ -56,6 +56,26 @@ def test_sqlite_runs_in_wal_mode(sqlite_url: str) -> None:
     engine.dispose()
 
 
+async def test_the_sqlite_writer_checkpoints_in_the_background_and_caches_more(
+    sqlite_url: str,
+) -> None:
+    """The single writer connection neither checkpoints on commit nor rereads index pages a
+    small cache dropped; readers keep SQLite's defaults."""
+    migrate.upgrade(sqlite_url)
+    db = Database(sqlite_url)
+
+    def pragmas(conn: sa.Connection) -> tuple[int, int]:
+        autocheckpoint = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+        cache = conn.exec_driver_sql("PRAGMA cache_size").scalar()
+        return int(autocheckpoint or 0), int(cache or 0)
+
+    try:
+        assert await db.write(pragmas) == (0, -65536)
+        assert await db.query(pragmas) == (1000, -2000)
+    finally:
+        await db.close()
+
+
 async def _start(db: Database, now: datetime, run_id: str = "run1") -> m.RunState:
     state = m.new_run(run_id, WORKFLOW, "v1", {"fileId": "f1"}, now)
 

@@ -64,13 +64,18 @@ def ensure_sqlite_dir(url: str) -> None:
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
 
 
-def configure_sqlite(engine: sa.Engine, *, checkpoints: bool = True) -> None:
+def configure_sqlite(engine: sa.Engine, *, writer: bool = False) -> None:
     """Pragmas and BEGIN IMMEDIATE for a (sync) SQLAlchemy engine on SQLite.
 
-    ``checkpoints=False`` turns off the WAL's automatic checkpoint on this engine's connections:
-    the writer's commits would otherwise now and then copy the WAL into the database file
-    (with an fsync) while every waiting callback waits too. ``Database`` checkpoints from a
-    reader connection in the background instead.
+    ``writer=True`` is for the process's single writer connection:
+
+    - the WAL's automatic checkpoint is off: the writer's commits would otherwise now and then
+      copy the WAL into the database file (with an fsync) while every waiting callback waits
+      too. ``Database`` checkpoints from a reader connection in the background instead;
+    - its page cache holds up to 64 MiB instead of SQLite's 2 MiB: a group of callbacks touches
+      index pages all over the runs, tasks and inbox tables, and with the small cache most of
+      them were read from the file again (about 6 reads per callback, measured with strace on
+      10 000 runs; 1 with this cache).
     """
 
     @event.listens_for(engine, "connect")
@@ -83,7 +88,7 @@ def configure_sqlite(engine: sa.Engine, *, checkpoints: bool = True) -> None:
             "PRAGMA synchronous=NORMAL",
             "PRAGMA busy_timeout=30000",
             "PRAGMA foreign_keys=ON",
-            *(() if checkpoints else ("PRAGMA wal_autocheckpoint=0",)),
+            *(("PRAGMA wal_autocheckpoint=0", "PRAGMA cache_size=-65536") if writer else ()),
         ):
             cursor.execute(pragma)
         cursor.close()
@@ -135,7 +140,7 @@ class Database:
             self.sync_reader = sa.create_engine(sync_target, pool_size=pool_size, **options)
             for engine in (self.engine.sync_engine, self.reader.sync_engine, self.sync_reader):
                 configure_sqlite(engine)
-            configure_sqlite(self.sync_writer, checkpoints=False)
+            configure_sqlite(self.sync_writer, writer=True)
             writers = 1
         self._writer = ThreadPoolExecutor(writers, thread_name_prefix="vodflow-db-write")
         self._reader = ThreadPoolExecutor(pool_size, thread_name_prefix="vodflow-db-read")
