@@ -15,6 +15,10 @@ Measured in one run, with the same load generator (bench/loadgen.py) and the sam
 4. latency at half of vodflow's maximum rate (open loop);
 5. the sweeper's stalled-task query with 10k and 1M task rows in the table.
 
+Each load line ends with where the CPU went: the cores the server process and the load generator
+kept busy (from /proc, on Linux). vodflow's server sits at one core, held by the GIL, while the
+bare handler's run uses both.
+
 Each callback is a real TranscodeComplete or CreateImageSpriteComplete for a task of a run that
 waits for it; one in ten is sent twice (a resend, which must change nothing).
 """
@@ -223,6 +227,34 @@ class Server:
         self.proc.terminate()
         self.proc.wait(timeout=30)
 
+    def cpu_seconds(self) -> float | None:
+        """CPU time the server process has used (user + system), where /proc tells it."""
+        try:
+            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuWatch:
+    """How many cores the server process and this load generator kept busy over a stretch: a
+    server near 1.00 is bound by one core (the GIL), whatever the machine has free."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.wall = time.monotonic()
+        self.ours = time.process_time()
+        self.theirs = server.cpu_seconds()
+
+    def report(self) -> str:
+        wall = time.monotonic() - self.wall
+        now = self.server.cpu_seconds()
+        ours = (time.process_time() - self.ours) / wall
+        if now is None or self.theirs is None:
+            return f"load generator {ours:.2f} cores"
+        theirs = (now - self.theirs) / wall
+        return f"server {theirs:.2f} cores, load generator {ours:.2f}, of {os.cpu_count()}"
+
 
 def free_port() -> int:
     import socket
@@ -285,6 +317,7 @@ async def measure_full(
     try:
         await server.ready()
         start = time.time()
+        watch = CpuWatch(server)
         result = await loadgen.run(
             "127.0.0.1",
             port,
@@ -294,8 +327,10 @@ async def measure_full(
             rate=rate,
         )
         if not until_applied:
+            result.cpu = watch.report()
             return result, result.rate
         done = await wait_applied(url, unique)
+        result.cpu = watch.report()
     finally:
         server.stop()
     return result, len(bodies) / (done - start)
@@ -306,9 +341,12 @@ async def measure_bare(bodies: list[bytes], connections: int) -> loadgen.Result:
     server = Server("bench.ingest:bare_app", port, {})
     try:
         await server.ready()
-        return await loadgen.run(
+        watch = CpuWatch(server)
+        result = await loadgen.run(
             "127.0.0.1", port, "/callbacks/vod", bodies, connections=connections
         )
+        result.cpu = watch.report()
+        return result
     finally:
         server.stop()
 

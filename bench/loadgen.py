@@ -21,6 +21,8 @@ class Result:
     seconds: float
     latencies: list[float]
     statuses: dict[int, int]
+    cpu: str = ""
+    """Where the CPU went during the run, when the caller measured it (see bench/ingest.py)."""
 
     @property
     def rate(self) -> float:
@@ -37,6 +39,7 @@ class Result:
             f"{self.rate:8.0f} req/s  p50 {self.percentile(50) * 1000:6.2f} ms  "
             f"p99 {self.percentile(99) * 1000:6.2f} ms  "
             f"statuses {dict(sorted(self.statuses.items()))}"
+            + (f"  [{self.cpu}]" if self.cpu else "")
         )
 
 
