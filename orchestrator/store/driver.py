@@ -49,7 +49,7 @@ def _sqlite_time_in(value: datetime | None) -> str | None:
 def _sqlite_time_out(value: str | None) -> datetime | None:
     if value is None:
         return None
-    try:  # naive UTC text, as stored: parsed as UTC in one call (``replace`` costs five times more)
+    try:  # naive UTC text, as stored: parsed as UTC in one call (with ``replace``, 6x the cost)
         return datetime.fromisoformat(value + "+00:00")
     except ValueError:  # text with its own offset, or not in that format
         parsed = datetime.fromisoformat(value)
