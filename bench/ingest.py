@@ -326,14 +326,11 @@ async def measure_full(
             connections=connections,
             rate=rate,
         )
-        if not until_applied:
-            result.cpu = watch.report()
-            return result, result.rate
-        done = await wait_applied(url, unique)
+        done = await wait_applied(url, unique) if until_applied else None
         result.cpu = watch.report()
     finally:
         server.stop()
-    return result, len(bodies) / (done - start)
+    return result, result.rate if done is None else len(bodies) / (done - start)
 
 
 async def measure_bare(bodies: list[bytes], connections: int) -> loadgen.Result:
