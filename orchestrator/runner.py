@@ -38,7 +38,7 @@ from orchestrator import triggers
 from orchestrator.actions import Actions
 from orchestrator.registry import Registry
 from orchestrator.spec import LoadedWorkflow, Manual, StreamSession
-from orchestrator.store import queues, views, windows
+from orchestrator.store import driver, queues, views, windows
 from orchestrator.store.db import Database
 from orchestrator.store.queues import InboxStatus, NewInboxEvent
 from orchestrator.store.runs import Changes, create_run, load_run, load_runs, save_decision
@@ -371,7 +371,7 @@ class Runner:
         left = [(event_id, event) for event_id, event in received if not _is_task_event(event)]
         if tasks:
             try:
-                with conn.begin_nested():
+                with driver.savepoint(conn):
                     outcomes = self._apply_task_events(conn, tasks, now, batch)
                     queues.mark_inbox_many(conn, outcomes, now)
             except Exception:
@@ -424,7 +424,7 @@ class Runner:
                 task_events.append((row["id"], event))
                 continue
             try:
-                with conn.begin_nested():
+                with driver.savepoint(conn):
                     status, run_id, note = self._apply_event(conn, event, row, now, batch)
             except Exception as exc:
                 log.exception("applying inbox event %s failed", row["id"])

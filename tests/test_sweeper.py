@@ -242,8 +242,8 @@ async def test_prune_forgets_handled_rows_past_retention_and_keeps_pending_work(
 async def test_task_events_that_fail_on_receipt_stay_pending_for_the_runner(
     db: Database, parts: tuple[Runner, Sweeper, Clock], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Applying on receipt is an optimization: when it fails, the inbox row still commits
-    (the callback is answered 2xx) and the runner applies it later."""
+    """Applying on receipt is an optimization: when it fails, what it wrote is undone, the
+    inbox row still commits (the callback is answered 2xx) and the runner applies it later."""
     import asyncio
 
     from orchestrator.receiver import InboxWriter, inbox_row
@@ -254,7 +254,8 @@ async def test_task_events_that_fail_on_receipt_stay_pending_for_the_runner(
     writer = InboxWriter(db, apply=runner.apply_received, clock=clock)
     serving = asyncio.create_task(writer.serve())
 
-    def broken(*args: object) -> object:
+    def broken(conn: sa.Connection, *args: object) -> object:
+        conn.exec_driver_sql("UPDATE runs SET error = 'half applied'")
         raise RuntimeError("registry unavailable")
 
     monkeypatch.setattr(runner, "_apply_task_events", broken)
@@ -266,6 +267,8 @@ async def test_task_events_that_fail_on_receipt_stay_pending_for_the_runner(
         serving.cancel()
     status = "SELECT status FROM inbox_events"
     assert await db.query(lambda conn: conn.execute(sa.text(status)).scalar()) == "pending"
+    error = "SELECT error FROM runs"
+    assert await db.query(lambda conn: conn.execute(sa.text(error)).scalar()) is None  # undone
     monkeypatch.undo()
     assert await runner.drain_inbox() == 1
     assert await db.query(lambda conn: conn.execute(sa.text(status)).scalar()) == "applied"

@@ -21,8 +21,10 @@ table, so none comes from input), and a schema change reaches them as it reaches
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -260,6 +262,34 @@ def _cursor(conn: sa.Connection) -> Any:
     """A DBAPI cursor in ``conn``'s transaction (begun by SQLAlchemy, so BEGIN IMMEDIATE on
     SQLite has run)."""
     return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+
+
+_savepoints = itertools.count(1)
+
+
+@contextmanager
+def savepoint(conn: sa.Connection) -> Iterator[None]:
+    """A savepoint in ``conn``'s transaction: what the block wrote is undone when it raises (the
+    exception goes on), kept otherwise. SQLAlchemy's ``begin_nested`` compiles its two
+    statements on every use, 160 µs against 13 µs here, measured on this project's machine
+    kind; every group of callbacks takes one."""
+    name = f"vodflow_{next(_savepoints)}"
+    _execute(conn, f"SAVEPOINT {name}")
+    try:
+        yield
+    except BaseException:
+        _execute(conn, f"ROLLBACK TO SAVEPOINT {name}")
+        _execute(conn, f"RELEASE SAVEPOINT {name}")
+        raise
+    _execute(conn, f"RELEASE SAVEPOINT {name}")
+
+
+def _execute(conn: sa.Connection, text: str) -> None:
+    cursor = _cursor(conn)
+    try:
+        cursor.execute(text)
+    finally:
+        cursor.close()
 
 
 def _executemany(conn: sa.Connection, text: str, params: list[tuple[Any, ...]]) -> None:
