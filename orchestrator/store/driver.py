@@ -140,13 +140,9 @@ def select(
     """Rows matching ``where`` (SQL written by vodflow, ``?`` for each of ``params``, values
     already as the driver takes them), as dicts of converted values. Locks them on PostgreSQL
     when asked (``skip_locked``: rows other transactions hold are left out)."""
-    names = list(columns) if columns is not None else [c.name for c in table.columns]
-    _check(table, *order_by, *names)
-    decode = [
-        (name, convert)
-        for name in names
-        if (convert := _converters(conn.dialect.name, table.c[name])[1]) is not _same
-    ]
+    names = tuple(columns) if columns is not None else tuple(c.name for c in table.columns)
+    _check(table, *order_by)
+    decode = _decoders(conn.dialect.name, table, names)
     text = f"SELECT {', '.join(names)} FROM {table.name} WHERE {where}"  # noqa: S608 (checked)
     if order_by:
         text += f" ORDER BY {', '.join(order_by)}"
@@ -165,6 +161,45 @@ def select(
         for values in found:
             values[name] = convert(values[name])
     return found
+
+
+def scalar(conn: sa.Connection, text: str, params: Sequence[Any] = ()) -> Any:
+    """The first value of the first row of a query vodflow wrote (``?`` placeholders), as the
+    driver returns it; None when there is no row."""
+    cursor = _cursor(conn)
+    try:
+        cursor.execute(_paramstyle(conn.dialect.name, text), tuple(params))
+        row = cursor.fetchone()
+    finally:
+        cursor.close()
+    return None if row is None else row[0]
+
+
+@cache
+def _decoders(
+    backend: str, table: sa.Table, names: tuple[str, ...]
+) -> tuple[tuple[str, Convert], ...]:
+    """The columns among ``names`` read back differently from how the driver gives them, with
+    their converters (looked up once per statement shape: a group's queries repeat them)."""
+    _check(table, *names)
+    return tuple(
+        (name, convert)
+        for name in names
+        if (convert := _converters(backend, table.c[name])[1]) is not _same
+    )
+
+
+@cache
+def _encoders(
+    backend: str, table: sa.Table, names: tuple[str, ...]
+) -> tuple[tuple[int, Convert], ...]:
+    """The positions among ``names`` the driver takes differently, with their converters."""
+    _check(table, *names)
+    return tuple(
+        (position, convert)
+        for position, name in enumerate(names)
+        if (convert := _converters(backend, table.c[name])[0]) is not _same
+    )
 
 
 def to_driver(conn: sa.Connection, column: sa.Column[Any], value: Any) -> Any:
@@ -211,11 +246,7 @@ def _by_columns(
         groups.setdefault(tuple(row), []).append(row)
     for columns, group in groups.items():
         names = order(columns)
-        encode = [
-            (position, convert)
-            for position, name in enumerate(names)
-            if (convert := _converters(backend, table.c[name])[0]) is not _same
-        ]
+        encode = _encoders(backend, table, names)
         params = [[row[name] for name in names] for row in group]
         for position, convert in encode:  # only the columns stored differently
             for values in params:

@@ -26,39 +26,29 @@ class TaskOwner:
     exact: bool
 
 
-_OWNER = sa.select(tasks.c.task_id, tasks.c.run_id, tasks.c.step)
-_BY_ID = _OWNER.where(tasks.c.task_id == sa.bindparam("task_id"))
-_BY_FOLDED = _OWNER.where(tasks.c.folded_id == sa.bindparam("folded")).limit(1)
-
-
 def find_task(conn: sa.Connection, task_id: str) -> TaskOwner | None:
     """The run that recorded this task ID: exactly, else by the case-folded prefix."""
-    row = conn.execute(_BY_ID, {"task_id": task_id}).first()
-    if row is not None:
-        return TaskOwner(row.task_id, row.run_id, row.step, exact=True)
-    row = conn.execute(_BY_FOLDED, {"folded": normalize_task_id(task_id)}).first()
-    if row is not None:
-        return TaskOwner(row.task_id, row.run_id, row.step, exact=False)
-    return None
+    return find_tasks(conn, [task_id]).get(task_id)
 
 
-_BY_IDS = _OWNER.where(tasks.c.task_id.in_(sa.bindparam("ids", expanding=True)))
-_BY_FOLDED_IDS = sa.select(tasks.c.task_id, tasks.c.run_id, tasks.c.step, tasks.c.folded_id).where(
-    tasks.c.folded_id.in_(sa.bindparam("ids", expanding=True))
-)
+_OWNER_COLUMNS = ("task_id", "run_id", "step")
 
 
 def find_tasks(conn: sa.Connection, task_ids: Collection[str]) -> dict[str, TaskOwner]:
-    """``find_task`` for many IDs in (at most) two queries; unknown IDs are left out."""
+    """``find_task`` for many IDs in (at most) two queries; unknown IDs are left out.
+
+    On the hot path (every group of task callbacks), so read through ``driver``."""
     found = {
-        row.task_id: TaskOwner(row.task_id, row.run_id, row.step, exact=True)
-        for row in conn.execute(_BY_IDS, {"ids": list(task_ids)})
+        row["task_id"]: TaskOwner(row["task_id"], row["run_id"], row["step"], exact=True)
+        for row in driver.select_where_in(conn, tasks, "task_id", task_ids, columns=_OWNER_COLUMNS)
     }
     missing = {normalize_task_id(t): t for t in task_ids if t not in found}
     if missing:
-        for row in conn.execute(_BY_FOLDED_IDS, {"ids": list(missing)}):
-            asked = missing[row.folded_id]
-            found.setdefault(asked, TaskOwner(row.task_id, row.run_id, row.step, exact=False))
+        folded = (*_OWNER_COLUMNS, "folded_id")
+        for row in driver.select_where_in(conn, tasks, "folded_id", missing, columns=folded):
+            asked = missing[row["folded_id"]]
+            owner = TaskOwner(row["task_id"], row["run_id"], row["step"], exact=False)
+            found.setdefault(asked, owner)
     return found
 
 
