@@ -16,8 +16,9 @@ Measured in one run, with the same load generator (bench/loadgen.py) and the sam
 5. the sweeper's stalled-task query with 10k and 1M task rows in the table.
 
 Each load line ends with where the CPU went: the cores the server process and the load generator
-kept busy (from /proc, on Linux). vodflow's server sits at one core, held by the GIL, while the
-bare handler's run uses both.
+kept busy (from /proc, on Linux), and the server's CPU time per request, which sizes a deployment
+(one core handles about a million divided by it callbacks per second). vodflow's server sits at one
+core, held by the GIL, while the bare handler's run uses both.
 
 Each callback is a real TranscodeComplete or CreateImageSpriteComplete for a task of a run that
 waits for it; one in ten is sent twice (a resend, which must change nothing).
@@ -246,14 +247,20 @@ class CpuWatch:
         self.ours = time.process_time()
         self.theirs = server.cpu_seconds()
 
-    def report(self) -> str:
+    def report(self, requests: int) -> str:
+        """Cores kept busy, and the server's CPU time per request: the cost of one callback,
+        which a slower or busier machine changes far less than the rates."""
         wall = time.monotonic() - self.wall
         now = self.server.cpu_seconds()
         ours = (time.process_time() - self.ours) / wall
         if now is None or self.theirs is None:
             return f"load generator {ours:.2f} cores"
-        theirs = (now - self.theirs) / wall
-        return f"server {theirs:.2f} cores, load generator {ours:.2f}, of {os.cpu_count()}"
+        used = now - self.theirs
+        each = used / requests * 1e6
+        return (
+            f"server {used / wall:.2f} cores, {each:.0f} µs CPU per request; "
+            f"load generator {ours:.2f} cores, of {os.cpu_count()}"
+        )
 
 
 def free_port() -> int:
@@ -327,7 +334,7 @@ async def measure_full(
             rate=rate,
         )
         done = await wait_applied(url, unique) if until_applied else None
-        result.cpu = watch.report()
+        result.cpu = watch.report(len(result.latencies))
     finally:
         server.stop()
     return result, result.rate if done is None else len(bodies) / (done - start)
@@ -342,7 +349,7 @@ async def measure_bare(bodies: list[bytes], connections: int) -> loadgen.Result:
         result = await loadgen.run(
             "127.0.0.1", port, "/callbacks/vod", bodies, connections=connections
         )
-        result.cpu = watch.report()
+        result.cpu = watch.report(len(result.latencies))
         return result
     finally:
         server.stop()
