@@ -37,8 +37,8 @@ from orchestrator import machine as m
 from orchestrator import triggers
 from orchestrator.receiver import inbox_row
 from orchestrator.runner import Batch, Runner
+from orchestrator.store import driver, queues, tasks, windows
 from orchestrator.store import jobs as job_store
-from orchestrator.store import queues, tasks, windows
 from orchestrator.store.db import Database
 from orchestrator.store.queues import InboxStatus, NewInboxEvent
 from orchestrator.vod.client import VodClient
@@ -212,6 +212,8 @@ class Sweeper:
     async def fire_timers(self) -> dict[str, int]:
         batch = Batch()
 
+        failed: list[int] = []
+
         def fire(conn: sa.Connection) -> list[dict[str, Any]]:
             now = self.now
             due = queues.claim_due_timers(conn, now, self.batch)
@@ -219,14 +221,31 @@ class Sweeper:
                 event = m.TimerFired(
                     timer=timer["kind"], step=timer["step"], attempt=timer["attempt"]
                 )
-                with conn.begin_nested():
-                    self.runner.transition(conn, timer["run_id"], event, now, batch)
+                try:  # one timer that cannot be applied must not hold back the others
+                    with driver.savepoint(conn):
+                        self.runner.transition(conn, timer["run_id"], event, now, batch)
+                except Exception:
+                    log.exception(
+                        "%s timer %s of run %s (step %s) could not be applied; marked failed",
+                        timer["kind"],
+                        timer["id"],
+                        timer["run_id"],
+                        timer["step"] or "-",
+                    )
+                    failed.append(timer["id"])
+            queues.mark_timers_failed(conn, failed)
             return due
 
         due = await self.db.write(fire)
         self.runner.announce(batch)
-        timed_out = sum(1 for t in due if t["kind"] != "retry")
-        return {"fired": len(due), "timeouts": timed_out, "retries": len(due) - timed_out}
+        applied = [t for t in due if t["id"] not in failed]
+        timed_out = sum(1 for t in applied if t["kind"] != "retry")
+        return {
+            "fired": len(applied),
+            "timeouts": timed_out,
+            "retries": len(applied) - timed_out,
+            "failed": len(failed),
+        }
 
     async def poll_tasks(self) -> dict[str, int]:
         due = await self.db.write(

@@ -7,6 +7,7 @@ import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -106,14 +107,46 @@ async def test_due_timers_fire_and_fired_ones_do_not_again(
 ) -> None:
     runner, sweeper, clock = parts
     run_id = await _waiting_run(db, runner, clock)
-    assert await sweeper.fire_timers() == {"fired": 0, "timeouts": 0, "retries": 0}
+    none = {"fired": 0, "timeouts": 0, "retries": 0, "failed": 0}
+    assert await sweeper.fire_timers() == none
     clock.now += timedelta(minutes=11)
-    assert await sweeper.fire_timers() == {"fired": 1, "timeouts": 1, "retries": 0}
+    assert await sweeper.fire_timers() == {"fired": 1, "timeouts": 1, "retries": 0, "failed": 0}
     assert await _status(db, run_id) == "retrying"
     clock.now += timedelta(hours=1)
     fired = await sweeper.fire_timers()  # the retry timer, once
-    assert fired == {"fired": 1, "timeouts": 0, "retries": 1}
+    assert fired == {"fired": 1, "timeouts": 0, "retries": 1, "failed": 0}
     assert (await sweeper.fire_timers())["fired"] == 0
+
+
+async def test_a_timer_that_cannot_be_applied_is_marked_failed_and_the_others_fire(
+    db: Database, parts: tuple[Runner, Sweeper, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner, sweeper, clock = parts
+    broken_run = await _waiting_run(db, runner, clock)
+    clock.now += timedelta(seconds=1)
+    other_run = await _waiting_run(db, runner, clock)
+    transition = runner.transition
+
+    def flaky(conn: sa.Connection, run_id: str, *args: Any) -> Any:
+        if run_id == broken_run:
+            conn.exec_driver_sql("UPDATE runs SET error = 'half applied'")
+            raise RuntimeError("state unreadable")
+        return transition(conn, run_id, *args)
+
+    monkeypatch.setattr(runner, "transition", flaky)
+    clock.now += timedelta(minutes=11)
+    assert await sweeper.fire_timers() == {"fired": 1, "timeouts": 1, "retries": 0, "failed": 1}
+    assert await _status(db, other_run) == "retrying"
+    assert await _status(db, broken_run) == "awaiting_callback"
+    rows = await db.query(
+        lambda conn: conn.execute(
+            sa.text("SELECT run_id, status FROM timers WHERE kind = 'step_timeout'")
+        ).all()
+    )
+    assert sorted(map(tuple, rows)) == sorted([(broken_run, "failed"), (other_run, "fired")])
+    errors = await db.query(lambda conn: conn.execute(sa.text("SELECT error FROM runs")).all())
+    assert all(error is None for (error,) in errors)  # the failed one's writes were undone
+    assert (await sweeper.fire_timers())["failed"] == 0  # not tried again
 
 
 async def test_expired_outbox_leases_are_handed_back(

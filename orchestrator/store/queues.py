@@ -332,6 +332,13 @@ def claim_due_timers(conn: sa.Connection, now: datetime, limit: int) -> list[dic
     return [dict(r) for r in rows]
 
 
+def mark_timers_failed(conn: sa.Connection, ids: Sequence[int]) -> None:
+    """Timers whose input could not be applied (the error is logged): kept, not pruned, for an
+    operator to look at; the run itself is left as it was."""
+    if ids:
+        conn.execute(timers.update().where(timers.c.id.in_(ids)).values(status="failed"))
+
+
 def next_timer_due(conn: sa.Connection) -> datetime | None:
     due: datetime | None = (
         conn.execute(
