@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
@@ -142,7 +142,7 @@ def select(
     when asked (``skip_locked``: rows other transactions hold are left out)."""
     names = tuple(columns) if columns is not None else tuple(c.name for c in table.columns)
     _check(table, *order_by)
-    decode = _decoders(conn.dialect.name, table, names)
+    decode = _conversions(conn.dialect.name, table, names, 1)
     text = f"SELECT {', '.join(names)} FROM {table.name} WHERE {where}"  # noqa: S608 (checked)
     if order_by:
         text += f" ORDER BY {', '.join(order_by)}"
@@ -150,14 +150,12 @@ def select(
         text += f" LIMIT {int(limit)}"
     if (for_update or skip_locked) and conn.dialect.name == "postgresql":
         text += " FOR UPDATE SKIP LOCKED" if skip_locked else " FOR UPDATE"
-    cursor = _cursor(conn)
-    try:  # rows straight from the driver: SQLAlchemy's Row objects cost more than the query
+    with _cursor(conn) as cursor:  # rows straight from the driver: Row objects cost more
         cursor.execute(_paramstyle(conn.dialect.name, text), tuple(params))
         rows = cursor.fetchall()
-    finally:
-        cursor.close()
     found = [dict(zip(names, row, strict=True)) for row in rows]
-    for name, convert in decode:  # only the columns stored differently (times, JSON, booleans)
+    for position, convert in decode:  # only the columns stored differently (times, JSON, bools)
+        name = names[position]
         for values in found:
             values[name] = convert(values[name])
     return found
@@ -166,39 +164,24 @@ def select(
 def scalar(conn: sa.Connection, text: str, params: Sequence[Any] = ()) -> Any:
     """The first value of the first row of a query vodflow wrote (``?`` placeholders), as the
     driver returns it; None when there is no row."""
-    cursor = _cursor(conn)
-    try:
+    with _cursor(conn) as cursor:
         cursor.execute(_paramstyle(conn.dialect.name, text), tuple(params))
         row = cursor.fetchone()
-    finally:
-        cursor.close()
     return None if row is None else row[0]
 
 
 @cache
-def _decoders(
-    backend: str, table: sa.Table, names: tuple[str, ...]
-) -> tuple[tuple[str, Convert], ...]:
-    """The columns among ``names`` read back differently from how the driver gives them, with
-    their converters (looked up once per statement shape: a group's queries repeat them)."""
-    _check(table, *names)
-    return tuple(
-        (name, convert)
-        for name in names
-        if (convert := _converters(backend, table.c[name])[1]) is not _same
-    )
-
-
-@cache
-def _encoders(
-    backend: str, table: sa.Table, names: tuple[str, ...]
+def _conversions(
+    backend: str, table: sa.Table, names: tuple[str, ...], way: int
 ) -> tuple[tuple[int, Convert], ...]:
-    """The positions among ``names`` the driver takes differently, with their converters."""
+    """The positions among ``names`` whose values the driver takes (``way`` 0) or gives (1)
+    differently from vodflow's, with their converters: looked up once per statement shape, as
+    a group's statements repeat them (a KeyError names an unknown column)."""
     _check(table, *names)
     return tuple(
         (position, convert)
         for position, name in enumerate(names)
-        if (convert := _converters(backend, table.c[name])[0]) is not _same
+        if (convert := _converters(backend, table.c[name])[way]) is not _same
     )
 
 
@@ -246,7 +229,7 @@ def _by_columns(
         groups.setdefault(tuple(row), []).append(row)
     for columns, group in groups.items():
         names = order(columns)
-        encode = _encoders(backend, table, names)
+        encode = _conversions(backend, table, names, 0)
         params = [[row[name] for name in names] for row in group]
         for position, convert in encode:  # only the columns stored differently
             for values in params:
@@ -289,10 +272,10 @@ def execute_many(conn: sa.Connection, text: str, params: list[tuple[Any, ...]]) 
     _executemany(conn, _paramstyle(conn.dialect.name, text), params)
 
 
-def _cursor(conn: sa.Connection) -> Any:
+def _cursor(conn: sa.Connection) -> closing[Any]:
     """A DBAPI cursor in ``conn``'s transaction (begun by SQLAlchemy, so BEGIN IMMEDIATE on
-    SQLite has run)."""
-    return conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    SQLite has run), closed when its ``with`` block ends."""
+    return closing(conn.connection.dbapi_connection.cursor())  # type: ignore[union-attr]
 
 
 _savepoints = itertools.count(1)
@@ -316,18 +299,11 @@ def savepoint(conn: sa.Connection) -> Iterator[None]:
 
 
 def _execute(conn: sa.Connection, text: str) -> None:
-    cursor = _cursor(conn)
-    try:
+    with _cursor(conn) as cursor:
         cursor.execute(text)
-    finally:
-        cursor.close()
 
 
 def _executemany(conn: sa.Connection, text: str, params: list[tuple[Any, ...]]) -> None:
-    if not params:
-        return
-    cursor = _cursor(conn)
-    try:
-        cursor.executemany(text, params)
-    finally:
-        cursor.close()
+    if params:
+        with _cursor(conn) as cursor:
+            cursor.executemany(text, params)
