@@ -212,12 +212,11 @@ class Sweeper:
     async def fire_timers(self) -> dict[str, int]:
         batch = Batch()
 
-        failed: list[int] = []
-
-        def fire(conn: sa.Connection) -> list[dict[str, Any]]:
+        def fire(conn: sa.Connection) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+            """(the timers applied, the timers that could not be)"""
             now = self.now
-            due = queues.claim_due_timers(conn, now, self.batch)
-            for timer in due:
+            applied, failed = [], []
+            for timer in queues.claim_due_timers(conn, now, self.batch):
                 event = m.TimerFired(
                     timer=timer["kind"], step=timer["step"], attempt=timer["attempt"]
                 )
@@ -232,13 +231,14 @@ class Sweeper:
                         timer["run_id"],
                         timer["step"] or "-",
                     )
-                    failed.append(timer["id"])
-            queues.mark_timers_failed(conn, failed)
-            return due
+                    failed.append(timer)
+                else:
+                    applied.append(timer)
+            queues.mark_timers_failed(conn, [t["id"] for t in failed])
+            return applied, failed
 
-        due = await self.db.write(fire)
+        applied, failed = await self.db.write(fire)
         self.runner.announce(batch)
-        applied = [t for t in due if t["id"] not in failed]
         timed_out = sum(1 for t in applied if t["kind"] != "retry")
         return {
             "fired": len(applied),
