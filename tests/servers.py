@@ -16,7 +16,16 @@ from tests.conftest import free_port
 async def serving(app: ASGIApp, port: int | None = None) -> AsyncIterator[str]:
     """Serve ``app`` on 127.0.0.1 in this event loop; yields the base URL; stops it after."""
     port = port or free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    # Bounded as `vodflow serve` is: a connection left open (a browser tab's event stream, when
+    # a test fails before it closes its page) must not hold the test's exit forever.
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
