@@ -153,6 +153,7 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         for status in ("pending", "orphan", "failed", "invalid"):
             metrics.inbox_depth.labels(status).set(raw["inbox"].get(status, 0))
         metrics.outbox_depth.set(raw["outbox_pending"])
+        metrics.failed_timers.set(raw["failed_timers"])
         return {}
 
     sweeper.jobs["metrics"] = (max(settings.sweep_interval, 5.0), refresh_gauges)

@@ -1,4 +1,5 @@
-"""Operators' commands: `vodflow runs`, `run show`, `retry`, `cancel`, `events`.
+"""Operators' commands: `vodflow runs`, `run show`, `retry`, `cancel`, `events`, `timers`,
+`timer replay`.
 
 They speak the dashboard API. By default they ask the running server (``VODFLOW_PUBLIC_URL`` or
 HOST:PORT, with ``VODFLOW_API_TOKEN``); when none answers, or with ``--direct``, the same API runs
@@ -181,6 +182,9 @@ def register(app: typer.Typer, settings: Any) -> None:
                 _when(entry["at"]), entry["input"], entry["step"] or "-", change, entry["reason"]
             )
         console.print(timeline)
+        waiting = [t for t in run["timers"] if t["status"] in ("pending", "failed")]
+        if waiting:
+            console.print(_timer_table(waiting))
 
     @app.command("retry")
     def retry(
@@ -240,3 +244,55 @@ def register(app: typer.Typer, settings: Any) -> None:
         console.print(table)
         if not page["events"]:
             print("no events", file=sys.stderr)
+
+    @app.command("timers")
+    def timers(
+        status: Annotated[
+            list[str] | None,
+            typer.Option("--status", help="Only these statuses (default: failed)."),
+        ] = None,
+        run: Annotated[str | None, typer.Option("--run", help="Only this run's.")] = None,
+        limit: int = 50,
+        direct: Direct = False,
+        as_json: AsJson = False,
+    ) -> None:
+        """Timers, newest first; by default those that could not be applied (their runs wait
+        until one is replayed with `vodflow timer replay`)."""
+        params: dict[str, Any] = {"status": status or ["failed"], "limit": limit}
+        if run:
+            params["runId"] = run
+        page = _call(settings(), direct, "GET", "/api/timers", params=params)
+        if as_json:
+            print(json.dumps(page, indent=2, ensure_ascii=False))
+            return
+        console.print(_timer_table(page["timers"], with_run=True))
+        if not page["timers"]:
+            print("no timers", file=sys.stderr)
+
+    timer_app = typer.Typer(help="One timer.", no_args_is_help=True)
+    app.add_typer(timer_app, name="timer")
+
+    @timer_app.command("replay")
+    def replay(timer_id: int, direct: Direct = False) -> None:
+        """Fire a failed timer again now (once its cause is fixed). Exits 1 if it fails again."""
+        result = _call(settings(), direct, "POST", f"/api/timers/{timer_id}/replay")
+        timer = result["timer"]
+        if timer["status"] == "failed":
+            err.print(f"timer {timer_id} of run {timer['runId']} failed again: {timer['error']}")
+            raise typer.Exit(1)
+        console.print(f"timer {timer_id} of run {timer['runId']}: {timer['status']}")
+
+
+def _timer_table(timers: list[dict[str, Any]], *, with_run: bool = False) -> Table:
+    table = Table("id", *(["run"] if with_run else []), "due", "timer", "status", "error")
+    for t in timers:
+        what = f"{t['kind']} {t['step']} (attempt {t['attempt']})" if t["step"] else t["kind"]
+        table.add_row(
+            str(t["id"]),
+            *([t["runId"]] if with_run else []),
+            _when(t["dueAt"]),
+            what,
+            _status(t["status"]),
+            t["error"] or "",
+        )
+    return table

@@ -2,8 +2,8 @@
 
 Workflows; runs (filters, cursor pages, newest first); one run with its steps, tasks, history and
 callbacks; look-ups by VOD task ID or fileId; inbox events (orphans, invalid bodies, with their raw
-bodies); stats; actions (retry, cancel, replay an event, trigger a run), idempotent and recorded
-in the run's history; and live updates as Server-Sent Events (/api/events).
+bodies); stats; actions (retry, cancel, replay an event or a failed timer, trigger a run),
+idempotent and recorded in the run's history; and live updates as Server-Sent Events (/api/events).
 
 Access: with ``VODFLOW_API_TOKEN`` (admin) and/or ``VODFLOW_API_READ_TOKEN`` (read-only) set,
 every /api request needs ``Authorization: Bearer <token>`` (or ``?access_token=`` where a
@@ -161,12 +161,23 @@ class EventInfo(ApiModel):
     body: str | None = Field(None, description="The body as received (in event listings).")
 
 
+class TimerInfo(ApiModel):
+    id: int
+    kind: str = Field(description="run_timeout, step_timeout or retry")
+    step: str | None
+    attempt: int | None
+    due_at: datetime
+    status: str = Field(description="pending, fired, cancelled, or failed (see error)")
+    error: str | None = Field(description="Why applying it failed; replay it once fixed.")
+
+
 class RunDetail(RunSummary):
     context: dict[str, JsonValue]
     deadline: datetime | None
     steps: list[StepInfo]
     history: list[HistoryInfo]
     events: list[EventInfo]
+    timers: list[TimerInfo]
 
 
 class TriggerRequest(ApiModel):
@@ -198,6 +209,19 @@ class ActionResult(ApiModel):
 class ReplayResult(ApiModel):
     event_id: int
     replayed: bool
+
+
+class TimerDetail(TimerInfo):
+    run_id: str
+
+
+class TimerPage(ApiModel):
+    timers: list[TimerDetail]
+    next_cursor: str | None
+
+
+class TimerReplayResult(ApiModel):
+    timer: TimerDetail = Field(description="The timer after the sweep that fired it again.")
 
 
 class TaskLookup(ApiModel):
@@ -246,6 +270,9 @@ class Stats(ApiModel):
     quota: Quota
     inbox: dict[str, int]
     outbox_pending: int
+    failed_timers: int = Field(
+        description="Timers that could not be applied: their runs wait until they are replayed."
+    )
     sweeper: list[JobInfo]
 
 
@@ -270,6 +297,15 @@ class EventQuery(ApiModel):
     source: str | None = None
     run_id: str | None = None
     task_id: str | None = None
+    cursor: str | None = None
+    limit: int = Field(50, ge=1, le=500)
+
+
+class TimerQuery(ApiModel):
+    status: list[str] = Field(
+        default_factory=list, description="pending, fired, cancelled, failed; repeat for several."
+    )
+    run_id: str | None = None
     cursor: str | None = None
     limit: int = Field(50, ge=1, le=500)
 
@@ -434,6 +470,10 @@ def _event_info(e: dict[str, Any], with_body: bool) -> EventInfo:
     )
 
 
+def _timer_info(t: dict[str, Any]) -> TimerInfo:
+    return TimerInfo(**{k: t[k] for k in TimerInfo.model_fields})
+
+
 def _services(request: Request) -> Any:
     return request.app.state.services
 
@@ -518,6 +558,7 @@ async def get_run(request: Request) -> Response:
                 for h in run["history"]
             ],
             events=[_event_info(e, with_body=False) for e in run["events"]],
+            timers=[_timer_info(t) for t in run["timers"]],
         )
 
     found = await _services(request).db.query(detail)
@@ -622,6 +663,34 @@ async def replay_event(request: Request) -> Response:
     return ok(ReplayResult(event_id=event_id, replayed=replayed))
 
 
+async def list_timers(request: Request) -> Response:
+    q = parse_query(request, TimerQuery)
+    before = int(_decode_cursor(q.cursor)) if q.cursor else None
+    rows = await _services(request).db.query(
+        views.list_timers, status=q.status or None, run_id=q.run_id, before=before, limit=q.limit
+    )
+    cursor = _encode_cursor(rows[-1]["id"]) if len(rows) == q.limit else None
+    return ok(TimerPage(timers=[TimerDetail(**t) for t in rows], next_cursor=cursor))
+
+
+async def replay_timer(request: Request) -> Response:
+    """A failed timer made pending again, and the timer sweep run at once: the answer says
+    whether it fired this time or failed again (with the new error)."""
+    try:
+        timer_id = int(request.path_params["timer_id"])
+    except ValueError:
+        return problem(404, f"no timer {request.path_params['timer_id']!r}")
+    services = _services(request)
+    row = await services.db.query(views.timer, timer_id)
+    if row is None:
+        return problem(404, f"no timer {timer_id}")
+    if not await services.db.write(queues.replay_timer, timer_id):
+        return problem(409, f"timer {timer_id} is {row['status']}: only a failed timer is replayed")
+    await services.sweeper.run_job("timers")
+    after = await services.db.query(views.timer, timer_id)
+    return ok(TimerReplayResult(timer=TimerDetail(**(after or row))))
+
+
 def _percentiles(values: list[float]) -> Percentiles:
     if not values:
         return Percentiles(count=0, p50=None, p95=None)
@@ -652,6 +721,7 @@ async def get_stats(request: Request) -> Response:
             ),
             inbox=raw["inbox"],
             outbox_pending=raw["outbox_pending"],
+            failed_timers=raw["failed_timers"],
             sweeper=[
                 JobInfo(
                     name=j.name,
@@ -807,6 +877,24 @@ ENDPOINTS: list[Endpoint] = [
         replay_event,
         "Apply an inbox event again",
         ReplayResult,
+        scope="admin",
+        errors=(404, 409),
+    ),
+    Endpoint(
+        "GET",
+        "/api/timers",
+        list_timers,
+        "Timers (failed ones: runs waiting on an operator), newest first",
+        TimerPage,
+        query=TimerQuery,
+        errors=(422,),
+    ),
+    Endpoint(
+        "POST",
+        "/api/timers/{timer_id}/replay",
+        replay_timer,
+        "Fire a failed timer again",
+        TimerReplayResult,
         scope="admin",
         errors=(404, 409),
     ),

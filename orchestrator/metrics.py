@@ -74,6 +74,11 @@ class Metrics:
         self.outbox_depth = Gauge(
             "vodflow_outbox_depth", "Outbox commands not yet done.", registry=r
         )
+        self.failed_timers = Gauge(
+            "vodflow_timers_failed",
+            "Timers that could not be applied: their runs wait until they are replayed.",
+            registry=r,
+        )
 
     def callback(self, source: str, kind: str, outcome: str) -> None:
         """Count a callback. Event types vodflow does not read count as ``other``: the type

@@ -223,7 +223,7 @@ class Sweeper:
                 try:  # one timer that cannot be applied must not hold back the others
                     with driver.savepoint(conn):
                         self.runner.transition(conn, timer["run_id"], event, now, batch)
-                except Exception:
+                except Exception as exc:
                     log.exception(
                         "%s timer %s of run %s (step %s) could not be applied; marked failed",
                         timer["kind"],
@@ -231,10 +231,10 @@ class Sweeper:
                         timer["run_id"],
                         timer["step"] or "-",
                     )
-                    failed.append(timer)
+                    failed.append({**timer, "error": f"{type(exc).__name__}: {exc}"})
                 else:
                     applied.append(timer)
-            queues.mark_timers_failed(conn, [t["id"] for t in failed])
+            queues.mark_timers_failed(conn, {t["id"]: t["error"] for t in failed})
             return applied, failed
 
         applied, failed = await self.db.write(fire)

@@ -27,6 +27,8 @@ class Service:
     base: str
     vod: FakeVod
     http: httpx.AsyncClient
+    app: Any = None
+    """The served app (its ``state.services``), for tests that inject a fault."""
 
     async def callback(self, body: dict[str, Any], path: str = "/callbacks/vod") -> httpx.Response:
         return await self.http.post(f"{self.base}{path}?token={TOKEN}", json=body)
@@ -102,4 +104,4 @@ async def running_service(
         }
         app = create_app(load_settings(**options))
         async with serving(app, port) as base, httpx.AsyncClient(timeout=10) as http:
-            yield Service(base, vod, http)
+            yield Service(base, vod, http, app)

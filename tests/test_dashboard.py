@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from orchestrator import machine as m
 from orchestrator.app import UnsafeBinding, create_app
 from orchestrator.config import load_settings
 from tests.fakevod import new_file_upload, sprite_complete, transcode_complete
@@ -165,6 +166,79 @@ async def test_actions_are_idempotent_and_recorded(service: Service) -> None:
     assert "has not answered" in retried["reason"] or retried["changed"]
 
 
+TIMES_OUT = """
+name: times-out
+triggers: [{type: manual, params: [fileId]}]
+steps:
+  - name: transcode
+    process: {fileId: "{{ trigger.fileId }}", procedure: TranscodeAndSprite}
+    timeout: 1s
+    retry: {max_attempts: 1}
+    verify: false
+"""
+
+
+async def test_a_timer_that_could_not_be_applied_is_shown_and_replayed(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    async with running_service(tmp_path, sqlite_url, {"times-out": TIMES_OUT}) as service:
+        runner = service.app.state.services.runner
+        transition = runner.transition
+
+        def broken(conn: Any, run_id: str, event: Any, *args: Any) -> Any:
+            if isinstance(event, m.TimerFired):
+                raise RuntimeError("workflow store unreachable")
+            return transition(conn, run_id, event, *args)
+
+        runner.transition = broken
+        created = await service.http.post(
+            f"{service.base}/api/runs", json={"workflow": "times-out", "params": {"fileId": "t"}}
+        )
+        run_id = created.json()["runId"]
+
+        async def failed_timers() -> int:
+            stats = (await service.http.get(f"{service.base}/api/stats")).json()
+            return int(stats["failedTimers"])
+
+        assert await service.wait(failed_timers) == 1
+        run = await service.run(run_id)
+        assert run["status"] == "awaiting_callback"  # left as it was: the timeout never applied
+        (timer,) = [t for t in run["timers"] if t["status"] == "failed"]
+        assert (timer["kind"], timer["step"]) == ("step_timeout", "transcode")
+        assert timer["error"] == "RuntimeError: workflow store unreachable"
+        listed = (await service.http.get(f"{service.base}/api/timers?status=failed")).json()
+        assert [(t["id"], t["runId"]) for t in listed["timers"]] == [(timer["id"], run_id)]
+        await service.app.state.services.sweeper.run_job("metrics")  # else every 5 s
+        metrics = (await service.http.get(f"{service.base}/metrics")).text
+        assert "vodflow_timers_failed 1.0" in metrics
+
+        listed_by_cli = await _vodflow(service, tmp_path, sqlite_url, "timers", "--json")
+        assert [t["id"] for t in json.loads(listed_by_cli)["timers"]] == [timer["id"]]
+        shown = await _vodflow(service, tmp_path, sqlite_url, "run", "show", run_id)
+        assert "workflow store unreachable" in shown
+        failed_again = await _vodflow(
+            service, tmp_path, sqlite_url, "timer", "replay", str(timer["id"]), returncode=1
+        )
+        assert f"timer {timer['id']} of run {run_id} failed again: RuntimeError" in failed_again
+
+        replay = f"{service.base}/api/timers/{timer['id']}/replay"
+        again = (await service.http.post(replay)).json()["timer"]
+        assert (again["status"], again["error"]) == ("failed", timer["error"])  # still broken
+
+        runner.transition = transition  # the cause fixed
+        fired = await service.http.post(replay)
+        assert fired.status_code == 200
+        assert fired.json()["timer"] == {**timer, "runId": run_id, "status": "fired", "error": None}
+        run = await service.run(run_id)
+        assert run["status"] == "failed"  # the step timed out on its only attempt
+        assert any(h["input"] == "timer_fired" for h in run["history"])
+        assert await failed_timers() == 0
+        twice = await service.http.post(replay)
+        assert twice.status_code == 409
+        assert "is fired: only a failed timer is replayed" in twice.json()["error"]
+        assert (await service.http.post(f"{service.base}/api/timers/999/replay")).status_code == 404
+
+
 async def test_stats(service: Service) -> None:
     await finished_run(service)
     stats = (await service.http.get(f"{service.base}/api/stats")).json()
@@ -294,7 +368,11 @@ async def test_schemathesis_finds_no_server_errors_and_responses_match(service: 
         assert (await http.get(f"{service.base}/healthz")).status_code == 200
 
 
-async def _vodflow(service: Service, tmp_path: Path, sqlite_url: str, *args: str) -> str:
+async def _vodflow(
+    service: Service, tmp_path: Path, sqlite_url: str, *args: str, returncode: int = 0
+) -> str:
+    """What ``vodflow *args`` printed once it exited with ``returncode``: its standard output, and
+    when it failed, its standard error after that."""
     port = service.base.rsplit(":", 1)[1]
     env = {
         "PATH": "/usr/bin:/bin",
@@ -309,8 +387,8 @@ async def _vodflow(service: Service, tmp_path: Path, sqlite_url: str, *args: str
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     out, errors = await proc.communicate()
-    assert proc.returncode == 0, errors.decode()
-    return out.decode()
+    assert proc.returncode == returncode, errors.decode()
+    return out.decode() + (errors.decode() if returncode else "")
 
 
 async def test_cli_talks_to_the_server_or_the_database(

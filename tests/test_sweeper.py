@@ -140,13 +140,23 @@ async def test_a_timer_that_cannot_be_applied_is_marked_failed_and_the_others_fi
     assert await _status(db, broken_run) == "awaiting_callback"
     rows = await db.query(
         lambda conn: conn.execute(
-            sa.text("SELECT run_id, status FROM timers WHERE kind = 'step_timeout'")
+            sa.text("SELECT id, run_id, status, error FROM timers WHERE kind = 'step_timeout'")
         ).all()
     )
-    assert sorted(map(tuple, rows)) == sorted([(broken_run, "failed"), (other_run, "fired")])
+    assert sorted(tuple(r[1:]) for r in rows) == sorted(
+        [(broken_run, "failed", "RuntimeError: state unreadable"), (other_run, "fired", None)]
+    )
     errors = await db.query(lambda conn: conn.execute(sa.text("SELECT error FROM runs")).all())
     assert all(error is None for (error,) in errors)  # the failed one's writes were undone
     assert (await sweeper.fire_timers())["failed"] == 0  # not tried again
+
+    # Once the cause is fixed, an operator replays it: it fires, and only once.
+    monkeypatch.setattr(runner, "transition", transition)
+    (failed_id,) = [r[0] for r in rows if r[1] == broken_run]
+    assert await db.write(queues.replay_timer, failed_id) is True
+    assert await db.write(queues.replay_timer, failed_id) is False  # pending now, not failed
+    assert await sweeper.fire_timers() == {"fired": 1, "timeouts": 1, "retries": 0, "failed": 0}
+    assert await _status(db, broken_run) == "retrying"
 
 
 async def test_expired_outbox_leases_are_handed_back(

@@ -361,7 +361,9 @@ function runsPage() {
         li.classList.toggle("zero", n === 0);
       }
       $("stat-stalled").textContent = s.stalledTasks;
-      $("stat-stalled-box").classList.toggle("alert", s.stalledTasks > 0);
+      $("stat-stalled-box").classList.toggle("alert", s.stalledTasks > 0 || s.failedTimers > 0);
+      $("stat-stalled-sub").textContent = "callbacks past their expected time" + (s.failedTimers
+        ? ` · ${s.failedTimers} timer${s.failedTimers === 1 ? "" : "s"} could not be applied (GET /api/timers?status=failed)` : "");
       $("stat-quota").textContent = `${s.quota.used} / ${s.quota.limit}`;
       $("stat-quota-meter").max = s.quota.limit;
       $("stat-quota-meter").value = s.quota.used;
@@ -459,6 +461,10 @@ function runPage() {
     $("history").replaceChildren(...r.history.map(renderHistory));
     $("events").replaceChildren(...r.events.map(renderEvent));
     if (!r.events.length) $("events").append(h("tr", {}, h("td", { colspan: 4, class: "muted" }, "none yet")));
+    // Timers still to fire, and those that could not be applied (the run waits on them).
+    const timers = r.timers.filter((t) => t.status === "pending" || t.status === "failed");
+    $("timers-section").hidden = !timers.length;
+    $("timers").replaceChildren(...timers.map(renderTimer));
     renderOutputs(r);
   }
 
@@ -510,6 +516,35 @@ function runPage() {
       h("span", { class: "move" }, entry.fromStatus === entry.toStatus ? words(entry.toStatus)
         : `${words(entry.fromStatus)} → ${words(entry.toStatus)}`),
       h("span", { class: "reason" }, entry.step ? `${entry.step}: ${entry.reason}` : entry.reason));
+  }
+
+  function renderTimer(timer) {
+    const failed = timer.status === "failed";
+    const what = timer.step ? `${words(timer.kind)}: ${timer.step}` : words(timer.kind);
+    return h("tr", { class: failed ? "attention" : "", "data-timer-id": timer.id },
+      h("td", {}, when(timer.dueAt)),
+      h("td", {}, what, timer.attempt != null && h("span", { class: "line small muted" }, `attempt ${timer.attempt}`)),
+      h("td", {}, failed ? badge("failed") : words(timer.status)),
+      h("td", {}, failed && h("span", { class: "line error small" }, timer.error || ""),
+        failed && h("button", { type: "button", class: "quiet", "aria-label": `Replay timer ${timer.id}`,
+          onclick: (e) => replayTimer(timer.id, e.currentTarget) }, "Replay")));
+  }
+
+  async function replayTimer(timerId, button) {
+    button.disabled = true;
+    message.className = "message";
+    message.textContent = "Replaying the timer…";
+    try {
+      const answer = await api(`/api/timers/${timerId}/replay`, { method: "POST" });
+      const t = answer.timer;
+      message.className = "message " + (t.status === "failed" ? "error" : "ok");
+      message.textContent = t.status === "failed" ? `Timer ${timerId} failed again: ${t.error}`
+        : `Timer ${timerId} ${words(t.status)}`;
+    } catch (error) {
+      message.className = "message error";
+      message.textContent = `Replay refused: ${error.message}`;
+    }
+    load();
   }
 
   function renderEvent(event) {

@@ -11,7 +11,7 @@ serializes writers, which gives the same guarantee on one machine.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -332,11 +332,24 @@ def claim_due_timers(conn: sa.Connection, now: datetime, limit: int) -> list[dic
     return [dict(r) for r in rows]
 
 
-def mark_timers_failed(conn: sa.Connection, ids: Sequence[int]) -> None:
-    """Timers whose input could not be applied (the error is logged): kept, not pruned, for an
-    operator to look at; the run itself is left as it was."""
-    if ids:
-        conn.execute(timers.update().where(timers.c.id.in_(ids)).values(status="failed"))
+def mark_timers_failed(conn: sa.Connection, errors: Mapping[int, str]) -> None:
+    """Timers whose input could not be applied, with why: kept, not pruned, until an operator
+    replays them (:func:`replay_timer`); the run itself is left as it was."""
+    for timer_id, error in errors.items():  # rare: one statement each
+        conn.execute(
+            timers.update().where(timers.c.id == timer_id).values(status="failed", error=error)
+        )
+
+
+def replay_timer(conn: sa.Connection, timer_id: int) -> bool:
+    """Make a failed timer pending again (an operator's replay, once the cause is fixed): the
+    next timer sweep fires it. False when there is no such failed timer."""
+    result = conn.execute(
+        timers.update()
+        .where(timers.c.id == timer_id, timers.c.status == lit("failed"))
+        .values(status="pending", error=None)
+    )
+    return bool(result.rowcount)
 
 
 def next_timer_due(conn: sa.Connection) -> datetime | None:

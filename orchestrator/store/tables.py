@@ -207,6 +207,8 @@ class Timer(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_timers_due", "due_at", **pending_only("status", "pending")),
         sa.Index("ix_timers_run", "run_id", "step"),
+        # Failed timers are rare and kept until an operator replays them: counted cheaply.
+        sa.Index("ix_timers_failed", "id", **pending_only("status", "failed")),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -218,6 +220,8 @@ class Timer(SQLModel, table=True):
     status: str = Field(max_length=16)
     lease_owner: str | None = Field(default=None, max_length=80)
     lease_until: datetime | None = _time()
+    error: str | None = _text()
+    """Why applying it failed (status ``failed``)."""
 
 
 class HistoryRow(SQLModel, table=True):

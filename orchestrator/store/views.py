@@ -7,13 +7,19 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from orchestrator.store.tables import HistoryRow, InboxEvent, Run, StepRow, TaskRow
+from orchestrator.store.tables import HistoryRow, InboxEvent, Run, StepRow, TaskRow, Timer
 
 runs = Run.__table__  # type: ignore[attr-defined]
 steps = StepRow.__table__  # type: ignore[attr-defined]
 tasks = TaskRow.__table__  # type: ignore[attr-defined]
 history = HistoryRow.__table__  # type: ignore[attr-defined]
 inbox = InboxEvent.__table__  # type: ignore[attr-defined]
+timers = Timer.__table__  # type: ignore[attr-defined]
+
+_TIMER_COLUMNS = (
+    *(timers.c.id, timers.c.run_id, timers.c.kind, timers.c.step, timers.c.attempt),
+    *(timers.c.due_at, timers.c.status, timers.c.error),
+)
 
 
 def run_detail(conn: sa.Connection, run_id: str) -> dict[str, Any] | None:
@@ -47,12 +53,43 @@ def run_detail(conn: sa.Connection, run_id: str) -> dict[str, Any] | None:
             .order_by(inbox.c.id)
         )
     ).mappings()
+    run_timers = conn.execute(
+        sa.select(*_TIMER_COLUMNS)
+        .where(timers.c.run_id == run_id)
+        .order_by(timers.c.due_at, timers.c.id)
+    ).mappings()
     return {
         **dict(row),
         "steps": [{**dict(s), "tasks": by_step.get(s["name"], [])} for s in step_rows],
         "history": [dict(h) for h in entries],
         "events": [dict(e) for e in events],
+        "timers": [dict(t) for t in run_timers],
     }
+
+
+def list_timers(
+    conn: sa.Connection,
+    *,
+    status: list[str] | None = None,
+    run_id: str | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Timers, newest first; ``before`` is the id cursor of the last row of a page."""
+    query = sa.select(*_TIMER_COLUMNS).order_by(timers.c.id.desc()).limit(limit)
+    if status:
+        query = query.where(timers.c.status.in_(status))
+    if run_id:
+        query = query.where(timers.c.run_id == run_id)
+    if before is not None:
+        query = query.where(timers.c.id < before)
+    return [dict(r) for r in conn.execute(query).mappings()]
+
+
+def timer(conn: sa.Connection, timer_id: int) -> dict[str, Any] | None:
+    row = conn.execute(sa.select(*_TIMER_COLUMNS).where(timers.c.id == timer_id)).mappings()
+    found = row.first()
+    return dict(found) if found else None
 
 
 def list_runs(
@@ -228,7 +265,14 @@ def queue_depths(conn: sa.Connection) -> dict[str, Any]:
     outbox_pending = conn.execute(
         sa.text("SELECT count(*) FROM outbox WHERE status IN ('pending', 'in_flight')")
     ).scalar_one()
-    return {"inbox": depth, "outbox_pending": int(outbox_pending)}
+    failed_timers = conn.execute(
+        sa.text("SELECT count(*) FROM timers WHERE status = 'failed'")  # ix_timers_failed
+    ).scalar_one()
+    return {
+        "inbox": depth,
+        "outbox_pending": int(outbox_pending),
+        "failed_timers": int(failed_timers),
+    }
 
 
 def history_since(conn: sa.Connection, after: int, limit: int = 200) -> list[dict[str, Any]]:
