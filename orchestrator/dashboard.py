@@ -337,8 +337,19 @@ def problem(status: int, detail: str) -> JSON:
 
 
 class Invalid(Exception):
-    def __init__(self, detail: str) -> None:
+    """A request refused with ``status`` (422 unless said) and a problem body saying why."""
+
+    def __init__(self, detail: str, status: int = 422) -> None:
         self.detail = detail
+        self.status = status
+
+
+def _id_param(request: Request, name: str, what: str) -> int:
+    """A numeric ID from the path; any other text names nothing there (404)."""
+    try:
+        return int(request.path_params[name])
+    except ValueError:
+        raise Invalid(f"no {what} {request.path_params[name]!r}", status=404) from None
 
 
 def _errors(exc: ValidationError, where: str) -> str:
@@ -637,10 +648,7 @@ async def list_events(request: Request) -> Response:
 
 
 async def get_event(request: Request) -> Response:
-    try:
-        event_id = int(request.path_params["event_id"])
-    except ValueError:
-        return problem(404, f"no inbox event {request.path_params['event_id']!r}")
+    event_id = _id_param(request, "event_id", "inbox event")
     row = await _services(request).db.query(views.inbox_event, event_id)
     if row is None:
         return problem(404, f"no inbox event {event_id}")
@@ -648,10 +656,7 @@ async def get_event(request: Request) -> Response:
 
 
 async def replay_event(request: Request) -> Response:
-    try:
-        event_id = int(request.path_params["event_id"])
-    except ValueError:
-        return problem(404, f"no inbox event {request.path_params['event_id']!r}")
+    event_id = _id_param(request, "event_id", "inbox event")
     services = _services(request)
     row = await services.db.query(views.inbox_event, event_id)
     if row is None:
@@ -676,10 +681,7 @@ async def list_timers(request: Request) -> Response:
 async def replay_timer(request: Request) -> Response:
     """A failed timer made pending again, and the timer sweep run at once: the answer says
     whether it fired this time or failed again (with the new error)."""
-    try:
-        timer_id = int(request.path_params["timer_id"])
-    except ValueError:
-        return problem(404, f"no timer {request.path_params['timer_id']!r}")
+    timer_id = _id_param(request, "timer_id", "timer")
     services = _services(request)
     row = await services.db.query(views.timer, timer_id)
     if row is None:
@@ -916,7 +918,7 @@ def _wrap(endpoint: Endpoint) -> Any:
         try:
             return await endpoint.handler(request)
         except Invalid as exc:
-            return problem(422, exc.detail)
+            return problem(exc.status, exc.detail)
 
     handle.__name__ = endpoint.handler.__name__
     return handle

@@ -105,3 +105,46 @@ async def running_service(
         app = create_app(load_settings(**options))
         async with serving(app, port) as base, httpx.AsyncClient(timeout=10) as http:
             yield Service(base, vod, http, app)
+
+
+TIMES_OUT = """
+name: times-out
+triggers: [{type: manual, params: [fileId]}]
+steps:
+  - name: transcode
+    process: {fileId: "{{ trigger.fileId }}", procedure: TranscodeAndSprite}
+    timeout: 1s
+    retry: {max_attempts: 1}
+    verify: false
+"""
+"""A workflow whose only step times out after a second, with no retry."""
+
+
+async def run_with_a_failed_timer(service: Service) -> tuple[str, Callable[[], None]]:
+    """A run of ``times-out`` whose step timeout could not be applied (the transition raised),
+    and the fix that makes applying timers work again."""
+    from orchestrator.machine import TimerFired
+
+    runner = service.app.state.services.runner
+    transition = runner.transition
+
+    def broken(conn: Any, run_id: str, event: Any, *args: Any) -> Any:
+        if isinstance(event, TimerFired):
+            raise RuntimeError("workflow store unreachable")
+        return transition(conn, run_id, event, *args)
+
+    def fix() -> None:
+        runner.transition = transition
+
+    runner.transition = broken
+    created = await service.http.post(
+        f"{service.base}/api/runs", json={"workflow": "times-out", "params": {"fileId": "t"}}
+    )
+    created.raise_for_status()
+
+    async def failed() -> bool:
+        stats = (await service.http.get(f"{service.base}/api/stats")).json()
+        return bool(stats["failedTimers"])
+
+    await service.wait(failed)
+    return created.json()["runId"], fix

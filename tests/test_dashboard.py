@@ -13,11 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator import machine as m
 from orchestrator.app import UnsafeBinding, create_app
 from orchestrator.config import load_settings
 from tests.fakevod import new_file_upload, sprite_complete, transcode_complete
-from tests.harness import Service, running_service
+from tests.harness import TIMES_OUT, Service, run_with_a_failed_timer, running_service
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -166,41 +165,17 @@ async def test_actions_are_idempotent_and_recorded(service: Service) -> None:
     assert "has not answered" in retried["reason"] or retried["changed"]
 
 
-TIMES_OUT = """
-name: times-out
-triggers: [{type: manual, params: [fileId]}]
-steps:
-  - name: transcode
-    process: {fileId: "{{ trigger.fileId }}", procedure: TranscodeAndSprite}
-    timeout: 1s
-    retry: {max_attempts: 1}
-    verify: false
-"""
-
-
 async def test_a_timer_that_could_not_be_applied_is_shown_and_replayed(
     tmp_path: Path, sqlite_url: str
 ) -> None:
     async with running_service(tmp_path, sqlite_url, {"times-out": TIMES_OUT}) as service:
-        runner = service.app.state.services.runner
-        transition = runner.transition
-
-        def broken(conn: Any, run_id: str, event: Any, *args: Any) -> Any:
-            if isinstance(event, m.TimerFired):
-                raise RuntimeError("workflow store unreachable")
-            return transition(conn, run_id, event, *args)
-
-        runner.transition = broken
-        created = await service.http.post(
-            f"{service.base}/api/runs", json={"workflow": "times-out", "params": {"fileId": "t"}}
-        )
-        run_id = created.json()["runId"]
+        run_id, fix = await run_with_a_failed_timer(service)
 
         async def failed_timers() -> int:
             stats = (await service.http.get(f"{service.base}/api/stats")).json()
             return int(stats["failedTimers"])
 
-        assert await service.wait(failed_timers) == 1
+        assert await failed_timers() == 1
         run = await service.run(run_id)
         assert run["status"] == "awaiting_callback"  # left as it was: the timeout never applied
         (timer,) = [t for t in run["timers"] if t["status"] == "failed"]
@@ -225,7 +200,7 @@ async def test_a_timer_that_could_not_be_applied_is_shown_and_replayed(
         again = (await service.http.post(replay)).json()["timer"]
         assert (again["status"], again["error"]) == ("failed", timer["error"])  # still broken
 
-        runner.transition = transition  # the cause fixed
+        fix()  # the cause
         fired = await service.http.post(replay)
         assert fired.status_code == 200
         assert fired.json()["timer"] == {**timer, "runId": run_id, "status": "fired", "error": None}
@@ -237,6 +212,8 @@ async def test_a_timer_that_could_not_be_applied_is_shown_and_replayed(
         assert twice.status_code == 409
         assert "is fired: only a failed timer is replayed" in twice.json()["error"]
         assert (await service.http.post(f"{service.base}/api/timers/999/replay")).status_code == 404
+        named = await service.http.post(f"{service.base}/api/timers/abc/replay")
+        assert (named.status_code, named.json()["error"]) == (404, "no timer 'abc'")
 
 
 async def test_stats(service: Service) -> None:

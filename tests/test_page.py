@@ -29,12 +29,11 @@ from orchestrator.engine.ffmpeg import FFmpeg
 from orchestrator.engine.media import Media
 from orchestrator.engine.upload import upload_file
 from orchestrator.keys import load_keys
-from orchestrator.machine import TimerFired
 from orchestrator.store import migrate
 from orchestrator.verify import parse_vtt
 from tests.conftest import IN_CI, ROOT, free_port
 from tests.fakevod import new_file_upload, sprite_complete, transcode_complete
-from tests.harness import Service, running_service
+from tests.harness import TIMES_OUT, Service, run_with_a_failed_timer, running_service
 from tests.servers import serving
 
 T = TypeVar("T")
@@ -285,42 +284,12 @@ async def test_the_page_asks_for_the_api_token_once(
         assert errors == []
 
 
-TIMES_OUT = """
-name: times-out
-triggers: [{type: manual, params: [fileId]}]
-steps:
-  - name: transcode
-    process: {fileId: "{{ trigger.fileId }}", procedure: TranscodeAndSprite}
-    timeout: 1s
-    retry: {max_attempts: 1}
-    verify: false
-"""
-
-
 @pytest.mark.browser
 async def test_a_timer_that_could_not_be_applied_is_shown_and_replayed_from_the_run_page(
     tmp_path: Path, sqlite_url: str, browser: Browser
 ) -> None:
     async with running_service(tmp_path, sqlite_url, {"times-out": TIMES_OUT}) as service:
-        runner = service.app.state.services.runner
-        transition = runner.transition
-
-        def broken(conn: object, run_id: str, event: object, *args: object) -> object:
-            if isinstance(event, TimerFired):
-                raise RuntimeError("workflow store unreachable")
-            return transition(conn, run_id, event, *args)
-
-        runner.transition = broken
-        created = await service.http.post(
-            f"{service.base}/api/runs", json={"workflow": "times-out", "params": {"fileId": "t"}}
-        )
-        run_id = created.json()["runId"]
-
-        async def failed() -> bool:
-            stats = (await service.http.get(f"{service.base}/api/stats")).json()
-            return bool(stats["failedTimers"])
-
-        await service.wait(failed)
+        run_id, fix = await run_with_a_failed_timer(service)
         runs, errors = await open_page(browser, f"{service.base}/")
         await expect(runs.locator("#stat-stalled-box")).to_have_class(re.compile(r"\balert\b"))
         await expect(runs.locator("#stat-stalled-sub")).to_contain_text("1 timer could not be")
@@ -332,7 +301,7 @@ async def test_a_timer_that_could_not_be_applied_is_shown_and_replayed_from_the_
         await expect(row).to_contain_text("RuntimeError: workflow store unreachable")
         await screenshot(page, "run-failed-timer.png")
 
-        runner.transition = transition  # the cause fixed
+        fix()  # the cause
         await row.get_by_role("button", name="Replay timer").click()
         await expect(page.locator("#message")).to_contain_text("fired")
         await expect(page.locator("#run-status")).to_contain_text("failed")  # timed out, no retry
