@@ -17,7 +17,7 @@ import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 import httpx
 import pytest
@@ -297,9 +297,23 @@ async def test_a_timer_that_could_not_be_applied_is_shown_and_replayed_from_the_
 ) -> None:
     async with running_service(tmp_path, sqlite_url, {"times-out": TIMES_OUT}) as service:
         run_id, fix = await run_with_a_failed_timer(service)
+        # and a callback that cannot be applied either (its workflow cannot be read)
+        registry = service.app.state.services.runner.registry
+        spec_for = registry.spec_for
+
+        def unreadable(*_: object) -> NoReturn:
+            raise LookupError("workflow unreadable")
+
+        registry.spec_for = unreadable
+        task_id = service.vod.submitted[-1].tasks["transcode"]
+        assert (await service.callback(transcode_complete(task_id, "t"))).status_code == 200
+        registry.spec_for = spec_for
+
         runs, errors = await open_page(browser, f"{service.base}/")
         await expect(runs.locator("#stat-stalled-box")).to_have_class(re.compile(r"\balert\b"))
-        await expect(runs.locator("#stat-stalled-sub")).to_contain_text("1 timer could not be")
+        stuck = runs.locator("#stat-stalled-sub")
+        await expect(stuck).to_contain_text("1 timer could not be applied (GET /api/timers")
+        await expect(stuck).to_contain_text("1 callback could not be applied (GET /api/inbox")
         await runs.close()
 
         page, run_errors = await open_page(browser, f"{service.base}/runs/{run_id}")

@@ -360,10 +360,15 @@ function runsPage() {
         li.querySelector(".n").textContent = n;
         li.classList.toggle("zero", n === 0);
       }
+      // What waits on an operator: timers and callbacks that could not be applied.
+      const failedEvents = s.inbox.failed || 0;
+      const stuck = [
+        [s.failedTimers, "timer", "/api/timers?status=failed"],
+        [failedEvents, "callback", "/api/inbox?status=failed"],
+      ].filter(([n]) => n > 0).map(([n, what, where]) => `${n} ${what}${n === 1 ? "" : "s"} could not be applied (GET ${where})`);
       $("stat-stalled").textContent = s.stalledTasks;
-      $("stat-stalled-box").classList.toggle("alert", s.stalledTasks > 0 || s.failedTimers > 0);
-      $("stat-stalled-sub").textContent = "callbacks past their expected time" + (s.failedTimers
-        ? ` · ${s.failedTimers} timer${s.failedTimers === 1 ? "" : "s"} could not be applied (GET /api/timers?status=failed)` : "");
+      $("stat-stalled-box").classList.toggle("alert", s.stalledTasks > 0 || stuck.length > 0);
+      $("stat-stalled-sub").textContent = ["callbacks past their expected time", ...stuck].join(" · ");
       $("stat-quota").textContent = `${s.quota.used} / ${s.quota.limit}`;
       $("stat-quota-meter").max = s.quota.limit;
       $("stat-quota-meter").value = s.quota.used;
