@@ -1,5 +1,5 @@
-"""Operators' commands: `vodflow runs`, `run show`, `retry`, `cancel`, `events`, `timers`,
-`timer replay`.
+"""Operators' commands: `vodflow runs`, `run show`, `retry`, `cancel`, `events`, `event replay`,
+`timers`, `timer replay`.
 
 They speak the dashboard API. By default they ask the running server (``VODFLOW_PUBLIC_URL`` or
 HOST:PORT, with ``VODFLOW_API_TOKEN``); when none answers, or with ``--direct``, the same API runs
@@ -268,6 +268,18 @@ def register(app: typer.Typer, settings: Any) -> None:
         console.print(_timer_table(page["timers"], with_run=True))
         if not page["timers"]:
             print("no timers", file=sys.stderr)
+
+    event_app = typer.Typer(help="One inbox event.", no_args_is_help=True)
+    app.add_typer(event_app, name="event")
+
+    @event_app.command("replay")
+    def replay_event(event_id: int, direct: Direct = False) -> None:
+        """Make an inbox event pending again, for the runner to apply (a failed one, once its
+        cause is fixed)."""
+        result = _call(settings(), direct, "POST", f"/api/inbox/{event_id}/replay")
+        console.print(
+            f"event {event_id}: " + ("pending again" if result["replayed"] else "nothing to do")
+        )
 
     timer_app = typer.Typer(help="One timer.", no_args_is_help=True)
     app.add_typer(timer_app, name="timer")

@@ -388,6 +388,12 @@ async def test_cli_talks_to_the_server_or_the_database(
         return any(e["taskId"] == "transcode-lost" for e in json.loads(out)["events"])
 
     await service.wait(orphan_listed)
+    listed_orphans = await _vodflow(service, tmp_path, sqlite_url, "events", "--orphans", "--json")
+    orphans = json.loads(listed_orphans)
+    (lost,) = [e["id"] for e in orphans["events"] if e["taskId"] == "transcode-lost"]
+    replayed = await _vodflow(service, tmp_path, sqlite_url, "event", "replay", str(lost))
+    assert f"event {lost}: pending again" in replayed
+    await service.wait(orphan_listed)  # applied again: still nobody's task
     created = await service.http.post(
         f"{service.base}/api/runs", json={"workflow": "transcode", "params": {"fileId": "c"}}
     )
