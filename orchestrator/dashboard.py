@@ -683,14 +683,15 @@ async def replay_timer(request: Request) -> Response:
     whether it fired this time or failed again (with the new error)."""
     timer_id = _id_param(request, "timer_id", "timer")
     services = _services(request)
-    row = await services.db.query(views.timer, timer_id)
+    replayed = await services.db.write(queues.replay_timer, timer_id)
+    if replayed:
+        await services.sweeper.run_job("timers")
+    row = await services.db.query(views.timer, timer_id)  # as it is now: fired or failed again
     if row is None:
         return problem(404, f"no timer {timer_id}")
-    if not await services.db.write(queues.replay_timer, timer_id):
+    if not replayed:
         return problem(409, f"timer {timer_id} is {row['status']}: only a failed timer is replayed")
-    await services.sweeper.run_job("timers")
-    after = await services.db.query(views.timer, timer_id)
-    return ok(TimerReplayResult(timer=TimerDetail(**(after or row))))
+    return ok(TimerReplayResult(timer=TimerDetail(**row)))
 
 
 def _percentiles(values: list[float]) -> Percentiles:

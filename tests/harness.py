@@ -13,6 +13,7 @@ import httpx
 
 from orchestrator.app import create_app
 from orchestrator.config import load_settings
+from orchestrator.machine import TimerFired
 from orchestrator.store import migrate
 from tests.conftest import free_port
 from tests.fakevod import FakeVod
@@ -123,8 +124,6 @@ steps:
 async def run_with_a_failed_timer(service: Service) -> tuple[str, Callable[[], None]]:
     """A run of ``times-out`` whose step timeout could not be applied (the transition raised),
     and the fix that makes applying timers work again."""
-    from orchestrator.machine import TimerFired
-
     runner = service.app.state.services.runner
     transition = runner.transition
 

@@ -361,10 +361,9 @@ function runsPage() {
         li.classList.toggle("zero", n === 0);
       }
       // What waits on an operator: timers and callbacks that could not be applied.
-      const failedEvents = s.inbox.failed || 0;
       const stuck = [
         [s.failedTimers, "timer", "/api/timers?status=failed"],
-        [failedEvents, "callback", "/api/inbox?status=failed"],
+        [s.inbox.failed || 0, "callback", "/api/inbox?status=failed"],
       ].filter(([n]) => n > 0).map(([n, what, where]) => `${n} ${what}${n === 1 ? "" : "s"} could not be applied (GET ${where})`);
       $("stat-stalled").textContent = s.stalledTasks;
       $("stat-stalled-box").classList.toggle("alert", s.stalledTasks > 0 || stuck.length > 0);

@@ -87,9 +87,8 @@ def list_timers(
 
 
 def timer(conn: sa.Connection, timer_id: int) -> dict[str, Any] | None:
-    row = conn.execute(sa.select(*_TIMER_COLUMNS).where(timers.c.id == timer_id)).mappings()
-    found = row.first()
-    return dict(found) if found else None
+    row = conn.execute(sa.select(*_TIMER_COLUMNS).where(timers.c.id == timer_id)).mappings().first()
+    return dict(row) if row else None
 
 
 def list_runs(
