@@ -171,6 +171,32 @@ async def test_one_run_per_dedup_key(db: Database, now: datetime) -> None:
         assert (await conn.execute(sa.text("SELECT count(*) FROM runs"))).scalar() == 1
 
 
+async def test_inbox_groups_store_each_dedup_key_once(db: Database, now: datetime) -> None:
+    """A group's rows go in with one statement that returns their ids: a key stored before,
+    and the second copy of a key within the group, come back as None (duplicates); rows with
+    no key are always stored. More rows than one statement takes are split, ids still right."""
+    from orchestrator.store.queues import NewInboxEvent, insert_inbox
+
+    def event(key: str | None, body: str = "{}") -> NewInboxEvent:
+        return NewInboxEvent(source="vod", event_type="TranscodeComplete", dedup_key=key, body=body)
+
+    (first,) = await db.write(insert_inbox, [event("k1")], now)
+    group = [event("k2", "a"), event("k1"), event(None), event("k2", "b"), event("k3")]
+    many = [event(f"m{n}") for n in range(500)]  # 10 columns each: more than one statement
+    ids = await db.write(insert_inbox, group + many, now)
+    assert first is not None
+    assert ids[1] is None and ids[3] is None
+    new = [i for i in ids if i is not None]
+    assert len(new) == len(set(new)) == 503 and first not in new
+    async with db.read() as conn:
+        rows = (await conn.execute(sa.text("SELECT id, dedup_key, body FROM inbox_events"))).all()
+    stored = {row.id: (row.dedup_key, row.body) for row in rows}
+    assert len(stored) == 504
+    assert stored[ids[0]] == ("k2", "a") and stored[ids[2]] == (None, "{}")
+    assert stored[ids[4]][0] == "k3"
+    assert [stored[i][0] for i in ids[5:]] == [f"m{n}" for n in range(500)]
+
+
 async def test_a_failed_transaction_leaves_nothing_behind(db: Database, now: datetime) -> None:
     state = m.new_run("run1", WORKFLOW, "v1", {"fileId": "f1"}, now)
 

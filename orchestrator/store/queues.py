@@ -56,16 +56,16 @@ def insert_inbox(
 ) -> list[int | None]:
     """Insert events; returns each one's id, or None where its dedup key was already stored.
 
-    One statement for the whole group (executemany, on the driver: this is every callback's
-    path), then one query for the new ids: a group of callbacks costs little more than one.
+    One statement for the whole group, returning the new ids (on the driver: this is every
+    callback's path): a group of callbacks costs little more than one.
     """
     rows = [_inbox_values(event, now) for event in events]
     keyed = [row for row in rows if row["dedup_key"] is not None]
     ids: dict[str, int] = {}
     if keyed:
-        after = driver.scalar(conn, _MAX_INBOX_ID) or 0
-        driver.insert_many(conn, inbox, keyed, ignore_conflict_on=["dedup_key"])
-        new = driver.select(conn, inbox, "id > ?", (after,), columns=["id", "dedup_key"])
+        new = driver.insert_returning(
+            conn, inbox, keyed, ["id", "dedup_key"], ignore_conflict_on=["dedup_key"]
+        )
         ids = {row["dedup_key"]: int(row["id"]) for row in new}
     out: list[int | None] = []
     taken: set[str] = set()
@@ -79,9 +79,6 @@ def insert_inbox(
         else:
             out.append(None)
     return out
-
-
-_MAX_INBOX_ID = f"SELECT MAX(id) FROM {inbox.name}"  # noqa: S608 (no input in it)
 
 
 def _inbox_values(event: NewInboxEvent, now: datetime) -> dict[str, Any]:
