@@ -185,14 +185,17 @@ async def test_inbox_groups_store_each_dedup_key_once(db: Database, now: datetim
     many = [event(f"m{n}") for n in range(500)]  # 10 columns each: more than one statement
     ids = await db.write(insert_inbox, group + many, now)
     assert first is not None
-    assert ids[1] is None and ids[3] is None
+    assert ids[1] is None
+    assert ids[3] is None
     new = [i for i in ids if i is not None]
-    assert len(new) == len(set(new)) == 503 and first not in new
+    assert len(new) == len(set(new)) == 503
+    assert first not in new
     async with db.read() as conn:
         rows = (await conn.execute(sa.text("SELECT id, dedup_key, body FROM inbox_events"))).all()
     stored = {row.id: (row.dedup_key, row.body) for row in rows}
     assert len(stored) == 504
-    assert stored[ids[0]] == ("k2", "a") and stored[ids[2]] == (None, "{}")
+    assert stored[ids[0]] == ("k2", "a")
+    assert stored[ids[2]] == (None, "{}")
     assert stored[ids[4]][0] == "k3"
     assert [stored[i][0] for i in ids[5:]] == [f"m{n}" for n in range(500)]
 
