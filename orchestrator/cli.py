@@ -106,6 +106,12 @@ def _redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+GRACEFUL_STOP = 5
+"""Seconds a stopping server waits for open requests: every open dashboard keeps an
+/api/events stream, and a client may hold a media download; without a bound, stopping would
+wait for each of them to close."""
+
+
 @app.command()
 def serve() -> None:
     """Run the service: callbacks, runner, sweeper, dashboard (and the embedded VOD engine)."""
@@ -124,14 +130,12 @@ def serve() -> None:
         raise typer.Exit(1) from None
     application = create_app(settings, registry)
     typer.echo(f"vodflow {__version__}: dashboard at {settings.base_url}/")
-    # Every open dashboard keeps an /api/events stream: without a bound, stopping would wait
-    # for each browser tab to close.
     uvicorn.run(
         application,
         host=settings.host,
         port=settings.port,
         log_level="warning",
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=GRACEFUL_STOP,
     )
 
 
@@ -221,7 +225,13 @@ def engine_serve() -> None:
         typer.echo(f"vodflow: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"vodflow {__version__}: VOD engine at {settings.base_url}/v2/index.php")
-    uvicorn.run(application, host=settings.host, port=settings.port, log_level="warning")
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        timeout_graceful_shutdown=GRACEFUL_STOP,
+    )
 
 
 console.register(app, _settings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -76,6 +77,7 @@ def test_serve_answers_healthz_and_lists_workflows(tmp_path: Path) -> None:
     server = subprocess.Popen(
         [*vodflow, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    tab: socket.socket | None = None
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -96,7 +98,13 @@ def test_serve_answers_healthz_and_lists_workflows(tmp_path: Path) -> None:
             {"name": "replay", "kind": "process"},
             {"name": "publish", "kind": "notify"},
         ]
+        # A dashboard left open holds the live stream; stopping must not wait for it.
+        tab = socket.create_connection(("127.0.0.1", port))
+        tab.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+        assert tab.recv(200).startswith(b"HTTP/1.1 200")
     finally:
         server.terminate()
         output, _ = server.communicate(timeout=15)
+        if tab is not None:
+            tab.close()
     assert f"dashboard at http://127.0.0.1:{port}/" in output
