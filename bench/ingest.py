@@ -37,6 +37,7 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -50,6 +51,10 @@ from orchestrator.store.db import Database
 from orchestrator.store.runs import create_run, save_decision
 from orchestrator.store.tables import InboxEvent, Run, TaskRow
 from orchestrator.store.tasks import claim_due_polls
+from orchestrator.vod.responses import TaskRef
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
 
 WORKFLOW = """\
 name: bench
@@ -74,14 +79,14 @@ def bare_app():  # type: ignore[no-untyped-def]
     return Starlette(routes=[Route("/callbacks/vod", ok, methods=["POST"])])
 
 
-def full_app():  # type: ignore[no-untyped-def]
+def full_app() -> Starlette:
     from orchestrator.app import create_app
     from orchestrator.config import load_settings
 
     return create_app(load_settings())
 
 
-def receive_only_app():  # type: ignore[no-untyped-def]
+def receive_only_app() -> Starlette:
     """vodflow applying nothing: callbacks are authenticated, read, committed to the inbox in
     groups and answered, and left pending (the runner does not run): the receiving half alone."""
     app = full_app()
@@ -127,8 +132,8 @@ async def populate(url: str, runs: int) -> list[bytes]:
             d1 = m.decide(spec, state, m.Trigger(), now)
             save_decision(conn, state, d1, now=now)
             tasks = (
-                m.TaskRef(task_id=f"transcode-{n:032x}", kind="transcode"),
-                m.TaskRef(task_id=f"CreateImageSprite-{n:032x}", kind="imageSprite"),
+                TaskRef(task_id=f"transcode-{n:032x}", kind="transcode"),
+                TaskRef(task_id=f"CreateImageSprite-{n:032x}", kind="imageSprite"),
             )
             submitted = m.SubmitSucceeded(step="transcode", attempt=1, tasks=tasks)
             d2 = m.decide(spec, d1.state, submitted, now)
@@ -279,8 +284,8 @@ async def wait_applied(url: str, expected: int) -> float:
         async with db.read() as conn:
             pending = (
                 await conn.execute(sa.select(sa.func.count()).where(inbox.c.status == "pending"))
-            ).scalar()
-            total = (await conn.execute(sa.select(sa.func.count()).select_from(inbox))).scalar()
+            ).scalar_one()
+            total = (await conn.execute(sa.select(sa.func.count()).select_from(inbox))).scalar_one()
         if pending == 0 and total >= expected:
             break
         await asyncio.sleep(0.05)
