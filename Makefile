@@ -57,6 +57,7 @@ chromium:
 bench: $(STAMP)
 	$(BIN)/python bench/media.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/instructions.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
