@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from orchestrator import __version__, console
 from orchestrator.config import Settings, SettingsError, load_settings
 from orchestrator.spec import WorkflowError, json_schema, load_workflows
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
 
 app = typer.Typer(
     name="vodflow",
@@ -106,17 +109,24 @@ def _redact(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-GRACEFUL_STOP = 5
-"""Seconds a stopping server waits for open requests: every open dashboard keeps an
-/api/events stream, and a client may hold a media download; without a bound, stopping would
-wait for each of them to close."""
+def _run_server(application: ASGIApp, settings: Settings) -> None:
+    """Serve on HOST:PORT until stopped. A stopping server waits at most 5 s for open requests:
+    every open dashboard keeps an /api/events stream, and a client may hold a media download;
+    without a bound, stopping would wait for each of them to close."""
+    import uvicorn
+
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        timeout_graceful_shutdown=5,
+    )
 
 
 @app.command()
 def serve() -> None:
     """Run the service: callbacks, runner, sweeper, dashboard (and the embedded VOD engine)."""
-    import uvicorn
-
     from orchestrator import logs
     from orchestrator.app import create_app
     from orchestrator.registry import Registry
@@ -130,13 +140,7 @@ def serve() -> None:
         raise typer.Exit(1) from None
     application = create_app(settings, registry)
     typer.echo(f"vodflow {__version__}: dashboard at {settings.base_url}/")
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        timeout_graceful_shutdown=GRACEFUL_STOP,
-    )
+    _run_server(application, settings)
 
 
 vod_app = typer.Typer(help="The VOD service vodflow talks to.", no_args_is_help=True)
@@ -209,8 +213,6 @@ def vod_upload(
 @engine_app.command("serve")
 def engine_serve() -> None:
     """Run the embedded VOD engine alone (its API, uploads and files) on HOST:PORT."""
-    import uvicorn
-
     from orchestrator import logs
     from orchestrator.engine import create_engine_app
     from orchestrator.engine.procedures import ProceduresError
@@ -225,13 +227,7 @@ def engine_serve() -> None:
         typer.echo(f"vodflow: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"vodflow {__version__}: VOD engine at {settings.base_url}/v2/index.php")
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        timeout_graceful_shutdown=GRACEFUL_STOP,
-    )
+    _run_server(application, settings)
 
 
 console.register(app, _settings)
