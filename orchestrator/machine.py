@@ -390,7 +390,10 @@ class Finish(_Frozen):
     run_id: str
     status: RunStatus
     error: str | None = None
-    outputs: dict[str, dict[str, JsonValue]] = Field(default_factory=dict)
+    # The run's step outputs, which the machine built from parsed events: not walked again.
+    outputs: Annotated[dict[str, dict[str, JsonValue]], SkipValidation] = Field(
+        default_factory=dict
+    )
 
 
 Command: TypeAlias = Annotated[
