@@ -161,15 +161,6 @@ def select(
     return found
 
 
-def scalar(conn: sa.Connection, text: str, params: Sequence[Any] = ()) -> Any:
-    """The first value of the first row of a query vodflow wrote (``?`` placeholders), as the
-    driver returns it; None when there is no row."""
-    with _cursor(conn) as cursor:
-        cursor.execute(_paramstyle(conn.dialect.name, text), tuple(params))
-        row = cursor.fetchone()
-    return None if row is None else row[0]
-
-
 @cache
 def _conversions(
     backend: str, table: sa.Table, names: tuple[str, ...], way: int
@@ -200,12 +191,23 @@ def _update_sql(backend: str, table: sa.Table, sets: tuple[str, ...], keys: tupl
 
 @cache
 def _insert_sql(
-    backend: str, table: sa.Table, names: tuple[str, ...], conflict: tuple[str, ...] | None
+    backend: str,
+    table: sa.Table,
+    names: tuple[str, ...],
+    conflict: tuple[str, ...] | None,
+    rows: int = 1,
+    returning: tuple[str, ...] = (),
 ) -> str:
-    columns, values = ", ".join(names), _placeholders(len(names))
-    text = f"INSERT INTO {table.name} ({columns}) VALUES ({values})"  # noqa: S608 (checked)
+    """``INSERT`` of ``rows`` rows of ``names`` (skipping those that collide on ``conflict``),
+    returning the columns ``returning`` of the rows inserted."""
+    _check(table, *returning)
+    row = f"({_placeholders(len(names))})"
+    values = ", ".join([row] * rows)
+    text = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES {values}"  # noqa: S608 (checked)
     if conflict is not None:
         text += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
+    if returning:
+        text += f" RETURNING {', '.join(returning)}"
     return _paramstyle(backend, text)
 
 
@@ -288,7 +290,7 @@ def insert_returning(
         per = max(1, _MAX_PARAMS // len(names))  # within every driver's parameter limit
         for start in range(0, len(params), per):
             chunk = params[start : start + per]
-            text = _insert_returning_sql(backend, table, names, len(chunk), conflict, wanted)
+            text = _insert_sql(backend, table, names, conflict, len(chunk), wanted)
             with _cursor(conn) as cursor:
                 cursor.execute(text, tuple(itertools.chain.from_iterable(chunk)))
                 found.extend(dict(zip(wanted, row, strict=True)) for row in cursor.fetchall())
@@ -300,24 +302,6 @@ def insert_returning(
 
 
 _MAX_PARAMS = 2000
-
-
-@cache
-def _insert_returning_sql(
-    backend: str,
-    table: sa.Table,
-    names: tuple[str, ...],
-    count: int,
-    conflict: tuple[str, ...] | None,
-    returning: tuple[str, ...],
-) -> str:
-    _check(table, *returning)
-    columns, row = ", ".join(names), f"({_placeholders(len(names))})"
-    text = f"INSERT INTO {table.name} ({columns}) VALUES {', '.join([row] * count)}"  # noqa: S608 (checked)
-    if conflict is not None:
-        text += f" ON CONFLICT ({', '.join(conflict)}) DO NOTHING"
-    text += f" RETURNING {', '.join(returning)}"
-    return _paramstyle(backend, text)
 
 
 def execute_many(conn: sa.Connection, text: str, params: list[tuple[Any, ...]]) -> None:
