@@ -76,14 +76,8 @@ def list_timers(
     limit: int = 50,
 ) -> list[dict[str, Any]]:
     """Timers, newest first; ``before`` is the id cursor of the last row of a page."""
-    query = sa.select(*_TIMER_COLUMNS).order_by(timers.c.id.desc()).limit(limit)
-    if status:
-        query = query.where(timers.c.status.in_(status))
-    if run_id:
-        query = query.where(timers.c.run_id == run_id)
-    if before is not None:
-        query = query.where(timers.c.id < before)
-    return [dict(r) for r in conn.execute(query).mappings()]
+    query = sa.select(*_TIMER_COLUMNS)
+    return _newest_first(conn, query, timers, status, {"run_id": run_id}, before, limit)
 
 
 def timer(conn: sa.Connection, timer_id: int) -> dict[str, Any] | None:
@@ -148,17 +142,30 @@ def list_inbox(
     limit: int = 50,
 ) -> list[dict[str, Any]]:
     """Inbox events, newest first; ``before`` is the id cursor of the last row of a page."""
-    query = sa.select(inbox).order_by(inbox.c.id.desc()).limit(limit)
+    equal = {"source": source, "run_id": run_id, "task_id": task_id}
+    return _newest_first(conn, sa.select(inbox), inbox, status, equal, before, limit)
+
+
+def _newest_first(
+    conn: sa.Connection,
+    query: sa.Select[Any],
+    table: sa.Table,
+    status: list[str] | None,
+    equal: dict[str, str | None],
+    before: int | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """A page of ``query`` over ``table``, newest (highest id) first: rows with one of the
+    statuses (when given), each column of ``equal`` with a value equal to it, and ids below the
+    cursor ``before``."""
+    query = query.order_by(table.c.id.desc()).limit(limit)
     if status:
-        query = query.where(inbox.c.status.in_(status))
-    if source:
-        query = query.where(inbox.c.source == source)
-    if run_id:
-        query = query.where(inbox.c.run_id == run_id)
-    if task_id:
-        query = query.where(inbox.c.task_id == task_id)
+        query = query.where(table.c.status.in_(status))
+    for column, value in equal.items():
+        if value:
+            query = query.where(table.c[column] == value)
     if before is not None:
-        query = query.where(inbox.c.id < before)
+        query = query.where(table.c.id < before)
     return [dict(r) for r in conn.execute(query).mappings()]
 
 
