@@ -124,7 +124,7 @@ def register(app: typer.Typer, settings: Any) -> None:
             params["streamId"] = stream_id
         page = _call(settings(), direct, "GET", "/api/runs", params=params)
         if as_json:
-            print(json.dumps(page, indent=2, ensure_ascii=False))
+            _print_json(page)
             return
         table = Table("run", "workflow", "status", "step", "stream / file", "created", "error")
         for run in page["runs"]:
@@ -147,7 +147,7 @@ def register(app: typer.Typer, settings: Any) -> None:
         """A run's steps, tasks and timeline."""
         run = _call(settings(), direct, "GET", f"/api/runs/{run_id}")
         if as_json:
-            print(json.dumps(run, indent=2, ensure_ascii=False))
+            _print_json(run)
             return
         console.print(
             f"[bold]{run['id']}[/]  {run['workflow']} (version {run['version']})  "
@@ -227,7 +227,7 @@ def register(app: typer.Typer, settings: Any) -> None:
             settings(), direct, "GET", "/api/inbox", params={"status": statuses, "limit": limit}
         )
         if as_json:
-            print(json.dumps(page, indent=2, ensure_ascii=False))
+            _print_json(page)
             return
         table = Table("id", "received", "source", "type", "status", "task", "run", "note")
         for event in page["events"]:
@@ -263,7 +263,7 @@ def register(app: typer.Typer, settings: Any) -> None:
             params["runId"] = run
         page = _call(settings(), direct, "GET", "/api/timers", params=params)
         if as_json:
-            print(json.dumps(page, indent=2, ensure_ascii=False))
+            _print_json(page)
             return
         console.print(_timer_table(page["timers"], with_run=True))
         if not page["timers"]:
@@ -293,6 +293,11 @@ def register(app: typer.Typer, settings: Any) -> None:
             err.print(f"timer {timer_id} of run {timer['runId']} failed again: {timer['error']}")
             raise typer.Exit(1)
         console.print(f"timer {timer_id} of run {timer['runId']}: {timer['status']}")
+
+
+def _print_json(value: Any) -> None:
+    """What ``--json`` prints: the API's answer as it came, indented."""
+    print(json.dumps(value, indent=2, ensure_ascii=False))
 
 
 def _timer_table(timers: list[dict[str, Any]], *, with_run: bool = False) -> Table:
