@@ -215,17 +215,26 @@ def register(app: typer.Typer, settings: Any) -> None:
         ] = False,
         invalid: Annotated[bool, typer.Option("--invalid", help="Refused bodies.")] = False,
         status: Annotated[list[str] | None, typer.Option("--status")] = None,
+        run: Annotated[str | None, typer.Option("--run", help="Only this run's.")] = None,
+        task: Annotated[
+            str | None, typer.Option("--task", help="Only those about this VOD task ID.")
+        ] = None,
+        file: Annotated[
+            str | None, typer.Option("--file", help="Only those about this fileId.")
+        ] = None,
         limit: int = 50,
         direct: Direct = False,
         as_json: AsJson = False,
     ) -> None:
-        """Inbox events: everything received, as received."""
+        """Inbox events, newest first: everything received, as received."""
         statuses = (
             list(status or []) + (["orphan"] if orphans else []) + (["invalid"] if invalid else [])
         )
-        page = _call(
-            settings(), direct, "GET", "/api/inbox", params={"status": statuses, "limit": limit}
-        )
+        params: dict[str, Any] = {"status": statuses, "limit": limit}
+        for key, value in (("runId", run), ("taskId", task), ("fileId", file)):
+            if value:
+                params[key] = value
+        page = _call(settings(), direct, "GET", "/api/inbox", params=params)
         if as_json:
             _print_json(page)
             return

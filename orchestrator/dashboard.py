@@ -297,6 +297,7 @@ class EventQuery(ApiModel):
     source: str | None = None
     run_id: str | None = None
     task_id: str | None = None
+    file_id: str | None = Field(None, description="the media file the event is about")
     cursor: str | None = None
     limit: int = Field(50, ge=1, le=500)
 
@@ -640,6 +641,7 @@ async def list_events(request: Request) -> Response:
         source=q.source,
         run_id=q.run_id,
         task_id=q.task_id,
+        file_id=q.file_id,
         before=before,
         limit=q.limit,
     )

@@ -135,6 +135,10 @@ async def test_inbox_shows_orphans_and_invalid_bodies_and_replays(service: Servi
     (orphan,) = await service.wait(orphaned)
     assert orphan["taskId"] == "transcode-unknown"
     assert json.loads(orphan["body"])["eventType"] == "TranscodeComplete"
+    await service.callback(transcode_complete("transcode-other", "f8"))
+    for where in ({"taskId": "transcode-unknown"}, {"fileId": "f9"}):
+        found = (await service.http.get(f"{service.base}/api/inbox", params=where)).json()
+        assert [e["id"] for e in found["events"]] == [orphan["id"]], where
     invalid = (
         await service.http.get(f"{service.base}/api/inbox", params={"status": "invalid"})
     ).json()["events"]
@@ -391,6 +395,9 @@ async def test_cli_talks_to_the_server_or_the_database(
     listed_orphans = await _vodflow(service, tmp_path, sqlite_url, "events", "--orphans", "--json")
     orphans = json.loads(listed_orphans)
     (lost,) = [e["id"] for e in orphans["events"] if e["taskId"] == "transcode-lost"]
+    for where in (("--task", "transcode-lost"), ("--file", "f0")):
+        out = await _vodflow(service, tmp_path, sqlite_url, "events", *where, "--json")
+        assert [e["id"] for e in json.loads(out)["events"]] == [lost], where
     replayed = await _vodflow(service, tmp_path, sqlite_url, "event", "replay", str(lost))
     assert f"event {lost}: pending again" in replayed
     await service.wait(orphan_listed)  # applied again: still nobody's task

@@ -200,6 +200,65 @@ async def test_inbox_groups_store_each_dedup_key_once(db: Database, now: datetim
     assert [stored[i][0] for i in ids[5:]] == [f"m{n}" for n in range(500)]
 
 
+async def test_inbox_pages_by_task_and_file_read_an_index(db: Database, now: datetime) -> None:
+    """The dashboard's inbox filters find their rows, and on SQLite by an index rather than by
+    walking the whole inbox newest first (which grows with the table)."""
+    from orchestrator.store import views
+    from orchestrator.store.queues import NewInboxEvent, insert_inbox
+
+    events = [
+        NewInboxEvent(
+            source="vod",
+            event_type="TranscodeComplete",
+            dedup_key=f"k{n}",
+            body="{}",
+            task_id=f"transcode-{n % 7}",
+            file_id=f"file-{n % 5}",
+        )
+        for n in range(70)
+    ]
+    await db.write(insert_inbox, events, now)
+
+    def page_and_plan(conn: sa.Connection, **where: str) -> tuple[list[int], str]:
+        statements: list[tuple[str, Any]] = []
+
+        def seen(_c: Any, _cur: Any, statement: str, params: Any, *_: Any) -> None:
+            statements.append((statement, params))
+
+        sa.event.listen(conn, "before_cursor_execute", seen)
+        try:
+            rows = views.list_inbox(conn, limit=5, **where)  # type: ignore[arg-type]
+        finally:
+            sa.event.remove(conn, "before_cursor_execute", seen)
+        plan = ""
+        if conn.dialect.name == "sqlite":
+            statement, params = statements[-1]
+            found = conn.exec_driver_sql("EXPLAIN QUERY PLAN " + statement, params).all()
+            plan = " / ".join(str(row[-1]) for row in found)
+        return [row["id"] for row in rows], plan
+
+    for where, matches in (
+        ({"task_id": "transcode-3"}, [n for n in range(70) if n % 7 == 3]),
+        ({"file_id": "file-2"}, [n for n in range(70) if n % 5 == 2]),
+    ):
+        ids, plan = await db.query(page_and_plan, **where)
+        assert len(ids) == 5
+        assert ids == sorted(ids, reverse=True)
+        async with db.read() as conn:
+            keys = (
+                await conn.execute(
+                    sa.text("SELECT dedup_key FROM inbox_events WHERE id IN :ids").bindparams(
+                        sa.bindparam("ids", expanding=True)
+                    ),
+                    {"ids": ids},
+                )
+            ).scalars()
+            assert {int(k[1:]) for k in keys} == set(matches[-5:])
+        if db.is_sqlite:
+            assert "USING INDEX" in plan, (where, plan)
+            assert "SCAN inbox_events" not in plan, (where, plan)
+
+
 async def test_a_failed_transaction_leaves_nothing_behind(db: Database, now: datetime) -> None:
     state = m.new_run("run1", WORKFLOW, "v1", {"fileId": "f1"}, now)
 

@@ -157,6 +157,7 @@ class InboxEvent(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_inbox_pending", "id", **pending_only("status", "pending")),
         sa.Index("ix_inbox_orphan_task", "task_id", **pending_only("status", "orphan")),
+        sa.Index("ix_inbox_task", "task_id"),
         sa.Index("ix_inbox_received", "received_at"),
         sa.Index("ix_inbox_status_received", "status", "received_at"),
     )

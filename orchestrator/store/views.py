@@ -138,11 +138,13 @@ def list_inbox(
     source: str | None = None,
     run_id: str | None = None,
     task_id: str | None = None,
+    file_id: str | None = None,
     before: int | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """Inbox events, newest first; ``before`` is the id cursor of the last row of a page."""
-    equal = {"source": source, "run_id": run_id, "task_id": task_id}
+    """Inbox events, newest first; ``before`` is the id cursor of the last row of a page. Each
+    of the run, task and file filters reads an index, so a page costs the same in a large inbox."""
+    equal = {"source": source, "run_id": run_id, "task_id": task_id, "file_id": file_id}
     return _newest_first(conn, sa.select(inbox), inbox, status, equal, before, limit)
 
 
