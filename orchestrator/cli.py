@@ -180,10 +180,22 @@ def vod_upload(
         str | None,
         typer.Option("--record-end", help="When the recording ended (Unix seconds or ISO)."),
     ] = None,
+    announce: Annotated[
+        bool,
+        typer.Option(
+            help="For a recording, send this vodflow the live service's recording callback "
+            "with its recording times, as the live service would."
+        ),
+    ] = True,
 ) -> None:
-    """Upload a file to the embedded engine; prints fileId=<id>."""
+    """Upload a file to the embedded engine; prints fileId=<id>.
+
+    A recording (--stream-id) is also announced to this vodflow (VODFLOW_PUBLIC_URL) with the
+    live service's recording callback, which carries the recording times that VOD's
+    NewFileUpload lacks and that a stream session's window is made of."""
     import asyncio
 
+    from orchestrator.demo import AnnounceError, announce_recording
     from orchestrator.engine.upload import upload_file
     from orchestrator.keys import load_keys
     from orchestrator.vod.errors import VodError
@@ -208,6 +220,23 @@ def vod_upload(
         raise typer.Exit(1) from None
     typer.echo(f"fileId={uploaded.file_id}")
     typer.echo(f"fileUrl={uploaded.file_url}")
+    if uploaded.stream_id is None or not announce:
+        return
+    try:
+        url = asyncio.run(announce_recording(settings, uploaded))
+    except AnnounceError as exc:
+        typer.echo(
+            f"vodflow: {file} is stored as {uploaded.file_id}, but announcing it as a recording "
+            f"of {uploaded.stream_id} failed: {exc} (is vodflow serving there? --no-announce "
+            "skips this)",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"announced to {url}: recording of {uploaded.stream_id} "
+        f"from {uploaded.record_start} to {uploaded.record_end}",
+        err=True,
+    )
 
 
 @engine_app.command("serve")

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 
 from orchestrator.config import Settings
 from orchestrator.engine.media import Media
-from orchestrator.engine.upload import upload_file
+from orchestrator.engine.upload import Uploaded, upload_file
 from orchestrator.keys import load_keys
 
 console = Console()
@@ -58,10 +58,10 @@ async def run_demo(settings: Settings, seconds: float = 20.0, within: float = 30
                 record_end=end,
             )
         console.print(f"recording [bold]{uploaded.file_id}[/] stored: {uploaded.file_url}")
-        await http.post(
-            f"/callbacks/lvb?token={keys.callback_token}",
-            json=recording_finished(STREAM, uploaded.file_id, start, end, _lvb_key(settings)),
-        )
+        try:
+            await announce_recording(settings, uploaded, http)
+        except AnnounceError as exc:
+            raise DemoError(f"the recording-finished callback was refused: {exc}") from None
         run_id = await _find_run(http, uploaded.file_id, within)
         run = await _follow(http, run_id, within)
     _report(run, base)
@@ -75,6 +75,39 @@ def _auth(settings: Settings) -> dict[str, str]:
 
 def _lvb_key(settings: Settings) -> str:
     return settings.lvb_callback_key.get_secret_value() if settings.lvb_callback_key else ""
+
+
+class AnnounceError(Exception):
+    pass
+
+
+async def announce_recording(
+    settings: Settings, uploaded: Uploaded, http: httpx.AsyncClient | None = None
+) -> str:
+    """Send this vodflow the live service's recording callback for a recording the engine
+    stored, with the recording times the engine registered; returns the URL it went to.
+
+    On Tencent Cloud the live service sends it when it records into VOD; VOD's own NewFileUpload
+    carries no recording times, and a stream session's window needs them (see
+    ``triggers.session_context``). Raises ``AnnounceError`` saying why it was not accepted.
+    """
+    start, end = uploaded.record_start, uploaded.record_end
+    if uploaded.stream_id is None or start is None or end is None:
+        raise AnnounceError(f"file {uploaded.file_id} is not a recording with recording times")
+    keys = load_keys(settings)
+    url = f"{settings.base_url}/callbacks/lvb"
+    body = recording_finished(uploaded.stream_id, uploaded.file_id, start, end, _lvb_key(settings))
+    client = http or httpx.AsyncClient(timeout=30)
+    try:
+        answer = await client.post(url, params={"token": keys.callback_token}, json=body)
+    except httpx.HTTPError as exc:
+        raise AnnounceError(f"cannot reach {url}: {exc}") from None
+    finally:
+        if http is None:
+            await client.aclose()
+    if answer.status_code != 200:
+        raise AnnounceError(f"{url} answered {answer.status_code}: {answer.text[:200]}")
+    return url
 
 
 def recording_finished(

@@ -106,7 +106,7 @@ def _describe_match(found: triggers.Match, now: datetime) -> list[str]:
     ]
     fields = found.context.fields
     if isinstance(trigger, StreamSession):
-        fields = triggers.session_context([{**fields, "receivedAt": int(now.timestamp())}])
+        fields = triggers.session_context([dict(fields)])
         lines.append(
             f"  the recording joins stream {found.context.fields.get('streamId')}'s session; "
             f"the run starts once the stream has been quiet for {format_duration(trigger.quiet)}."

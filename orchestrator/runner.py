@@ -521,7 +521,7 @@ class Runner:
             trigger = spec.triggers[found.trigger_index]
             if isinstance(trigger, StreamSession):
                 stream_id = str(found.context.fields["streamId"])
-                segment = {**found.context.fields, "receivedAt": int(now.timestamp())}
+                segment = dict(found.context.fields)
                 window_id, added = windows.add_segment(
                     conn,
                     workflow=spec.name,

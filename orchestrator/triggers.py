@@ -120,24 +120,26 @@ def _first_match(workflow: LoadedWorkflow, contexts: list[TriggerContext]) -> Ma
 def session_context(segments: list[dict[str, JsonValue]]) -> dict[str, JsonValue]:
     """A stream.session run's trigger fields from its recordings, in the order they arrived.
 
-    The session spans from the earliest recording start to the latest end. A recording announced
-    only by VOD (NewFileUpload carries no recording times) counts from its arrival time
-    (``receivedAt``) back by its duration, when those are known.
+    The session spans from the earliest recording start to the latest end, when every recording
+    came with its recording times (the live service's recording callback, event 100, carries
+    them). VOD's NewFileUpload carries none, and its arrival time is not a recording time: a file
+    reaches VOD some time after its recording ended, so a window guessed from arrivals would clip
+    the wrong range and silently drop what was recorded before it. A session with recordings of
+    unknown times therefore has no ``startTime``/``endTime``/``duration``, and names those
+    recordings in ``untimedFileIds``: a step clipping by ``streamInfo`` then fails saying the
+    field is missing, rather than succeeding with part of the lecture (join ``fileIds`` with
+    ``gen.concat.fileIdList`` where only VOD's events are configured).
     """
     starts: list[int] = []
     ends: list[int] = []
+    untimed: list[JsonValue] = []
     for seg in segments:
         start, end = seg.get("startTime"), seg.get("endTime")
-        if not isinstance(end, int | float):
-            end = seg.get("receivedAt")
-        if not isinstance(start, int | float) and isinstance(end, int | float):
-            duration = seg.get("duration")
-            if isinstance(duration, int | float):
-                start = end - duration
-        if isinstance(start, int | float):
+        if isinstance(start, int | float) and isinstance(end, int | float):
             starts.append(int(start))
-        if isinstance(end, int | float):
             ends.append(int(end + 0.999))
+        else:
+            untimed.append(seg.get("fileId"))
     first = segments[0] if segments else {}
     fields: dict[str, JsonValue] = {
         "streamId": first.get("streamId"),
@@ -146,6 +148,8 @@ def session_context(segments: list[dict[str, JsonValue]]) -> dict[str, JsonValue
         "app": first.get("app"),
         "appname": first.get("appname"),
     }
-    if starts and ends:
+    if untimed:
+        fields["untimedFileIds"] = [f for f in untimed if isinstance(f, str)]
+    elif starts:
         fields.update(startTime=min(starts), endTime=max(ends), duration=max(ends) - min(starts))
     return _clean(fields)

@@ -418,6 +418,9 @@ async def test_demo_sends_a_recording_through_and_prints_its_outputs(
             **{k: v for k, v in os.environ.items() if not k.startswith("VODFLOW_")},
             "VODFLOW_DATA_DIR": str(tmp_path / "data"),
             "VODFLOW_PORT": str(port),
+            # the server's own, not those of the data directory (this server was given them)
+            "VODFLOW_CALLBACK_TOKEN": TOKEN,
+            "VODFLOW_LVB_CALLBACK_KEY": LVB_KEY,
             "COLUMNS": "200",
         }
         proc = await asyncio.create_subprocess_exec(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import math
 import os
 import secrets
@@ -126,6 +127,31 @@ async def test_recording_times_are_completed_from_the_duration(
         ).status_code == 404
 
 
+def _serving(
+    command: list[str], tmp_path: Path, env: dict[str, str], ready: str
+) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", *command],
+        env={**os.environ, **env},
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{env['VODFLOW_PORT']}{ready}", timeout=1)
+            return server
+        except httpx.TransportError:
+            assert server.poll() is None, server.communicate()[0].decode()
+            assert time.monotonic() < deadline, f"vodflow {' '.join(command)} did not start"
+            time.sleep(0.2)
+
+
+def _upload(recording: Path, *options: str) -> Any:
+    return CliRunner().invoke(app, ["vod", "upload", str(recording), *options])
+
+
 def test_the_cli_uploads_to_vodflow_engine_serve(
     tmp_path: Path, recording: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -136,38 +162,13 @@ def test_the_cli_uploads_to_vodflow_engine_serve(
         "VODFLOW_ENGINE_WORKERS": "1",
         "VODFLOW_ENGINE_CALLBACK_URL": "",
     }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "engine", "serve"],
-        env={**os.environ, **env},
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    server = _serving(["engine", "serve"], tmp_path, env, "/v2/index.php")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/v2/index.php", timeout=1)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, server.communicate()[0].decode()
-                assert time.monotonic() < deadline, "vodflow engine serve did not start"
-                time.sleep(0.2)
         for name, value in env.items():
             monkeypatch.setenv(name, value)
         monkeypatch.chdir(tmp_path)
-        result = CliRunner().invoke(
-            app,
-            [
-                "vod",
-                "upload",
-                str(recording),
-                "--stream-id",
-                "lecture_5",
-                "--record-start",
-                "2026-11-20T10:00:00+08:00",
-            ],
-        )
+        recorded = ("--stream-id", "lecture_5", "--record-start", "2026-11-20T10:00:00+08:00")
+        result = _upload(recording, *recorded, "--no-announce")
         assert result.exit_code == 0, result.output
         lines = result.output.splitlines()
         assert lines[0].startswith("fileId=")
@@ -176,11 +177,64 @@ def test_the_cli_uploads_to_vodflow_engine_serve(
         url = lines[1].removeprefix("fileUrl=")
         assert url == f"http://127.0.0.1:{port}/vod/files/{file_id}/f0.mp4"
         assert httpx.get(url).content == recording.read_bytes()
+        assert len(lines) == 2
 
-        bad = CliRunner().invoke(app, ["vod", "upload", str(recording), "--record-start", "soon"])
+        # The engine alone has no receiver to announce the recording to: said, and not 0.
+        unheard = _upload(recording, *recorded)
+        assert unheard.exit_code == 1
+        assert "but announcing it as a recording of lecture_5 failed" in unheard.output
+        assert f"http://127.0.0.1:{port}/callbacks/lvb answered 404" in unheard.output
+
+        bad = _upload(recording, "--record-start", "soon")
         assert bad.exit_code == 2
         said = " ".join(bad.output.replace("│", " ").split())  # typer draws a box around it
         assert "'soon': expected Unix seconds or an ISO 8601 time" in said
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_the_cli_announces_a_recording_with_its_times(
+    tmp_path: Path, recording: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VOD's NewFileUpload carries no recording times, so `vod upload` of a recording also sends
+    the live service's recording callback, with the times the engine registered."""
+    port = free_port()
+    (tmp_path / "workflows").mkdir()
+    env = {
+        "VODFLOW_DATA_DIR": str(tmp_path / "data"),
+        "VODFLOW_WORKFLOWS": str(tmp_path / "workflows"),
+        "VODFLOW_PORT": str(port),
+        "VODFLOW_ENGINE_WORKERS": "1",
+        "VODFLOW_LVB_CALLBACK_KEY": "live-key",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(app, ["db", "upgrade"]).exit_code == 0
+    server = _serving(["serve"], tmp_path, env, "/healthz")
+    try:
+        result = _upload(recording, "--stream-id", "lecture_6", "--record-start", "1763632800")
+        assert result.exit_code == 0, result.output
+        file_id = result.output.splitlines()[0].removeprefix("fileId=")
+        end = 1763632800 + math.ceil(2.5)
+        assert f"recording of lecture_6 from 1763632800 to {end}" in result.output
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 10
+        while True:
+            events = httpx.get(f"{base}/api/inbox", params={"fileId": file_id}).json()["events"]
+            if {e["source"] for e in events} == {"lvb", "vod"}:
+                break
+            assert time.monotonic() < deadline, events
+            time.sleep(0.2)
+        (live,) = [e for e in events if e["source"] == "lvb"]
+        body = json.loads(live["body"])
+        assert (body["stream_id"], body["start_time"], body["end_time"]) == (
+            "lecture_6",
+            1763632800,
+            end,
+        )
+        assert live["status"] != "invalid"  # signed with the live key and accepted
     finally:
         server.terminate()
         server.wait(timeout=10)

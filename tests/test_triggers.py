@@ -59,17 +59,33 @@ def test_session_context_spans_the_segments() -> None:
     fields = triggers.session_context(
         [
             {"streamId": "s", "fileId": "a", "startTime": 100, "endTime": 160},
-            {"streamId": "s", "fileId": "b", "startTime": 165, "endTime": 230},
-            {"streamId": "s", "fileId": "c", "receivedAt": 300, "duration": 60.5},
+            {"streamId": "s", "fileId": "b", "startTime": 165, "endTime": 230.5},
         ]
     )
     assert fields == {
         "streamId": "s",
-        "fileIds": ["a", "b", "c"],
-        "segmentCount": 3,
+        "fileIds": ["a", "b"],
+        "segmentCount": 2,
         "startTime": 100,
-        "endTime": 300,
-        "duration": 200,
+        "endTime": 231,
+        "duration": 131,
+    }
+
+
+def test_a_session_with_a_recording_of_unknown_times_has_no_window() -> None:
+    """VOD's NewFileUpload carries no recording times, and guessing them from when it arrived
+    clipped the wrong range: such a session names the recordings instead of inventing a span."""
+    fields = triggers.session_context(
+        [
+            {"streamId": "s", "fileId": "a", "startTime": 100, "endTime": 160},
+            {"streamId": "s", "fileId": "c", "duration": 60.5},
+        ]
+    )
+    assert fields == {
+        "streamId": "s",
+        "fileIds": ["a", "c"],
+        "segmentCount": 2,
+        "untimedFileIds": ["c"],
     }
 
 

@@ -16,8 +16,9 @@ says). A recording's ``recordStartTime``/``recordEndTime`` (Unix seconds) are wh
 ``gen.clip.streamInfo`` selects by; when one is missing it is derived from the other and the
 media's duration, and with neither the recording is taken to have just ended.
 
-The answer is the API's envelope plus ``fileId`` and ``fileUrl``, with an HTTP status that says
-the same (200, 400, 401, 413, 429, 500), so plain HTTP tools see failures too.
+The answer is the API's envelope plus ``fileId`` and ``fileUrl`` (and, for a recording, its
+``streamId``, ``recordStartTime`` and ``recordEndTime`` as registered), with an HTTP status that
+says the same (200, 400, 401, 413, 429, 500), so plain HTTP tools see failures too.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from typing import Annotated, ClassVar, Literal, Self
 from urllib.parse import urlsplit
 
 import httpx
-from pydantic import StringConstraints, model_validator
+from pydantic import JsonValue, StringConstraints, model_validator
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 
@@ -149,7 +150,17 @@ class Uploads:
         finally:
             if part is not None:
                 await asyncio.to_thread(part.unlink, True)
-        return success({"fileId": file.file_id, "fileUrl": self.storage.url_for(file.path)})
+        answer: dict[str, JsonValue] = {
+            "fileId": file.file_id,
+            "fileUrl": self.storage.url_for(file.path),
+        }
+        if file.stream_id is not None:
+            answer.update(
+                streamId=file.stream_id,
+                recordStartTime=file.record_start,
+                recordEndTime=file.record_end,
+            )
+        return success(answer)
 
     def _too_large(self) -> EngineError:
         message = f"the body is larger than the engine accepts ({self.max_bytes} bytes)"
@@ -253,6 +264,10 @@ def _utc(seconds: float) -> datetime:
 class Uploaded:
     file_id: str
     file_url: str
+    stream_id: str | None = None
+    """For a recording: its stream, and its recording times as the engine registered them."""
+    record_start: int | None = None
+    record_end: int | None = None
 
 
 async def upload_file(
@@ -316,4 +331,15 @@ async def upload_file(
         except httpx.HTTPError as exc:
             raise TransportError(f"UploadFile: cannot reach {url}: {exc}") from exc
     fields = load_answer(answer.content, UploadFileRequest.ACTION)
-    return Uploaded(file_id=str(fields.get("fileId")), file_url=str(fields.get("fileUrl")))
+    stream, start, end = (
+        fields.get("streamId"),
+        fields.get("recordStartTime"),
+        fields.get("recordEndTime"),
+    )
+    return Uploaded(
+        file_id=str(fields.get("fileId")),
+        file_url=str(fields.get("fileUrl")),
+        stream_id=stream if isinstance(stream, str) else None,
+        record_start=start if isinstance(start, int) else None,
+        record_end=end if isinstance(end, int) else None,
+    )
