@@ -13,6 +13,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import JsonValue
@@ -36,10 +37,13 @@ class Actions:
         *,
         webhook_secret: str | None,
         checker: OutputChecker,
+        base_url: str = "",
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.client = client
         self.http = http
+        self.base_url = base_url.rstrip("/")
+        """This vodflow's URL: a notify step's ``url`` that is a path is on it."""
         self.webhook = Webhook(webhook_secret) if webhook_secret else None
         self.checker = checker
         self.clock = clock
@@ -122,6 +126,14 @@ class Actions:
     # --- notify -------------------------------------------------------------------------
 
     async def _notify(self, command: m.Notify, tries: int) -> m.Input:
+        url = self.base_url + command.url if command.url.startswith("/") else command.url
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            # a templated URL that rendered into something else: no try will ever reach it
+            return _notify_failed(
+                command, ErrorClass.REJECTED, "is not an http(s) URL or a path on this vodflow"
+            )
+        command = command.model_copy(update={"url": url})
         body = json.dumps(command.payload, ensure_ascii=False, separators=(",", ":"))
         now = self.clock()
         headers = {

@@ -112,7 +112,13 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         return info.basic_info.duration if info.basic_info else None
 
     checker = OutputChecker(http, lambda url: url_duration(ffmpeg, url), source_duration)
-    actions = Actions(client, http, webhook_secret=keys.webhook_secret, checker=checker)
+    actions = Actions(
+        client,
+        http,
+        webhook_secret=keys.webhook_secret,
+        checker=checker,
+        base_url=settings.base_url,
+    )
     runner = Runner(
         db,
         registry,

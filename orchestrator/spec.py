@@ -23,6 +23,7 @@ from datetime import timedelta
 from difflib import get_close_matches
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
+from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
@@ -78,6 +79,22 @@ Text = Annotated[str, BeforeValidator(_ids_as_text), AfterValidator(_check_templ
 """A string that may contain ``{{ references }}``."""
 
 TemplateRef = Annotated[str, AfterValidator(_must_be_template)]
+
+
+def _check_webhook_url(value: str) -> str:
+    """An http(s) URL, or a path on this vodflow (``/hooks/sink``: the sender prefixes its public
+    URL). A templated URL is checked when it is sent."""
+    if template.is_template(value) or value.startswith("/"):
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(
+            f"expected an http(s) URL or a path on this vodflow such as /hooks/sink; got {value!r}"
+        )
+    return value
+
+
+WebhookUrl = Annotated[Text, AfterValidator(_check_webhook_url)]
 """A string that must be a template (stands in for a non-string value resolved at run time)."""
 
 TemplatedInt = int | TemplateRef
@@ -243,7 +260,9 @@ class ProcessAction(_Model):
 class NotifyAction(_Model):
     """POST the run's outputs to ``url``, signed the Standard Webhooks way."""
 
-    url: Text
+    url: WebhookUrl = Field(
+        description="Where to POST: an http(s) URL, or a path on this vodflow (/hooks/sink)."
+    )
     event_type: str = Field("vodflow.run.outputs", description="The payload's `type`.")
     data: dict[str, Any] = Field(
         default_factory=dict, description="Extra fields for the payload's data (templated)."

@@ -172,12 +172,24 @@ def test_unquoted_numeric_file_ids_are_text() -> None:
 
 def test_step_needs_exactly_one_action_and_unique_names() -> None:
     found = problems(
-        VALID + "  - name: transcode\n    notify: {url: u}\n    process: {fileId: f}\n"
+        VALID + "  - name: transcode\n    notify: {url: /u}\n    process: {fileId: f}\n"
     )
     joined = "\n".join(found)
     assert "exactly one of 'process' or 'notify'" in joined
-    found = problems(VALID + "  - name: transcode\n    notify: {url: u}\n")
+    found = problems(VALID + "  - name: transcode\n    notify: {url: /u}\n")
     assert "step name 'transcode' is already used by steps[0]" in found[0]
+
+
+def test_a_webhook_url_is_an_http_url_or_a_path_on_this_vodflow() -> None:
+    for good in ("https://cms.example/hooks", "http://127.0.0.1:9/x", "/hooks/sink"):
+        parse_workflow(VALID + f"  - name: tell\n    notify: {{url: {good!r}}}\n", "wf.yaml")
+    for bad in ("not-a-url", "ftp://files.example/x", "https:///x"):
+        (msg,) = problems(VALID + f"  - name: tell\n    notify: {{url: {bad!r}}}\n")
+        assert msg.startswith("wf.yaml:11:19: steps[1].notify.url: "), msg
+        assert (
+            f"expected an http(s) URL or a path on this vodflow such as /hooks/sink; got {bad!r}"
+            in msg
+        )
 
 
 def test_yaml_syntax_errors_have_positions() -> None:
