@@ -98,6 +98,14 @@ def test_serve_answers_healthz_and_lists_workflows(tmp_path: Path) -> None:
             {"name": "replay", "kind": "process"},
             {"name": "publish", "kind": "notify"},
         ]
+        # The README's manual trigger, against the shipped workflows.
+        body = {
+            "workflow": "recording-transcode",
+            "params": {"fileId": "528"},
+            "idempotencyKey": "k1",
+        }
+        created = httpx.post(f"{base}/api/runs", json=body, timeout=5)
+        assert created.status_code == 201, created.text
         # A dashboard left open holds the live stream; stopping must not wait for it.
         tab = socket.create_connection(("127.0.0.1", port))
         tab.sendall(b"GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
