@@ -280,7 +280,9 @@ class Runner:
         """Start a run of a workflow with a manual trigger. Returns (run ID, newly started).
 
         The request is recorded in the inbox like every other event. With an idempotency key a
-        repeated request returns the run the first one started.
+        repeated request returns the run the first one started; the same key with other params
+        is refused (409), as a payment API refuses a reused key: it is a client's mistake, and
+        answering with the first run would hide that the second request started nothing.
         """
         workflow = self.registry.current.get(workflow_name)
         if workflow is None:
@@ -338,7 +340,15 @@ class Runner:
                 existing = views.run_by_dedup_key(conn, dedup or "")
                 if existing is None:
                     raise TriggerRefused(409, "an equal request is being processed; try again")
-                return existing, False
+                existing_id, context = existing
+                if context != params:
+                    raise TriggerRefused(
+                        409,
+                        f"idempotency key {idempotency_key!r} already started run {existing_id} "
+                        f"with other params ({json.dumps(context, ensure_ascii=False)}); "
+                        "use a new key for a new run",
+                    )
+                return existing_id, False
             queues.mark_inbox(
                 conn, event_id, InboxStatus.APPLIED, now=now, run_id=run_id, note="manual trigger"
             )

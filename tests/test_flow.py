@@ -256,6 +256,12 @@ async def test_manual_trigger_with_idempotency_key(service: Service) -> None:
     assert first.status_code == 201
     assert again.status_code == 200
     assert first.json()["runId"] == again.json()["runId"]
+    other = await service.http.post(url, json={**body, "params": {"fileId": "f10"}})
+    assert other.status_code == 409
+    assert other.json()["error"] == (
+        f"idempotency key 'k1' already started run {first.json()['runId']} with other params "
+        '({"fileId": "f9"}); use a new key for a new run'
+    )
     missing = await service.http.post(url, json={"workflow": "transcode", "params": {}})
     assert missing.status_code == 422
     assert "needs params: fileId" in missing.json()["error"]

@@ -119,11 +119,12 @@ def list_runs(
     return [dict(r) for r in (conn.execute(query)).mappings()]
 
 
-def run_by_dedup_key(conn: sa.Connection, dedup_key: str) -> str | None:
-    run_id: str | None = (
-        conn.execute(sa.select(runs.c.id).where(runs.c.dedup_key == dedup_key))
-    ).scalar()
-    return run_id
+def run_by_dedup_key(conn: sa.Connection, dedup_key: str) -> tuple[str, Any] | None:
+    """The run started under this dedup key, and its trigger context."""
+    row = conn.execute(
+        sa.select(runs.c.id, runs.c.context).where(runs.c.dedup_key == dedup_key)
+    ).first()
+    return None if row is None else (str(row.id), row.context)
 
 
 def inbox_counts(conn: sa.Connection) -> dict[str, int]:
