@@ -946,7 +946,10 @@ class ApiAuth:
         self.read = read
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/api/"):
+        # The built-in webhook sink's list of deliveries (full payloads, output URLs) is read
+        # like the API; deliveries to it stay open (they carry their own signature).
+        sink = scope.get("path") == "/hooks/sink" and scope.get("method") == "GET"
+        if scope["type"] != "http" or not (scope["path"].startswith("/api/") or sink):
             await self.app(scope, receive, send)
             return
         if self.admin is None and self.read is None:

@@ -300,6 +300,9 @@ async def test_tokens_guard_the_api(tmp_path: Path, sqlite_url: str) -> None:
         query = await service.http.get(url, params={"access_token": "read-secret"})
         assert query.status_code == 200
         assert (await service.http.get(f"{service.base}/healthz")).status_code == 200
+        sink = f"{service.base}/hooks/sink"
+        assert (await service.http.get(sink)).status_code == 401
+        assert (await service.http.get(sink, headers=read)).json() == {"deliveries": []}
 
 
 def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
