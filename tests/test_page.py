@@ -216,6 +216,11 @@ async def test_a_new_run_appears_and_progresses_live(service: Service, browser: 
     await screenshot(page, "runs.png")
     assert errors == run_errors == []
 
+    missing, _ = await open_page(browser, f"{service.base}/runs/run_nosuch")
+    await expect(missing.locator("#run-workflow")).to_have_text("No such run")
+    await expect(missing.locator("#run-status")).to_be_hidden()
+    await expect(missing.locator("#steps")).to_have_text("Nothing to show.")
+
 
 @pytest.mark.browser
 async def test_failed_and_stalled_runs_say_why_and_retry(

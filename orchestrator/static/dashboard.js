@@ -439,6 +439,10 @@ function runPage() {
       $("run-workflow").textContent = error.status === 404 ? "No such run" : "Could not load the run";
       $("run-error").hidden = false;
       $("run-error").textContent = error.message;
+      if (!run) {  // nothing was shown yet: no "loading" left behind
+        $("run-status").hidden = true;
+        $("steps").replaceChildren(h("li", { class: "placeholder" }, "Nothing to show."));
+      }
       return;
     }
     render(run);
@@ -448,6 +452,7 @@ function runPage() {
   function render(r) {
     document.title = `${r.workflow} ${r.health} · vodflow`;
     $("run-workflow").textContent = r.workflow;
+    $("run-status").hidden = false;
     setBadge($("run-status"), r.health);
     $("f-stream").textContent = r.streamId || "–";
     $("f-file").textContent = r.fileId || "–";
