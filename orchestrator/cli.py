@@ -70,6 +70,10 @@ def validate(
             typer.echo(str(problem), err=True)
         typer.echo(f"{len(exc.problems)} problem(s) found", err=True)
         raise typer.Exit(1) from None
+    if not loaded:
+        where = ", ".join(str(p) for p in paths)
+        typer.echo(f"vodflow: no workflow files (*.yaml, *.yml) in {where}", err=True)
+        raise typer.Exit(1)
     if dry_run is not None:
         from orchestrator.dryrun import DryRunError, dry_run_event
 

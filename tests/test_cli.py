@@ -41,6 +41,17 @@ def test_validate_prints_every_problem_and_exits_non_zero(tmp_path: Path) -> Non
     assert "5 problem(s) found" in out
 
 
+def test_validate_says_when_there_is_nothing_to_validate(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["validate", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"no workflow files (*.yaml, *.yml) in {tmp_path}" in result.output
+    (tmp_path / "wf.yaml").write_text("name: wf\ntriggers: [{type: manual}]\nsteps: []\n")
+    result = runner.invoke(app, ["validate", str(tmp_path)])
+    assert "wf.yaml:3:8: steps: expected a list with at least 1 item; found an empty list" in (
+        result.output
+    )
+
+
 def test_schema_prints_json_schema() -> None:
     result = runner.invoke(app, ["schema"])
     assert result.exit_code == 0
