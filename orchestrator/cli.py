@@ -96,7 +96,7 @@ def db_upgrade(
 
     settings = _settings()
     migrate.upgrade(settings.sqlalchemy_url, revision)
-    typer.echo(f"database is at {revision}: {_redact(settings.sqlalchemy_url)}")
+    typer.echo(f"database is at {revision}: {migrate.redact(settings.sqlalchemy_url)}")
 
 
 @db_app.command("current")
@@ -105,12 +105,6 @@ def db_current() -> None:
     from orchestrator.store import migrate
 
     migrate.current(_settings().sqlalchemy_url)
-
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def _run_server(application: ASGIApp, settings: Settings) -> None:
@@ -134,9 +128,15 @@ def serve() -> None:
     from orchestrator import logs
     from orchestrator.app import create_app
     from orchestrator.registry import Registry
+    from orchestrator.store import migrate
 
     settings = _settings()
     logs.configure(settings.log_level, settings.log_format)
+    try:
+        migrate.require_head(settings.sqlalchemy_url)
+    except migrate.SchemaNotCurrent as exc:
+        typer.echo(f"vodflow: {exc}", err=True)
+        raise typer.Exit(1) from None
     try:
         registry = Registry.from_paths([settings.workflows])
     except WorkflowError as exc:

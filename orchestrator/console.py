@@ -51,7 +51,13 @@ async def api(settings: Settings, direct: bool) -> AsyncIterator[httpx.AsyncClie
                 await client.aclose()
             return
     from orchestrator.app import create_app
+    from orchestrator.store import migrate
 
+    try:
+        migrate.require_head(settings.sqlalchemy_url)
+    except migrate.SchemaNotCurrent as exc:
+        err.print(f"vodflow: {exc}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
     app = create_app(settings.model_copy(update={"engine": False}))
     services = app.state.services
     transport = httpx.ASGITransport(app=app)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -15,6 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.store import migrate
 from tests.conftest import ROOT, free_port
 
 runner = CliRunner()
@@ -127,3 +129,55 @@ def test_serve_answers_healthz_and_lists_workflows(tmp_path: Path) -> None:
         if tab is not None:
             tab.close()
     assert f"dashboard at http://127.0.0.1:{port}/" in output
+
+
+def _unmigrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Settings for a data directory whose database was never migrated; its URL."""
+    monkeypatch.setenv("VODFLOW_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("VODFLOW_WORKFLOWS", str(ROOT / "workflows"))
+    monkeypatch.setenv("VODFLOW_PORT", str(free_port()))  # no server answers there
+    return f"sqlite:///{tmp_path / 'data' / 'vodflow.db'}"
+
+
+def test_serve_refuses_a_database_that_was_never_migrated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = _unmigrated(tmp_path, monkeypatch)
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"vodflow: the database {url} is not migrated (revision none: no tables yet; "
+        "this vodflow needs 0004): run `vodflow db upgrade`\n"
+    )
+    assert not (tmp_path / "data" / "vodflow.db").exists()  # the check created nothing
+
+
+def test_commands_on_the_database_refuse_one_behind_or_ahead_of_the_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = _unmigrated(tmp_path, monkeypatch)
+    never = runner.invoke(app, ["runs"])  # no server answers: the database directly
+    assert never.exit_code == 1
+    assert f"vodflow: the database {url} is not migrated (revision none" in never.output
+    assert "Traceback" not in never.output
+    assert runner.invoke(app, ["db", "upgrade", "0003"]).exit_code == 0
+    behind = runner.invoke(app, ["runs", "--direct"])
+    assert behind.exit_code == 1
+    assert "(revision 0003; this vodflow needs 0004): run `vodflow db upgrade`" in behind.output
+    with sqlite3.connect(tmp_path / "data" / "vodflow.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099'")
+    ahead = runner.invoke(app, ["serve"])
+    assert ahead.exit_code == 1
+    assert "is at revision 0099, which this vodflow does not know" in ahead.output
+    with sqlite3.connect(tmp_path / "data" / "vodflow.db") as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0003'")
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    current = runner.invoke(app, ["runs", "--direct", "--json"])
+    assert current.exit_code == 0, current.output
+    assert json.loads(current.stdout)["runs"] == []
+
+
+def test_database_urls_are_shown_without_their_password() -> None:
+    assert migrate.redact("postgresql://vf:s3cret@db:5432/vodflow") == (
+        "postgresql://vf:***@db:5432/vodflow"
+    )
