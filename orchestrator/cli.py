@@ -126,23 +126,27 @@ def _run_server(application: ASGIApp, settings: Settings) -> None:
 def serve() -> None:
     """Run the service: callbacks, runner, sweeper, dashboard (and the embedded VOD engine)."""
     from orchestrator import logs
-    from orchestrator.app import create_app
+    from orchestrator.app import UnsafeBinding, create_app
     from orchestrator.registry import Registry
     from orchestrator.store import migrate
 
     settings = _settings()
-    logs.configure(settings.log_level, settings.log_format)
     try:
         migrate.require_head(settings.sqlalchemy_url)
     except migrate.SchemaNotCurrent as exc:
         typer.echo(f"vodflow: {exc}", err=True)
         raise typer.Exit(1) from None
+    logs.configure(settings.log_level, settings.log_format)
     try:
         registry = Registry.from_paths([settings.workflows])
     except WorkflowError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
-    application = create_app(settings, registry)
+    try:
+        application = create_app(settings, registry)
+    except UnsafeBinding as exc:
+        typer.echo(f"vodflow: {exc}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(f"vodflow {__version__}: dashboard at {settings.base_url}/")
     _run_server(application, settings)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sqlite3
@@ -181,3 +182,21 @@ def test_database_urls_are_shown_without_their_password() -> None:
     assert migrate.redact("postgresql://vf:s3cret@db:5432/vodflow") == (
         "postgresql://vf:***@db:5432/vodflow"
     )
+
+
+def test_serve_beyond_loopback_without_a_token_says_why_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _unmigrated(tmp_path, monkeypatch)
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    monkeypatch.setenv("VODFLOW_HOST", "0.0.0.0")
+    # serve configures logging onto the runner's stream, closed once it returns: undo that after
+    monkeypatch.setattr(logging.root, "handlers", list(logging.root.handlers))
+    monkeypatch.setattr(logging.root, "level", logging.root.level)
+    for command in (["runs", "--direct"], ["serve"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 2, command
+        assert result.output == (
+            "vodflow: VODFLOW_HOST=0.0.0.0 exposes the dashboard API beyond this machine: "
+            "set VODFLOW_API_TOKEN (and optionally VODFLOW_API_READ_TOKEN) first\n"
+        ), command
