@@ -1,13 +1,17 @@
 """vodflow's settings: one object, read once at start-up from ``vodflow.toml`` and ``VODFLOW_*``.
 
 Precedence (highest first): explicit arguments, environment variables, the TOML file, defaults.
-The TOML file is ``./vodflow.toml`` unless ``VODFLOW_CONFIG`` names another; its keys are the
-setting names in lower case (``port = 8080``). No other module reads the environment.
+The TOML file is ``./vodflow.toml`` unless ``VODFLOW_CONFIG`` names another (which must then
+exist); its keys are the setting names in lower case (``port = 8080``), and errors about a value
+from it name the file and the key. No other module reads the environment.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+import re
+import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,9 +25,9 @@ from pydantic import (
 )
 from pydantic_settings import (
     BaseSettings,
+    InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
-    TomlConfigSettingsSource,
 )
 
 from orchestrator.durations import parse_duration
@@ -204,12 +208,8 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        toml_path = Path(os.environ.get("VODFLOW_CONFIG", "vodflow.toml"))
-        return (
-            init_settings,
-            env_settings,
-            TomlConfigSettingsSource(settings_cls, toml_file=toml_path),
-        )
+        _, values = read_config_file()
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, values))
 
     # Derived values: computed, never configured twice.
 
@@ -245,23 +245,69 @@ class Settings(BaseSettings):
         return parse_duration(self.retention).total_seconds()
 
 
-def _setting_name(loc: tuple[int | str, ...]) -> str:
+def read_config_file() -> tuple[Path, dict[str, Any]]:
+    """The TOML file's path and its settings: none when ``./vodflow.toml`` does not exist, a
+    SettingsError naming the file when ``VODFLOW_CONFIG`` names one that does not, or when it
+    cannot be read or parsed."""
+    named = os.environ.get("VODFLOW_CONFIG")
+    path = Path(named or "vodflow.toml")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if named:
+            raise SettingsError(
+                f"VODFLOW_CONFIG: {path}: no such file (expected a TOML settings file)"
+            ) from None
+        return path, {}
+    except OSError as exc:
+        raise SettingsError(f"{path}: cannot read the settings file: {exc.strerror}") from None
+    try:
+        return path, tomllib.loads(raw.decode())
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"{path}: not UTF-8 text (byte {exc.start}): expected TOML") from None
+    except tomllib.TOMLDecodeError as exc:
+        # Python 3.11's error has the position only in its message: "... (at line 3, column 7)"
+        text = str(exc)
+        at = re.search(r" \(at line (\d+), column (\d+)\)$", text)
+        where = f"{path}:{at[1]}:{at[2]}" if at else str(path)
+        reason = text[: at.start()] if at else text
+        raise SettingsError(f"{where}: not valid TOML: {reason}") from None
+
+
+def _from_file(key: str, overrides: dict[str, Any], file: dict[str, Any]) -> bool:
+    """Whether the file gave the value of setting ``key`` (arguments and the environment win)."""
+    env = "vodflow_" + key.lower()
+    return (
+        key in file and key not in overrides and not any(name.lower() == env for name in os.environ)
+    )
+
+
+def _problem(err: Any, overrides: dict[str, Any], path: Path, file: dict[str, Any]) -> str:
+    loc = err["loc"]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    msg = msg.replace("Input should be ", "expected ", 1)
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) else f" (got {got!r})"
     if not loc:
-        return "settings"
-    return "VODFLOW_" + str(loc[0]).upper()
+        return f"settings: {msg}{shown}"
+    key = str(loc[0])
+    if not _from_file(key, overrides, file):
+        return f"VODFLOW_{key.upper()}: {msg}{shown}"
+    name = ".".join(str(part) for part in loc)
+    if err["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(key, Settings.model_fields, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"{path}: {name}: unknown setting{hint}"
+    return f"{path}: {name}: {msg}{shown}"
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings, turning pydantic's report into one message per bad setting."""
+    """Read the settings, turning pydantic's report into one message per bad setting, each
+    named where it was given: ``VODFLOW_PORT`` for the environment, ``vodflow.toml: port`` for
+    the file."""
     try:
         return Settings(**overrides)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            name = _setting_name(err["loc"])
-            got = err.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            msg = str(err["msg"]).removeprefix("Value error, ")
-            msg = msg.replace("Input should be ", "expected ", 1)
-            lines.append(f"{name}: {msg}{shown}")
+        path, file = read_config_file()
+        lines = [_problem(err, overrides, path, file) for err in exc.errors()]
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None

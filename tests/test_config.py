@@ -59,7 +59,41 @@ def test_secret_pair_must_be_complete(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
-def test_unknown_toml_key_is_an_error(tmp_path: Path) -> None:
+def test_unknown_toml_key_is_named_as_the_files_with_a_suggestion(tmp_path: Path) -> None:
     (tmp_path / "vodflow.toml").write_text("prot = 1\n")
-    with pytest.raises(SettingsError, match="VODFLOW_PROT"):
+    with pytest.raises(SettingsError) as info:
         load_settings()
+    assert "vodflow.toml: prot: unknown setting; did you mean 'port'?" in str(info.value)
+    assert "VODFLOW_PROT" not in str(info.value)
+
+
+def test_bad_values_from_the_file_name_the_file_and_key_unless_the_environment_gave_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "my.toml").write_text('port = "eighty"\nvod_region = ""\nvod_burst = 0\n')
+    monkeypatch.setenv("VODFLOW_CONFIG", "my.toml")
+    monkeypatch.setenv("VODFLOW_VOD_BURST", "-1")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    text = str(info.value)
+    assert "my.toml: port: expected a valid integer" in text
+    assert "(got 'eighty')" in text
+    assert "my.toml: vod_region: String should have at least 1 character (got '')" in text
+    assert "VODFLOW_VOD_BURST: expected greater than or equal to 1 (got '-1')" in text
+
+
+def test_a_config_file_that_was_named_must_exist(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().port == 8080  # ./vodflow.toml is optional
+    monkeypatch.setenv("VODFLOW_CONFIG", "missing.toml")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert str(info.value) == (
+        "VODFLOW_CONFIG: missing.toml: no such file (expected a TOML settings file)"
+    )
+
+
+def test_a_toml_syntax_error_names_the_file_line_and_column(tmp_path: Path) -> None:
+    (tmp_path / "vodflow.toml").write_text("port = 8080\nhost = \n")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert str(info.value) == "vodflow.toml:2:8: not valid TOML: Invalid value"
