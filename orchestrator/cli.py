@@ -34,13 +34,25 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
-@app.callback()
-def _main(
-    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
-) -> None:
-    if version:
+def _print_version(given: bool) -> None:
+    if given:
         typer.echo(f"vodflow {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            help="Print the version and exit.",
+            callback=_print_version,
+            is_eager=True,  # before the check that a command was given
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 @app.command()

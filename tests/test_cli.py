@@ -16,6 +16,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
+from orchestrator import __version__
 from orchestrator.cli import app
 from orchestrator.store import migrate
 from tests.conftest import ROOT, free_port
@@ -53,6 +54,12 @@ def test_validate_says_when_there_is_nothing_to_validate(tmp_path: Path) -> None
     assert "wf.yaml:3:8: steps: expected a list with at least 1 item; found an empty list" in (
         result.output
     )
+
+
+def test_version_prints_the_version_without_a_command() -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"vodflow {__version__}\n"
 
 
 def test_schema_prints_json_schema() -> None:
