@@ -83,7 +83,7 @@ def _call(settings: Settings, direct: bool, method: str, path: str, **kw: Any) -
                 detail = answer.json().get("error", answer.text)
             except ValueError:
                 detail = answer.text
-            err.print(f"vodflow: {detail}")
+            err.print(f"vodflow: {detail}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(1)
         return answer.json()
 

@@ -620,7 +620,19 @@ async def cancel_run(request: Request) -> Response:
 
 
 async def retry_run(request: Request) -> Response:
+    """A step the run's workflow does not have is the caller's mistake (422), unlike a real
+    step that cannot be retried now, which the machine answers (and records) as ignored."""
     body = await parse_body(request, RetryRequest)
+    if body.step is not None:
+        run_id = request.path_params["run_id"]
+        names = await _services(request).db.query(views.step_names, run_id)
+        if names is None:
+            return problem(404, f"no run {run_id!r}")
+        if body.step not in names:
+            return problem(
+                422,
+                f"run {run_id} has no step {body.step!r}; its steps: {', '.join(names)}",
+            )
     return await _act(request, m.ManualRetry(actor=_actor(request), step=body.step))
 
 

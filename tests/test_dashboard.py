@@ -169,6 +169,27 @@ async def test_actions_are_idempotent_and_recorded(service: Service) -> None:
     assert "has not answered" in retried["reason"] or retried["changed"]
 
 
+async def test_retrying_a_step_the_run_does_not_have_is_refused(
+    service: Service, tmp_path: Path, sqlite_url: str
+) -> None:
+    run_id = await finished_run(service)
+    retry = f"{service.base}/api/runs/{run_id}/retry"
+    unknown = await service.http.post(retry, json={"step": "nosuch"})
+    assert unknown.status_code == 422
+    assert unknown.json()["error"] == (f"run {run_id} has no step 'nosuch'; its steps: transcode")
+    nobody = await service.http.post(f"{service.base}/api/runs/nope/retry", json={"step": "x"})
+    assert nobody.status_code == 404
+    # A real step that cannot be retried now is answered, and recorded, as ignored.
+    real = await service.http.post(retry, json={"step": "transcode"})
+    assert real.status_code == 200
+    assert real.json()["changed"] is False
+    assert "ignored: the run succeeded" in real.json()["reason"]
+    out = await _vodflow(
+        service, tmp_path, sqlite_url, "retry", run_id, "--step", "nosuch", returncode=1
+    )
+    assert f"vodflow: run {run_id} has no step 'nosuch'; its steps: transcode" in out
+
+
 async def test_a_timer_that_could_not_be_applied_is_shown_and_replayed(
     tmp_path: Path, sqlite_url: str
 ) -> None:

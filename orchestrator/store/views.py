@@ -67,6 +67,18 @@ def run_detail(conn: sa.Connection, run_id: str) -> dict[str, Any] | None:
     }
 
 
+def step_names(conn: sa.Connection, run_id: str) -> list[str] | None:
+    """A run's step names in order, or None when there is no such run."""
+    names = list(
+        conn.execute(
+            sa.select(steps.c.name).where(steps.c.run_id == run_id).order_by(steps.c.position)
+        ).scalars()
+    )
+    if names or conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id)).first():
+        return names
+    return None
+
+
 def list_timers(
     conn: sa.Connection,
     *,
