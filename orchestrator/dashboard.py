@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, JsonValue, ValidationError
+from pydantic import BaseModel, Field, JsonValue, ValidationError, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -33,6 +33,7 @@ from orchestrator import machine as m
 from orchestrator.openapi import ApiModel, Endpoint, Problem, document
 from orchestrator.runner import TriggerRefused
 from orchestrator.store import queues, views
+from orchestrator.store.queues import INBOX_STATUSES, TIMER_STATUSES
 from orchestrator.store.tasks import find_task
 
 Q = TypeVar("Q", bound=BaseModel)
@@ -279,9 +280,33 @@ class Stats(ApiModel):
 # --- query models ------------------------------------------------------------------------------
 
 
+RUN_STATUSES = tuple(s.value for s in m.RunStatus)
+HEALTH_FILTERS = ("overdue", "failing")  # the healths that are not a status of their own
+
+
+def _statuses(allowed: tuple[str, ...], description: str) -> Any:
+    """A ``status`` query parameter: a list of these values (repeated or comma-separated)."""
+    return Field(
+        default_factory=list,
+        description=description,
+        json_schema_extra={"items": {"type": "string", "enum": list(allowed)}},
+    )
+
+
+def _only(values: list[str], allowed: tuple[str, ...], what: str) -> list[str]:
+    unknown = next((v for v in values if v not in allowed), None)
+    if unknown is not None:
+        raise ValueError(f"{unknown!r} is not {what}; expected one of: {', '.join(allowed)}")
+    return values
+
+
 class RunQuery(ApiModel):
     workflow: str | None = None
-    status: list[str] = Field(default_factory=list, description="Run status; repeat for several.")
+    status: list[str] = _statuses(
+        RUN_STATUSES + HEALTH_FILTERS,
+        "Run status, or the health overdue or failing (runs awaiting a callback past a task's "
+        "expected time; retrying runs whose last attempt failed); repeat for several.",
+    )
     stream_id: str | None = None
     file_id: str | None = None
     since: datetime | None = Field(None, description="Created at or after (ISO 8601).")
@@ -289,10 +314,15 @@ class RunQuery(ApiModel):
     cursor: str | None = Field(None, description="nextCursor of the previous page.")
     limit: int = Field(50, ge=1, le=500)
 
+    @field_validator("status")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        return _only(value, RUN_STATUSES + HEALTH_FILTERS, "a run status or health")
+
 
 class EventQuery(ApiModel):
-    status: list[str] = Field(
-        default_factory=list, description="pending, applied, orphan, invalid, late, ..."
+    status: list[str] = _statuses(
+        INBOX_STATUSES, "pending, applied, orphan, invalid, late, ...; repeat for several."
     )
     source: str | None = None
     run_id: str | None = None
@@ -301,14 +331,24 @@ class EventQuery(ApiModel):
     cursor: str | None = None
     limit: int = Field(50, ge=1, le=500)
 
+    @field_validator("status")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        return _only(value, INBOX_STATUSES, "an inbox event status")
+
 
 class TimerQuery(ApiModel):
-    status: list[str] = Field(
-        default_factory=list, description="pending, fired, cancelled, failed; repeat for several."
+    status: list[str] = _statuses(
+        TIMER_STATUSES, "pending, fired, cancelled, failed; repeat for several."
     )
     run_id: str | None = None
     cursor: str | None = None
     limit: int = Field(50, ge=1, le=500)
+
+    @field_validator("status")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        return _only(value, TIMER_STATUSES, "a timer status")
 
 
 # --- helpers -----------------------------------------------------------------------------------
@@ -356,7 +396,7 @@ def _id_param(request: Request, name: str, what: str) -> int:
 def _errors(exc: ValidationError, where: str) -> str:
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in first["loc"]) or where
-    return f"{where} {loc}: {first['msg']}"
+    return f"{where} {loc}: {str(first['msg']).removeprefix('Value error, ')}"
 
 
 def parse_query(request: Request, model: type[Q]) -> Q:
@@ -525,7 +565,9 @@ async def list_runs(request: Request) -> Response:
         rows = views.list_runs(
             conn,
             workflow=q.workflow,
-            status=q.status or None,
+            status=[s for s in q.status if s in RUN_STATUSES],
+            health=[s for s in q.status if s in HEALTH_FILTERS],
+            now=_now(),
             stream_id=q.stream_id,
             file_id=q.file_id,
             since=q.since,

@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 
 from orchestrator.app import UnsafeBinding, create_app
 from orchestrator.config import load_settings
+from orchestrator.store import views
 from tests.fakevod import new_file_upload, sprite_complete, transcode_complete
 from tests.harness import TIMES_OUT, Service, run_with_a_failed_timer, running_service
 
@@ -109,6 +111,63 @@ async def test_runs_filters_and_cursor_pages(service: Service) -> None:
     bad = await service.http.get(f"{service.base}/api/runs", params={"limit": "many"})
     assert bad.status_code == 422
     assert "limit" in bad.json()["error"]
+
+
+async def test_unknown_status_values_are_refused_naming_the_allowed_ones(
+    service: Service, tmp_path: Path, sqlite_url: str
+) -> None:
+    for path, allowed in (
+        ("runs", "pending, running, awaiting_callback, retrying, succeeded, failed, cancelled, "
+         "overdue, failing"),
+        ("timers", "pending, fired, cancelled, failed"),
+        ("inbox", "pending, applied, orphan, late, ignored, unmatched, invalid, failed"),
+    ):  # fmt: skip
+        bad = await service.http.get(
+            f"{service.base}/api/{path}", params={"status": "pending,bogus"}
+        )
+        assert bad.status_code == 422, path
+        assert bad.json()["error"].startswith("query parameter status: 'bogus' is not "), path
+        assert bad.json()["error"].endswith(f"; expected one of: {allowed}"), path
+    out = await _vodflow(service, tmp_path, sqlite_url, "runs", "--status", "bogus", returncode=1)
+    assert "vodflow: query parameter status: 'bogus' is not a run status or health" in out
+
+
+async def test_runs_filter_by_the_health_overdue_and_failing(service: Service) -> None:
+    created = await service.http.post(
+        f"{service.base}/api/runs", json={"workflow": "transcode", "params": {"fileId": "f"}}
+    )
+    failing = created.json()["runId"]
+    await service.submitted(1)
+    await service.status_is(failing, "awaiting_callback")
+    await service.callback(new_file_upload("o"))
+    await service.submitted(2)
+    waiting = (await service.wait(lambda: _run_of(service, "o", "awaiting_callback")))["id"]
+    sent = service.vod.submitted[0]
+    await service.callback(transcode_complete(sent.tasks["transcode"], "f", ok=False))
+    await service.status_is(failing, "retrying")
+
+    async def listed(*status: str) -> list[str]:
+        answer = await service.http.get(f"{service.base}/api/runs", params={"status": status})
+        assert answer.status_code == 200, answer.text
+        return [r["id"] for r in answer.json()["runs"]]
+
+    assert await listed("failing") == [failing]
+    assert (await service.run(failing))["health"] == "failing"
+    assert await listed("overdue") == []  # its task is expected within the hour
+    assert await listed("failed", "failing") == [failing]
+    db = service.app.state.services.db
+    later = datetime.now(UTC) + timedelta(hours=2)
+    overdue = await db.query(views.list_runs, health=["overdue"], now=later)
+    assert [r["id"] for r in overdue] == [waiting]
+    both = await db.query(
+        views.list_runs, status=["failed"], health=["overdue", "failing"], now=later
+    )
+    assert [r["id"] for r in both] == [waiting, failing]
+
+
+async def _run_of(service: Service, file_id: str, status: str) -> dict[str, Any] | None:
+    runs = [r for r in await service.runs() if r["fileId"] == file_id and r["status"] == status]
+    return runs[0] if runs else None
 
 
 async def test_lookup_by_task_id_and_missing_things(service: Service) -> None:

@@ -38,6 +38,10 @@ class InboxStatus:
     FAILED = "failed"  # applying it raised: kept, with the error, for replay
 
 
+INBOX_STATUSES = tuple(v for k, v in vars(InboxStatus).items() if k.isupper())
+TIMER_STATUSES = ("pending", "fired", "cancelled", "failed")  # failed: as an inbox event's
+
+
 @dataclass(frozen=True)
 class NewInboxEvent:
     source: str

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -97,11 +97,47 @@ def timer(conn: sa.Connection, timer_id: int) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+def _overdue(now: datetime) -> sa.ColumnElement[bool]:
+    """The run waits on a task past its expected time (the health ``overdue``)."""
+    return sa.exists().where(
+        tasks.c.run_id == runs.c.id,
+        tasks.c.status == "waiting",
+        tasks.c.awaited.is_(True),
+        tasks.c.expected_at < now,
+    )
+
+
+def _throttled() -> sa.ColumnElement[bool]:
+    """The run's current step (its first that has not succeeded) waits because VOD throttled it:
+    a retrying run is ``retrying`` then, and ``failing`` otherwise."""
+    later = steps.alias("later")
+    current = (
+        sa.select(sa.func.min(later.c.position))
+        .where(later.c.run_id == runs.c.id, later.c.status != "succeeded")
+        .scalar_subquery()
+    )
+    return sa.exists().where(
+        steps.c.run_id == runs.c.id, steps.c.position == current, steps.c.throttled.is_(True)
+    )
+
+
+def health_is(health: str, now: datetime) -> sa.ColumnElement[bool]:
+    """Runs with this health that is not a status of its own (``overdue``, ``failing``), as the
+    dashboard derives it from the run, its tasks and its current step."""
+    if health == "overdue":
+        return sa.and_(runs.c.status == "awaiting_callback", _overdue(now))
+    if health == "failing":
+        return sa.and_(runs.c.status == "retrying", ~_throttled())
+    raise ValueError(f"health {health!r}: expected overdue or failing")
+
+
 def list_runs(
     conn: sa.Connection,
     *,
     workflow: str | None = None,
     status: list[str] | None = None,
+    health: list[str] | None = None,
+    now: datetime | None = None,
     stream_id: str | None = None,
     file_id: str | None = None,
     since: datetime | None = None,
@@ -109,12 +145,18 @@ def list_runs(
     before: tuple[datetime, str] | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """Newest first; ``before`` is the (created_at, id) cursor of the last row of a page."""
+    """Newest first; ``before`` is the (created_at, id) cursor of the last row of a page. Runs
+    with any of the statuses or any of the healths (``overdue``, ``failing``, as of ``now``) when
+    either is given."""
     query = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
     if workflow:
         query = query.where(runs.c.workflow == workflow)
-    if status:
-        query = query.where(runs.c.status.in_(status))
+    wanted = [runs.c.status.in_(status)] if status else []
+    if health:
+        when = now if now is not None else datetime.now(UTC)
+        wanted += [health_is(h, when) for h in health]
+    if wanted:
+        query = query.where(sa.or_(*wanted))
     if stream_id:
         query = query.where(runs.c.stream_id == stream_id)
     if file_id:
