@@ -51,6 +51,22 @@ MAX_POLL_GAP = timedelta(hours=1)
 STALLED_AFTER_INTERVALS = 3
 
 
+class _SkippedWhileRunning(logging.Filter):
+    """Drops APScheduler's warning that a sweeper job's run came due while its previous run was
+    still going. That is normal here: the pull job's PullEvent is a long poll that outlasts its
+    one-second interval, so it would log the warning about once a second. A job that really
+    hangs is reported by the sweeper's heartbeats (stalled, ``/healthz`` degraded) instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith('Execution of job "%s" skipped: maximum number'):
+            return True
+        job = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        return not isinstance(getattr(getattr(job, "func", None), "__self__", None), Sweeper)
+
+
+_SKIPPED_WHILE_RUNNING = _SkippedWhileRunning()
+
+
 @dataclass(frozen=True)
 class JobHealth:
     name: str
@@ -121,6 +137,7 @@ class Sweeper:
         self.scheduler = AsyncIOScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None}
         )
+        logging.getLogger("apscheduler.scheduler").addFilter(_SKIPPED_WHILE_RUNNING)
         # Every job runs once now, then on its interval from an offset of its own, spread over
         # the interval: jobs due together would queue their transactions on the database's one
         # writer at the same moment, and the callbacks waiting behind them would feel it (each

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,37 @@ async def test_jobs_run_at_start_then_spread_over_their_interval(
         )
         offsets.append(round(offset, 3))
     assert len(set(offsets)) == len(offsets)
+
+
+async def test_a_job_still_running_when_it_comes_due_again_is_not_logged_each_time(
+    db: Database, parts: tuple[Runner, Sweeper, Clock], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Like the pull job's long poll, which outlasts its interval: APScheduler skips the runs
+    that come due meanwhile and would warn about each; the heartbeats still record the job."""
+    _, sweeper, _ = parts
+
+    async def long_poll() -> dict[str, int]:
+        await asyncio.sleep(0.8)
+        return {}
+
+    sweeper.jobs = {"pull": (0.1, long_poll)}
+    caplog.set_level(logging.INFO, logger="apscheduler")
+    sweeper.start()
+    assert sweeper.scheduler is not None
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        (health,) = await sweeper.health()
+        if health.last_success_at is not None:  # the run at start
+            break
+    await asyncio.sleep(1.0)  # the scheduler's run now overlaps about ten of its due times
+    ran = [r for r in caplog.records if r.name.startswith("apscheduler.executors")]
+    await sweeper.stop()
+    assert ran, "the scheduler never ran the job"
+    skipped = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert skipped == []
+    (health,) = await sweeper.health()
+    assert health.last_success_at is not None
+    assert not health.stalled
 
 
 async def test_prune_forgets_handled_rows_past_retention_and_keeps_pending_work(
