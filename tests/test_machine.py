@@ -487,7 +487,7 @@ def test_backoff_is_exponential_capped_and_deterministic() -> None:
     delays = [m.backoff_delay(policy, "r", "s", n).total_seconds() for n in range(1, 6)]
     assert delays == [10, 20, 40, 60, 60]
     jittered = parse_workflow(
-        "name: x\ntriggers: [{type: manual}]\nsteps: [{name: a, notify: {url: u}}]\n"
+        "name: x\ntriggers: [{type: manual}]\nsteps: [{name: a, notify: {url: /u}}]\n"
         "retry: {backoff: {initial: 100s, jitter: 0.5}}\n"
     ).retry
     a = m.backoff_delay(jittered, "r1", "s", 1)
