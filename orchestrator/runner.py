@@ -4,7 +4,9 @@ Inbox: every pending event is applied in a savepoint of one transaction per batc
 runs (or join a stream's session window), task events are correlated with the run that recorded
 their task ID and fed to the machine, and the machine's commands become outbox and timer rows in
 the same transaction. An event whose task is not known yet waits as an orphan; the transaction
-that records a task ID makes its orphans pending again, so they are applied right after.
+that records a task ID makes its orphans pending again, so they are applied right after. A
+procedure's event that no run recorded the ID of is matched by its sub-tasks' IDs instead, and
+recorded on their run without being applied (``procedure_of_tasks`` says why).
 
 Outbox: due commands are claimed with a lease, carried out (VOD calls, webhooks, output checks)
 outside any transaction, and their outcome is applied to the machine in the transaction that
@@ -25,7 +27,7 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -42,13 +44,14 @@ from orchestrator.store import driver, queues, views, windows
 from orchestrator.store.db import Database
 from orchestrator.store.queues import InboxStatus, NewInboxEvent
 from orchestrator.store.runs import Changes, create_run, load_run, load_runs, save_decision
-from orchestrator.store.tasks import find_tasks
+from orchestrator.store.tasks import TaskOwner, find_tasks
 from orchestrator.vod.errors import MalformedEvent
 from orchestrator.vod.events import VodEvent, parse_event
 
 log = logging.getLogger("vodflow.runner")
 COMMANDS: TypeAdapter[m.Command] = TypeAdapter(m.Command)
 
+PROCEDURE_EVENT = queues.PROCEDURE_EVENT
 EVENT_TASK_KINDS = {
     "TranscodeComplete": "transcode",
     "CreateImageSpriteComplete": "imageSprite",
@@ -454,6 +457,8 @@ class Runner:
     ) -> list[tuple[int, str, str | None, str | None]]:
         owners = find_tasks(conn, {event.task_id for _, event in items if event.task_id})
         states = load_runs(conn, {o.run_id for o in owners.values()}, for_update=True)
+        unowned = [e for _, e in items if e.task_id not in owners and e.kind == PROCEDURE_EVENT]
+        members = find_tasks(conn, {i for e in unowned for i in e.sub_task_ids}) if unowned else {}
         changes = Changes()
         decided: list[m.Decision] = []
         outcomes: list[tuple[int, str, str | None, str | None]] = []
@@ -461,7 +466,13 @@ class Runner:
             assert event.task_id is not None
             owner = owners.get(event.task_id)
             if owner is None:
+                known = procedure_of_tasks(event, members)
+                if known is not None:
+                    outcomes.append((event_id, InboxStatus.IGNORED, *known))
+                    continue
                 note = f"no run has recorded task {event.task_id} yet"
+                if event.kind == PROCEDURE_EVENT and event.sub_task_ids:
+                    note += f" (nor its tasks {', '.join(event.sub_task_ids)})"
                 outcomes.append((event_id, InboxStatus.ORPHAN, None, note))
                 continue
             state = states.get(owner.run_id)
@@ -616,6 +627,33 @@ class Runner:
         """Wait until every command this runner started has been recorded (tests, shutdown)."""
         while self._inflight:
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
+
+
+def procedure_of_tasks(event: VodEvent, members: Mapping[str, TaskOwner]) -> tuple[str, str] | None:
+    """(run ID, note) when ``event`` is the ProcedureStateChanged of tasks a run recorded.
+
+    With the answer shape that names each task (``transcodeTaskId``, ``imageSpriteTaskId``, ...),
+    a run records its tasks' IDs and never the procedure's, so the procedure's own event carries
+    an ID no run knows; it names its sub-tasks' IDs instead (the embedded engine's bodies do).
+    Such an event is matched to the run by those IDs and recorded there, but it changes nothing:
+    each sub-task's own event is what the step waits for and already applies that task's result,
+    so applying the procedure's summary too would apply every result twice (and a lost per-task
+    event is recovered by querying that task, not from the summary). When the run recorded the
+    procedure's ID itself (the single-``vodTaskId`` answer), its event is the awaited one and is
+    applied like any task event; that path never reaches this function.
+    """
+    if event.kind != PROCEDURE_EVENT:
+        return None
+    found = [(task_id, members[task_id]) for task_id in event.sub_task_ids if task_id in members]
+    if not found:
+        return None
+    run_id, step = found[0][1].run_id, found[0][1].step
+    tasks = ", ".join(member.task_id for _, member in found)
+    note = (
+        f"procedure {event.task_id} of step {step}'s tasks {tasks}: recorded, not applied "
+        "(each task's own event applies its result)"
+    )
+    return run_id, note
 
 
 def _event_status(decision: m.Decision) -> str:

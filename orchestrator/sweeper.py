@@ -43,7 +43,7 @@ from orchestrator.store.db import Database
 from orchestrator.store.queues import InboxStatus, NewInboxEvent
 from orchestrator.vod.client import VodClient
 from orchestrator.vod.errors import ErrorClass, MalformedEvent, VodError
-from orchestrator.vod.events import event_from_task_info, pull_event_items
+from orchestrator.vod.events import event_from_task_info, parse_event, pull_event_items
 
 log = logging.getLogger("vodflow.sweeper")
 TASK_QUERY_WINDOW = timedelta(hours=72)
@@ -390,16 +390,22 @@ class Sweeper:
     async def rematch_orphans(self) -> dict[str, int]:
         """Orphans whose task is known by now go back to the runner; old ones expire.
 
-        The runner wakes an orphan in the transaction that records its task ID. On PostgreSQL
+        An orphan procedure event also matches by its sub-tasks' IDs (see
+        ``runner.procedure_of_tasks``). The runner wakes an orphan in the transaction that records
+        its task ID. On PostgreSQL
         that transaction can commit while another is still deciding the same event is an orphan
         (neither sees the other's write), so the sweep looks again: no event waits longer than
         one sweep interval for a task that exists.
         """
 
         def rematch(conn: sa.Connection) -> tuple[int, int]:
-            waiting = queues.orphans(conn, self.batch)
-            known = tasks.find_tasks(conn, {task_id for _, task_id in waiting})
-            found = queues.requeue(conn, [i for i, task_id in waiting if task_id in known])
+            waiting = {
+                o.id: (o.task_id, *_sub_task_ids(o)) for o in queues.orphans(conn, self.batch)
+            }
+            known = tasks.find_tasks(conn, {i for ids in waiting.values() for i in ids})
+            found = queues.requeue(
+                conn, [o for o, ids in waiting.items() if any(i in known for i in ids)]
+            )
             expired = queues.expire_orphans(conn, self.now - self.orphan_ttl, self.now)
             return found, expired
 
@@ -433,3 +439,13 @@ class Sweeper:
         # them again, and the dedup keys make the second copy a no-op.
         await self.client.confirm_event([handle for handle, _ in items])
         return {"pulled": len(items)}
+
+
+def _sub_task_ids(orphan: queues.Orphan) -> tuple[str, ...]:
+    """The sub-tasks' IDs an orphan procedure event names (none for other events)."""
+    if orphan.body is None:
+        return ()
+    try:
+        return parse_event(orphan.body).sub_task_ids
+    except MalformedEvent:
+        return ()

@@ -156,3 +156,25 @@ def new_file_upload(file_id: str, stream_id: str = "lecture_1") -> dict[str, Any
             "transcodeTaskId": "",
         },
     }
+
+
+def procedure_state_changed(
+    procedure_id: str, file_id: str, sub_task_ids: dict[str, str]
+) -> dict[str, Any]:
+    """A finished procedure whose processTaskList names its sub-tasks' IDs (as the embedded
+    engine's does); ``sub_task_ids`` maps taskType (Transcode, ImageSprites) to task ID."""
+    return {
+        "version": "4.0",
+        "eventType": "ProcedureStateChanged",
+        "data": {
+            "vodTaskId": procedure_id,
+            "status": "FINISH",
+            "errCode": 0,
+            "message": "",
+            "fileId": file_id,
+            "processTaskList": [
+                {"taskType": kind, "vodTaskId": task_id, "status": "SUCCESS", "errCode": 0}
+                for kind, task_id in sub_task_ids.items()
+            ],
+        },
+    }

@@ -253,7 +253,13 @@ async def test_callbacks_before_the_answer_and_resent_out_of_order(
             early = (await app.http.get(f"{app.base}/api/inbox")).json()["events"]
             task_events = [e for e in early if e["taskId"] and e["runId"] == run_id]
             assert task_events
-            assert all(e["status"] == "applied" for e in task_events), notes
+            # The procedure's event (its ID was never answered) joins the run its tasks belong
+            # to, as a no-op: the tasks' own events applied their results.
+            procedure = [e for e in task_events if e["eventType"] == "ProcedureStateChanged"]
+            assert [e["status"] for e in procedure] == ["ignored"], notes
+            assert "recorded, not applied" in procedure[0]["note"]
+            assert all(e["status"] == "applied" for e in task_events if e not in procedure), notes
+            assert not [e for e in early if e["status"] == "orphan"]
             assert any(e["receivedAt"] < run["steps"][0]["submittedAt"] for e in task_events), (
                 "the callbacks should have come before the answer was recorded"
             )
@@ -285,6 +291,8 @@ async def test_lost_callbacks_are_recovered(
         assert run["status"] == "succeeded", run["error"]
         sources = {e["source"] for e in run["events"] if e["source"] != "manual"}
         assert sources == ({"query"} if mode == "task query" else {"pull"})
+        stats = (await app.http.get(f"{app.base}/api/stats")).json()
+        assert "orphan" not in stats["inbox"], stats["inbox"]
 
 
 async def test_the_engines_frequency_limit_backs_the_step_off(

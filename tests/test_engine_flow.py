@@ -154,6 +154,9 @@ async def test_transcode_and_sprite_of_an_upload(
             ("Transcode", "SUCCESS", 20),
             ("ImageSprites", "SUCCESS", 10),
         ]
+        # Each entry names its task (not in Tencent's table): a client of the tasks-shaped
+        # answer ties the procedure's event to the tasks it recorded.
+        assert procedure.sub_task_ids == (ids["transcode"], ids["imageSprite"])
         assert procedure.outputs.meta is not None
         assert procedure.outputs.meta.duration == pytest.approx(6.0, abs=SLACK)
         assert procedure.outputs.play[0].url == play.url

@@ -12,7 +12,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fakevod import new_file_upload, sprite_complete, transcode_complete
+from tests.fakevod import (
+    new_file_upload,
+    procedure_state_changed,
+    sprite_complete,
+    transcode_complete,
+)
 from tests.harness import TOKEN, Service, running_service
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -106,6 +111,54 @@ async def test_callbacks_before_the_submit_answer_wait_as_orphans(service: Servi
     run = await service.status_is(run_id, "succeeded")
     notes = [e["note"] for e in run["events"] if e["eventType"] != "NewFileUpload"]
     assert all("succeeded" in n for n in notes)
+
+
+async def test_the_procedure_event_of_recorded_tasks_joins_their_run_not_the_orphans(
+    service: Service,
+) -> None:
+    # The answer named the tasks (transcodeTaskId, ...), not the procedure: its event carries an
+    # ID no run recorded, but names the sub-tasks' IDs. Here it even comes before the answer.
+    service.vod.delay = 1.0
+    await service.callback(new_file_upload("f1"))
+    run_id = await service.one_run()
+
+    async def accepted() -> bool:
+        return bool(service.vod.submitted)
+
+    await service.wait(accepted)
+    sent = service.vod.submitted[0]
+    subs = {"Transcode": sent.tasks["transcode"], "ImageSprites": sent.tasks["imageSprite"]}
+    early = procedure_state_changed(sent.procedure_id, "f1", subs)
+    assert (await service.callback(early)).status_code == 200
+    await service.status_is(run_id, "awaiting_callback")
+    await service.callback(transcode_complete(sent.tasks["transcode"], "f1"))
+    await service.callback(sprite_complete(sent.tasks["imageSprite"], "f1"))
+    # A procedure none of whose IDs is known stays an orphan.
+    unknown = procedure_state_changed("1250000001-procedurev2-ff", "f9", {"Transcode": "t-ff"})
+    await service.callback(unknown)
+    await service.status_is(run_id, "succeeded")
+
+    async def procedure_event() -> dict[str, Any] | None:
+        run = await service.run(run_id)
+        found = [e for e in run["events"] if e["eventType"] == "ProcedureStateChanged"]
+        return found[0] if found else None
+
+    event = await service.wait(procedure_event)
+    assert (event["status"], event["taskId"]) == ("ignored", sent.procedure_id)
+    assert "recorded, not applied (each task's own event applies its result)" in event["note"]
+    assert sent.tasks["transcode"] in event["note"]
+    run = await service.run(run_id)
+    # It applied nothing: the tasks' own events decided the step.
+    assert [h["input"] for h in run["history"]] == [
+        "trigger",
+        "submit_succeeded",
+        "task_event",
+        "task_event",
+    ]
+    inbox = (await service.http.get(f"{service.base}/api/inbox?status=orphan")).json()
+    assert [e["taskId"] for e in inbox["events"]] == ["1250000001-procedurev2-ff"]
+    stats = (await service.http.get(f"{service.base}/api/stats")).json()
+    assert stats["inbox"].get("orphan") == 1
 
 
 async def test_a_task_callback_is_answered_after_its_transition_committed(

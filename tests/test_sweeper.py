@@ -21,7 +21,7 @@ from orchestrator.store import queues
 from orchestrator.store.db import Database
 from orchestrator.store.queues import NewInboxEvent
 from orchestrator.sweeper import Sweeper
-from tests.fakevod import transcode_complete
+from tests.fakevod import procedure_state_changed, transcode_complete
 
 WORKFLOW = """
 name: wf
@@ -101,6 +101,60 @@ async def test_an_orphan_whose_task_is_known_is_applied_on_the_next_sweep(
     assert found == {"rematched": 1, "unmatched": 0}
     await runner.drain_inbox()
     assert await _status(db, run_id) == "succeeded"
+
+
+async def test_an_orphan_procedure_event_is_rematched_by_its_sub_tasks_ids(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    runner, sweeper, clock = parts
+    run_id = await _waiting_run(db, runner, clock)
+    # Same race, for the event of the procedure whose tasks the run recorded (not its own ID).
+    mine = procedure_state_changed("1250000001-procedurev2-1", "f1", {"Transcode": "transcode-1"})
+    other = procedure_state_changed("1250000001-procedurev2-2", "f1", {"Transcode": "transcode-2"})
+    events = [
+        NewInboxEvent(
+            source="vod",
+            event_type="ProcedureStateChanged",
+            dedup_key=body["data"]["vodTaskId"],
+            body=json.dumps(body),
+            task_id=body["data"]["vodTaskId"],
+            status="orphan",
+        )
+        for body in (mine, other)
+    ]
+    mine_id, other_id = await db.write(queues.insert_inbox, events, clock.now)
+    assert await sweeper.rematch_orphans() == {"rematched": 1, "unmatched": 0}
+    await runner.drain_inbox()
+
+    def status(event_id: int | None) -> Any:
+        return lambda conn: conn.execute(
+            sa.text("SELECT status, run_id, note FROM inbox_events WHERE id = :i"),
+            {"i": event_id},
+        ).one()
+
+    applied = await db.query(status(mine_id))
+    assert (applied.status, applied.run_id) == ("ignored", run_id)
+    assert "recorded, not applied" in applied.note
+    assert (await db.query(status(other_id))).status == "orphan"
+    assert await _status(db, run_id) == "awaiting_callback"  # the task's own event decides
+
+
+async def test_recording_tasks_wakes_the_orphan_procedure_event_naming_them(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    _, _, clock = parts
+    body = procedure_state_changed("1250000001-procedurev2-1", "f1", {"Transcode": "t_1%"})
+    event = NewInboxEvent(
+        source="vod",
+        event_type="ProcedureStateChanged",
+        dedup_key="k1",
+        body=json.dumps(body),
+        task_id="1250000001-procedurev2-1",
+        status="orphan",
+    )
+    await db.write(queues.insert_inbox, [event], clock.now)
+    assert await db.write(queues.wake_orphans, ["tx1x"]) == 0  # LIKE's wildcards are escaped
+    assert await db.write(queues.wake_orphans, ["t_1%"]) == 1
 
 
 async def test_due_timers_fire_and_fired_ones_do_not_again(

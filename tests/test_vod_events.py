@@ -143,6 +143,25 @@ def test_procedure_with_a_failed_sub_task_fails() -> None:
     assert len(event.outputs.snapshots) == 2
 
 
+def test_procedure_sub_task_ids_are_read_when_the_body_names_them() -> None:
+    # Tencent's bodies name none; the embedded engine names each sub-task's own task ID.
+    assert parse_event(raw_payload("v2-ProcedureStateChanged.json")).sub_task_ids == ()
+    body = payload("v2-ProcedureStateChanged.json")
+    body["data"]["processTaskList"][0]["vodTaskId"] = "transcode-0001"
+    body["data"]["processTaskList"][2]["vodTaskId"] = "imageSprite-0002"
+    event = parse_event(body)
+    assert [t.task_id for t in event.sub_tasks] == [
+        "transcode-0001",
+        None,
+        "imageSprite-0002",
+        None,
+    ]
+    assert event.sub_task_ids == ("transcode-0001", "imageSprite-0002")
+    v3 = payload("v3-ProcedureStateChanged-normal-callback.json")
+    v3["ProcedureStateChangeEvent"]["MediaProcessResultSet"][0]["TranscodeTask"]["TaskId"] = "t-1"
+    assert parse_event(v3).sub_task_ids == ("t-1",)
+
+
 def test_v3_procedure_callback() -> None:
     event = parse_event(raw_payload("v3-ProcedureStateChanged-normal-callback.json"))
     assert (event.kind, event.source) == ("ProcedureStateChanged", "vod")

@@ -10,6 +10,10 @@ Choices where the documents are silent:
 * Bitrates: ``playSet[].vbitrate`` in bit/s (as documented and observed); ``metaData`` and
   processTaskList outputs in kbit/s (as documented for v2). Durations are seconds, to the
   millisecond; ``fps`` a whole number.
+* Each ``processTaskList`` entry names its sub-task's own ``vodTaskId`` (the ID of that task's
+  own event and of its ``...TaskId`` in the ``tasks``-shaped answer). Tencent's table lists no
+  such field; it lets a client that recorded only the tasks' IDs tie the procedure's
+  ``ProcedureStateChanged`` to them instead of keeping it as an orphan.
 * ``coverUrl`` is "" (the engine makes no covers); a transcode's ``playSet`` lists the
   definition the task made (one task per definition).
 """
@@ -208,6 +212,7 @@ def failed(
 
 def sub_task(
     task_type: str,
+    task_id: str,
     task_input: Data,
     *,
     status: str = "SUCCESS",
@@ -218,6 +223,7 @@ def sub_task(
     """One ``processTaskList`` entry: SUCCESS with an output, FAIL, WAITING or PROCESSING."""
     entry: Data = {
         "taskType": task_type,
+        "vodTaskId": task_id,
         "status": status,
         "errCode": code,
         "message": message,

@@ -92,7 +92,7 @@ def sub_task_entry(member: EngineTask) -> Data:
         entry: Data = member.output
         return entry
     status = "PROCESSING" if member.status == store.PROCESSING else "WAITING"
-    return bodies.sub_task(_task_type(member), _input(member), status=status)
+    return bodies.sub_task(_task_type(member), member.task_id, _input(member), status=status)
 
 
 def _first_failure(members: list[EngineTask]) -> EngineTask | None:
@@ -512,7 +512,9 @@ def _apply(task: EngineTask, outcome: Outcome) -> None:
     if outcome.code == 0 and outcome.result is not None:
         task.result = outcome.result
         if info.task_type is not None:
-            task.output = bodies.sub_task(info.task_type, _input(task), output=outcome.output)
+            task.output = bodies.sub_task(
+                info.task_type, task.task_id, _input(task), output=outcome.output
+            )
         return
     file_type = str(task.params.get("container") or task.params.get("dstType") or "")
     task.result = bodies.failed(
@@ -526,5 +528,10 @@ def _apply(task: EngineTask, outcome: Outcome) -> None:
     )
     if info.task_type is not None:
         task.output = bodies.sub_task(
-            info.task_type, _input(task), status="FAIL", code=outcome.code, message=outcome.message
+            info.task_type,
+            task.task_id,
+            _input(task),
+            status="FAIL",
+            code=outcome.code,
+            message=outcome.message,
         )

@@ -140,27 +140,59 @@ def mark_inbox_many(
     )
 
 
+PROCEDURE_EVENT = "ProcedureStateChanged"
+
+
 def wake_orphans(conn: sa.Connection, task_ids: Sequence[str]) -> int:
-    """Orphans waiting for these task IDs become pending again (they can be matched now)."""
+    """Orphans waiting for these task IDs become pending again (they can be matched now).
+
+    An orphan procedure event waits for its own ID or for one of its sub-tasks' (the runner ties
+    it to the run that recorded them); the sub-tasks' IDs are only in its body, so orphan
+    procedure events whose body names one of these IDs are woken too. A false match is harmless:
+    the event is looked at again and stays an orphan. Called once per transition that records
+    tasks (not per callback), over the orphans only.
+    """
     if not task_ids:
         return 0
+    named = sa.or_(*(inbox.c.body.contains(task_id, autoescape=True) for task_id in task_ids))
     result = conn.execute(
         inbox.update()
-        .where(inbox.c.status == lit(InboxStatus.ORPHAN), inbox.c.task_id.in_(list(task_ids)))
+        .where(
+            inbox.c.status == lit(InboxStatus.ORPHAN),
+            sa.or_(
+                inbox.c.task_id.in_(list(task_ids)),
+                sa.and_(inbox.c.event_type == lit(PROCEDURE_EVENT), named),
+            ),
+        )
         .values(status=InboxStatus.PENDING)
     )
     return int(result.rowcount or 0)
 
 
-def orphans(conn: sa.Connection, limit: int) -> list[tuple[int, str]]:
-    """(id, task ID) of the oldest orphans."""
+@dataclass(frozen=True)
+class Orphan:
+    id: int
+    task_id: str
+    event_type: str
+    body: str | None
+    """Only for procedure events, whose sub-tasks' IDs are in it."""
+
+
+def orphans(conn: sa.Connection, limit: int) -> list[Orphan]:
+    """The oldest orphans (with the body of procedure events)."""
+    procedure = inbox.c.event_type == lit(PROCEDURE_EVENT)
     rows = conn.execute(
-        sa.select(inbox.c.id, inbox.c.task_id)
+        sa.select(
+            inbox.c.id,
+            inbox.c.task_id,
+            inbox.c.event_type,
+            sa.case((procedure, inbox.c.body), else_=sa.null()).label("body"),
+        )
         .where(inbox.c.status == lit(InboxStatus.ORPHAN), inbox.c.task_id.is_not(None))
         .order_by(inbox.c.id)
         .limit(limit)
     )
-    return [(int(row.id), str(row.task_id)) for row in rows]
+    return [Orphan(int(r.id), str(r.task_id), str(r.event_type), r.body) for r in rows]
 
 
 def requeue(conn: sa.Connection, event_ids: Sequence[int]) -> int:

@@ -194,6 +194,8 @@ class SubTaskV2(V2Body):
     """One entry of ``processTaskList``."""
 
     task_type: OptStr = None
+    vod_task_id: OptStr = None
+    """Not in Tencent's table; the embedded engine sends each sub-task's own task ID."""
     status: Status = None
     err_code: OptInt = None
     message: OptStr = None
@@ -336,6 +338,7 @@ class TaskInputV3(V3Body):
 class MediaTaskV3(V3Body):
     """``<Type>Task`` inside ``MediaProcessResultSet``."""
 
+    task_id: OptStr = None
     status: Status = None
     err_code: OptInt = None
     message: OptStr = None

@@ -29,6 +29,11 @@ Decisions where the documents are silent or disagree:
 * **Task IDs** are kept exactly as given; ``normalize_task_id`` lower-cases the prefix before the
   first ``-`` (``Transcode-1edb...`` → ``transcode-1edb...``) for the fallback correlation, to be
   used only after an exact match failed, and logged when it decides.
+* **Sub-task IDs.** Tencent documents no task ID on a ``processTaskList`` entry (nor on a v3
+  ``MediaProcessResultSet`` task), and its sample bodies carry none; the embedded engine sends
+  each entry's own ``vodTaskId``. When present it is read (``SubTask.task_id``,
+  ``VodEvent.sub_task_ids``), so a ``ProcedureStateChanged`` can be tied to the run that
+  recorded its tasks when the submit's answer gave the tasks' IDs, not the procedure's.
 """
 
 from __future__ import annotations
@@ -171,6 +176,8 @@ class SubTask(_Frozen):
 
     task_type: str
     status: str  # SUCCESS, FAIL, PROCESSING (other words are kept as given, upper-cased)
+    task_id: str | None = None
+    """The sub-task's own task ID (the one its per-task event carries), when the body gives it."""
     error_code: int | None = None
     message: str | None = None
     definition: int | None = None
@@ -215,6 +222,11 @@ class VodEvent(_Frozen):
     # Decoded JSON already (a body, or a PullEvent entry): walking it again to validate it as
     # JSON values cost a third of reading a callback.
     raw: Annotated[dict[str, JsonValue], SkipValidation]
+
+    @property
+    def sub_task_ids(self) -> tuple[str, ...]:
+        """The task IDs of a procedure's sub-tasks that the body names (see the module notes)."""
+        return tuple(task.task_id for task in self.sub_tasks if task.task_id)
 
 
 # --- entry points --------------------------------------------------------------------------
@@ -706,6 +718,7 @@ def _sub_task_v2(task: SubTaskV2) -> SubTask:
     return SubTask(
         task_type=task_type,
         status=status,
+        task_id=task.vod_task_id,
         error_code=task.err_code,
         message=task.message,
         definition=definition,
@@ -926,6 +939,7 @@ def _sub_task_v3(task_type: str, task: MediaTaskV3) -> SubTask:
     return SubTask(
         task_type=task_type,
         status=status,
+        task_id=task.task_id,
         error_code=task.err_code,
         message=task.message,
         definition=definition,
