@@ -294,7 +294,8 @@ def register(app: typer.Typer, settings: Any) -> None:
     @event_app.command("replay")
     def replay_event(event_id: int, direct: Direct = False) -> None:
         """Make an inbox event pending again, for the runner to apply (a failed one, once its
-        cause is fixed)."""
+        cause is fixed; orphan, unmatched, late and ignored ones too). Exits 1 for an applied,
+        invalid or pending event, saying why."""
         result = _call(settings(), direct, "POST", f"/api/inbox/{event_id}/replay")
         console.print(
             f"event {event_id}: " + ("pending again" if result["replayed"] else "nothing to do")

@@ -33,7 +33,7 @@ from orchestrator import machine as m
 from orchestrator.openapi import ApiModel, Endpoint, Problem, document
 from orchestrator.runner import TriggerRefused
 from orchestrator.store import queues, views
-from orchestrator.store.queues import INBOX_STATUSES, TIMER_STATUSES
+from orchestrator.store.queues import INBOX_STATUSES, TIMER_STATUSES, InboxStatus
 from orchestrator.store.tasks import find_task
 
 Q = TypeVar("Q", bound=BaseModel)
@@ -717,11 +717,35 @@ async def replay_event(request: Request) -> Response:
     row = await services.db.query(views.inbox_event, event_id)
     if row is None:
         return problem(404, f"no inbox event {event_id}")
-    if row["status"] == "invalid":
-        return problem(409, f"inbox event {event_id} is invalid ({row['note']}): nothing to replay")
+    refused = _replay_refusal(event_id, row)
+    if refused is not None:
+        return problem(409, refused)
     replayed = await services.db.write(queues.replay_inbox, event_id)
+    if not replayed:  # its status changed in between
+        row = await services.db.query(views.inbox_event, event_id)
+        return problem(409, _replay_refusal(event_id, row) or f"inbox event {event_id} changed")
     services.runner.inbox_wake.set()
     return ok(ReplayResult(event_id=event_id, replayed=replayed))
+
+
+def _replay_refusal(event_id: int, row: dict[str, Any] | None) -> str | None:
+    """Why this inbox event is not replayed, or None when it may be (``queues.REPLAYABLE``)."""
+    if row is None:
+        return f"no inbox event {event_id}"
+    status, note = row["status"], row["note"] or ""
+    if status in queues.REPLAYABLE:
+        return None
+    what = f"inbox event {event_id} is {status}"
+    if status == InboxStatus.INVALID:
+        return f"{what} ({note}): nothing to replay"
+    if status == InboxStatus.APPLIED:
+        return (
+            f"{what} ({note}): its effect is recorded, and applying it again would only record "
+            "it anew as late or a duplicate"
+        )
+    if status == InboxStatus.PENDING:
+        return f"{what}: the runner applies it shortly"
+    return f"{what}: only {', '.join(queues.REPLAYABLE)} events are replayed"
 
 
 async def list_timers(request: Request) -> Response:

@@ -208,6 +208,28 @@ async def test_inbox_shows_orphans_and_invalid_bodies_and_replays(service: Servi
     assert refused.status_code == 409
 
 
+async def test_replaying_an_applied_event_is_refused_and_keeps_its_record(
+    service: Service, tmp_path: Path, sqlite_url: str
+) -> None:
+    run_id = await finished_run(service)
+    before = await service.run(run_id)
+    (completed,) = [e for e in before["events"] if e["eventType"] == "TranscodeComplete"]
+    assert completed["status"] == "applied"
+    refused = await service.http.post(f"{service.base}/api/inbox/{completed['id']}/replay")
+    assert refused.status_code == 409
+    reason = refused.json()["error"]
+    assert reason.startswith(f"inbox event {completed['id']} is applied (")
+    assert "would only record it anew as late or a duplicate" in reason
+    out = await _vodflow(
+        service, tmp_path, sqlite_url, "event", "replay", str(completed["id"]), returncode=1
+    )
+    assert f"inbox event {completed['id']} is applied" in out
+    await asyncio.sleep(0.3)  # nothing was queued: the runner would have applied it by now
+    after = await service.run(run_id)
+    assert after["events"] == before["events"]
+    assert after["history"] == before["history"]
+
+
 async def test_actions_are_idempotent_and_recorded(service: Service) -> None:
     created = await service.http.post(
         f"{service.base}/api/runs", json={"workflow": "transcode", "params": {"fileId": "x"}}

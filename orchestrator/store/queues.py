@@ -220,11 +220,27 @@ def expire_orphans(conn: sa.Connection, older_than: datetime, now: datetime) -> 
     return int(result.rowcount or 0)
 
 
+REPLAYABLE = (
+    InboxStatus.FAILED,
+    InboxStatus.ORPHAN,
+    InboxStatus.UNMATCHED,
+    InboxStatus.LATE,
+    InboxStatus.IGNORED,
+)
+"""Statuses of events that changed nothing, so applying them again rewrites no record: a failed
+one once its cause is fixed, an orphan or unmatched one whose task is known now, a late one, an
+ignored one (say, a recording no workflow matched, before a new workflow). An applied event is
+not among them: its effect happened, and applying it again would only record it anew as late or
+as a duplicate, as if it had not been applied. Invalid bodies cannot be read; pending events are
+waiting already."""
+
+
 def replay_inbox(conn: sa.Connection, event_id: int) -> bool:
-    """Make an event pending again (an operator's replay). False when there is no such event."""
+    """Make an event pending again (an operator's replay). False when there is no such event
+    or its status is not in ``REPLAYABLE``."""
     result = conn.execute(
         inbox.update()
-        .where(inbox.c.id == event_id, inbox.c.status != InboxStatus.INVALID)
+        .where(inbox.c.id == event_id, inbox.c.status.in_(REPLAYABLE))
         .values(status=InboxStatus.PENDING, applied_at=None)
     )
     return bool(result.rowcount)
