@@ -115,8 +115,9 @@ class Settings(BaseSettings):
     engine_callback_url: str | None = Field(
         None,
         description="Where the engine POSTs its VOD 4.0 events; default: this server's receiver "
-        "(PUBLIC_URL/callbacks/vod?token=...), or none with RELIABLE_CALLBACKS; empty: none "
-        "(events are only pulled with PullEvent).",
+        "(PUBLIC_URL/callbacks/vod?token=...), or none with RELIABLE_CALLBACKS or when the "
+        "engine serves alone (`vodflow engine serve`); empty: none (events are only pulled with "
+        "PullEvent).",
     )
     engine_answer_shape: Literal["tasks", "procedure", "both"] = Field(
         "tasks",

@@ -4,17 +4,26 @@ and pulled with PullEvent (long poll) until confirmed with ConfirmEvent."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
 import pytest
 
+from orchestrator.config import Settings
+from orchestrator.engine import create_engine_app
 from orchestrator.engine.callbacks import backoff
 from orchestrator.engine.ffmpeg import FFmpeg
 from orchestrator.engine.media import Media
+from orchestrator.engine.upload import upload_file
+from orchestrator.keys import load_keys
 from orchestrator.store import engine as store
+from orchestrator.store import migrate
+from orchestrator.vod.client import VodClient
 from orchestrator.vod.events import parse_event, parse_pull_event_response
+from tests.conftest import free_port
 from tests.engine_support import Receiver, running_engine
+from tests.servers import serving
 
 pytestmark = [pytest.mark.ffmpeg, pytest.mark.usefixtures("clean_env")]
 
@@ -103,3 +112,43 @@ async def test_confirm_event_numbered_from_zero_and_unknown_handles(
         assert len(handles) == 2
         await vod.client.confirm_event([*handles, "999999999999999"])
         assert (await vod.client.pull_event()).event_list == ()
+
+
+async def test_the_engine_alone_pushes_nothing_without_a_callback_url_and_says_so(
+    sqlite_url: str, tmp_path: Path, recording: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `vodflow engine serve` with VODFLOW_ENGINE_CALLBACK_URL unset: it has no receiver of its
+    # own, so its events wait for PullEvent instead of going to its own /callbacks/vod (404).
+    migrate.upgrade(sqlite_url)
+    port = free_port()
+    settings = Settings(data_dir=tmp_path / "data", database_url=sqlite_url, port=port)
+    app = create_engine_app(settings)
+    with caplog.at_level(logging.INFO):
+        async with serving(app, port) as base:
+            keys = load_keys(settings)
+            uploaded = await upload_file(
+                recording,
+                endpoint=f"{base}/v2/index.php",
+                secret_id=keys.vod_secret_id,
+                secret_key=keys.vod_secret_key,
+            )
+            client = VodClient(
+                f"{base}/v2/index.php",
+                secret_id=keys.vod_secret_id,
+                secret_key=keys.vod_secret_key,
+                region="gz",
+                attempts=1,
+            )
+            async with client:
+                pulled = await client.pull_event()
+            ((_, event),) = parse_pull_event_response(pulled)
+            assert (event.kind, event.file_id) == ("NewFileUpload", uploaded.file_id)
+            async with app.state.engine.db.read() as conn:
+                (row,) = await store.task_events(conn, uploaded.file_id)
+            assert row.push_status == "off"
+    hints = [
+        r.getMessage() for r in caplog.records if "VODFLOW_ENGINE_CALLBACK_URL" in r.getMessage()
+    ]
+    assert len(hints) == 1
+    assert "set it to the orchestrator's callback URL" in hints[0]
+    assert not [r for r in caplog.records if r.name == "orchestrator.engine.callbacks"]

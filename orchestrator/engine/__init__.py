@@ -16,6 +16,7 @@ workers and the callback sender; ``create_engine_app(settings)`` is the engine a
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -41,13 +42,17 @@ from orchestrator.vod.limiter import Limiter, Quota
 
 __all__ = ["Engine", "create_engine_app", "engine_callback_url"]
 
+log = logging.getLogger(__name__)
 
-def engine_callback_url(settings: Settings, callback_token: str) -> str:
+
+def engine_callback_url(settings: Settings, callback_token: str, *, alone: bool = False) -> str:
     """Where events go: ``engine_callback_url`` when set (empty: nowhere, pull only); else this
-    server's receiver, unless vodflow pulls its events (``reliable_callbacks``)."""
+    server's receiver, unless vodflow pulls its events (``reliable_callbacks``) or the engine
+    serves ``alone`` (``vodflow engine serve``: nothing here receives callbacks, and pushing to
+    its own ``/callbacks/vod`` would be answered 404 and retried forever)."""
     if settings.engine_callback_url is not None:
         return settings.engine_callback_url
-    if settings.reliable_callbacks:
+    if settings.reliable_callbacks or alone:
         return ""
     return f"{settings.base_url}/callbacks/vod?token={quote(callback_token, safe='')}"
 
@@ -63,9 +68,12 @@ class Engine:
         clock: Callable[[], float] = time.time,
         media: Media | None = None,
         procedures: Procedures | None = None,
+        alone: bool = False,
     ) -> None:
         keys = load_keys(settings)
         self.settings = settings
+        self.alone = alone
+        """Served without the orchestrator (``vodflow engine serve``)."""
         self.db = db
         self.clock = clock
         self.procedures = procedures or load_procedures(settings.engine_procedures)
@@ -74,7 +82,7 @@ class Engine:
         )
         self.media = media or Media(FFmpeg(str(settings.ffmpeg) if settings.ffmpeg else None))
         self.owner = owner_name()
-        self.callback_url = engine_callback_url(settings, keys.callback_token)
+        self.callback_url = engine_callback_url(settings, keys.callback_token, alone=alone)
         self.tasks_ready, self.events_added = Wakeup(), Wakeup()
         accepted = {
             keys.vod_secret_id: keys.vod_secret_key,
@@ -144,6 +152,13 @@ class Engine:
     async def start(self) -> None:
         """Start the workers (they resume what was queued or left running) and the sender."""
         await asyncio.to_thread(self.storage.root.mkdir, parents=True, exist_ok=True)
+        if self.alone and self.settings.engine_callback_url is None:
+            log.warning(
+                "engine: VODFLOW_ENGINE_CALLBACK_URL is not set, so events are not pushed; they "
+                "wait for PullEvent. To push them, set it to the orchestrator's callback URL "
+                '(%s), or to "" to pull only without this notice',
+                "https://ORCHESTRATOR/callbacks/vod?token=<VODFLOW_CALLBACK_TOKEN>",
+            )
         await self.runner.start()
         if self.sender is not None:
             await self.sender.start()
@@ -159,7 +174,7 @@ def create_engine_app(settings: Settings) -> Starlette:
     """The engine alone as an ASGI app on its own database connection (``vodflow engine
     serve``); the database must be migrated (``vodflow db upgrade``)."""
     db = Database(settings.sqlalchemy_url)
-    engine = Engine(settings, db)
+    engine = Engine(settings, db, alone=True)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
