@@ -248,11 +248,14 @@ async def stop(services: Services) -> None:
     await services.db.close()
 
 
-def create_app(settings: Settings, registry: Registry | None = None) -> Starlette:
-    """The whole service as an ASGI app."""
+def create_app(
+    settings: Settings, registry: Registry | None = None, *, listening: bool = True
+) -> Starlette:
+    """The whole service as an ASGI app. ``listening=False`` is for an app only called in this
+    process (the commands' direct-database path), which VODFLOW_HOST does not expose."""
     admin = settings.api_token.get_secret_value() if settings.api_token else None
     read = settings.api_read_token.get_secret_value() if settings.api_read_token else None
-    if admin is None and read is None and settings.host not in LOOPBACK:
+    if listening and admin is None and read is None and settings.host not in LOOPBACK:
         raise UnsafeBinding(
             f"VODFLOW_HOST={settings.host} exposes the dashboard API beyond this machine: "
             "set VODFLOW_API_TOKEN (and optionally VODFLOW_API_READ_TOKEN) first"

@@ -50,7 +50,7 @@ async def api(settings: Settings, direct: bool) -> AsyncIterator[httpx.AsyncClie
             finally:
                 await client.aclose()
             return
-    from orchestrator.app import UnsafeBinding, create_app
+    from orchestrator.app import create_app
     from orchestrator.store import migrate
 
     try:
@@ -58,11 +58,8 @@ async def api(settings: Settings, direct: bool) -> AsyncIterator[httpx.AsyncClie
     except migrate.SchemaNotCurrent as exc:
         err.print(f"vodflow: {exc}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
-    try:
-        app = create_app(settings.model_copy(update={"engine": False}))
-    except UnsafeBinding as exc:
-        err.print(f"vodflow: {exc}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+    # Called in this process only: nothing listens, whatever VODFLOW_HOST says.
+    app = create_app(settings.model_copy(update={"engine": False}), listening=False)
     services = app.state.services
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(

@@ -197,13 +197,16 @@ def test_serve_beyond_loopback_without_a_token_says_why_in_one_line(
     _unmigrated(tmp_path, monkeypatch)
     assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
     monkeypatch.setenv("VODFLOW_HOST", "0.0.0.0")
+    # A command on the database directly listens on nothing: the host does not concern it.
+    listed = runner.invoke(app, ["runs", "--direct", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output) == {"runs": [], "nextCursor": None}
     # serve configures logging onto the runner's stream, closed once it returns: undo that after
     monkeypatch.setattr(logging.root, "handlers", list(logging.root.handlers))
     monkeypatch.setattr(logging.root, "level", logging.root.level)
-    for command in (["runs", "--direct"], ["serve"]):
-        result = runner.invoke(app, command)
-        assert result.exit_code == 2, command
-        assert result.output == (
-            "vodflow: VODFLOW_HOST=0.0.0.0 exposes the dashboard API beyond this machine: "
-            "set VODFLOW_API_TOKEN (and optionally VODFLOW_API_READ_TOKEN) first\n"
-        ), command
+    result = runner.invoke(app, ["serve"])
+    assert result.exit_code == 2
+    assert result.output == (
+        "vodflow: VODFLOW_HOST=0.0.0.0 exposes the dashboard API beyond this machine: "
+        "set VODFLOW_API_TOKEN (and optionally VODFLOW_API_READ_TOKEN) first\n"
+    )
