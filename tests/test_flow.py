@@ -95,7 +95,9 @@ async def test_the_same_recording_announced_twice_starts_one_run(service: Servic
     assert len(service.vod.submitted) == 1
 
 
-async def test_callbacks_before_the_submit_answer_wait_as_orphans(service: Service) -> None:
+async def _answer_held_back(service: Service) -> tuple[str, Any]:
+    """A run of file f1 whose submit VOD has accepted while its answer is still held back:
+    the run's ID and what VOD was sent."""
     service.vod.delay = 1.0
     await service.callback(new_file_upload("f1"))
     run_id = await service.one_run()
@@ -104,7 +106,11 @@ async def test_callbacks_before_the_submit_answer_wait_as_orphans(service: Servi
         return bool(service.vod.submitted)
 
     await service.wait(accepted)
-    sent = service.vod.submitted[0]
+    return run_id, service.vod.submitted[0]
+
+
+async def test_callbacks_before_the_submit_answer_wait_as_orphans(service: Service) -> None:
+    run_id, sent = await _answer_held_back(service)
     # VOD finished before vodflow stored its answer: the callbacks come first.
     await service.callback(transcode_complete(sent.tasks["transcode"], "f1"))
     await service.callback(sprite_complete(sent.tasks["imageSprite"], "f1"))
@@ -118,15 +124,7 @@ async def test_the_procedure_event_of_recorded_tasks_joins_their_run_not_the_orp
 ) -> None:
     # The answer named the tasks (transcodeTaskId, ...), not the procedure: its event carries an
     # ID no run recorded, but names the sub-tasks' IDs. Here it even comes before the answer.
-    service.vod.delay = 1.0
-    await service.callback(new_file_upload("f1"))
-    run_id = await service.one_run()
-
-    async def accepted() -> bool:
-        return bool(service.vod.submitted)
-
-    await service.wait(accepted)
-    sent = service.vod.submitted[0]
+    run_id, sent = await _answer_held_back(service)
     subs = {"Transcode": sent.tasks["transcode"], "ImageSprites": sent.tasks["imageSprite"]}
     early = procedure_state_changed(sent.procedure_id, "f1", subs)
     assert (await service.callback(early)).status_code == 200
