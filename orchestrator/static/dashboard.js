@@ -186,14 +186,16 @@ async function act(runId, action, body, message) {
 
 // --- the runs list -----------------------------------------------------------------------------
 
-/** A status filter value as the API's `status` list, and the health values to keep. */
+/** A status filter value as the API's `status` list (which takes the healths overdue and
+ * failing too, so a page of them is a page of the API's), and the health values to keep when a
+ * live update changes a listed run. */
 function statusFilter(value) {
   switch (value) {
     case "": return { status: [], health: null };
-    case "attention": return { status: ["awaiting_callback", "retrying", "failed"], health: ATTENTION };
+    case "attention": return { status: [...ATTENTION], health: ATTENTION };
     case "active": return { status: ["pending", "running", "awaiting_callback", "retrying"], health: null };
-    case "overdue": return { status: ["awaiting_callback"], health: new Set(["overdue"]) };
-    case "failing": return { status: ["retrying"], health: new Set(["failing"]) };
+    case "overdue": return { status: ["overdue"], health: new Set(["overdue"]) };
+    case "failing": return { status: ["failing"], health: new Set(["failing"]) };
     default: return { status: [value], health: null };
   }
 }
@@ -217,8 +219,8 @@ function runsPage() {
   function matches(run) {
     const { status: wanted, health } = statusFilter(filters.status);
     if (filters.workflow && run.workflow !== filters.workflow) return false;
-    if (wanted.length && !wanted.includes(run.status)) return false;
-    if (health && !health.has(run.health)) return false;
+    // a health filter names healths (overdue is a health of awaiting_callback runs)
+    if (health ? !health.has(run.health) : wanted.length && !wanted.includes(run.status)) return false;
     if (filters.q && run.streamId !== filters.q && run.fileId !== filters.q) return false;
     return true;
   }
@@ -302,7 +304,7 @@ function runsPage() {
     const query = new URLSearchParams();
     if (filters.workflow) query.set("workflow", filters.workflow);
     if (status.length) query.set("status", status.join(","));
-    query.set("limit", health ? "200" : "50");
+    query.set("limit", "50");
     if (after) query.set("cursor", after);
     if (!filters.q) return api("/api/runs?" + query);
     // One box for both IDs: ask for each and merge, newest first.
