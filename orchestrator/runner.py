@@ -46,16 +46,15 @@ from orchestrator.store.queues import InboxStatus, NewInboxEvent
 from orchestrator.store.runs import Changes, create_run, load_run, load_runs, save_decision
 from orchestrator.store.tasks import TaskOwner, find_tasks
 from orchestrator.vod.errors import MalformedEvent
-from orchestrator.vod.events import VodEvent, parse_event
+from orchestrator.vod.events import PROCEDURE_EVENT, VodEvent, parse_event
 
 log = logging.getLogger("vodflow.runner")
 COMMANDS: TypeAdapter[m.Command] = TypeAdapter(m.Command)
 
-PROCEDURE_EVENT = queues.PROCEDURE_EVENT
 EVENT_TASK_KINDS = {
     "TranscodeComplete": "transcode",
     "CreateImageSpriteComplete": "imageSprite",
-    "ProcedureStateChanged": "procedure",
+    PROCEDURE_EVENT: "procedure",
     "ClipComplete": "clip",
     "ConcatComplete": "concat",
     "CreateSnapshotByTimeOffsetComplete": "snapshotByTimeOffset",

@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from orchestrator.store import driver
 from orchestrator.store.sql import lit
 from orchestrator.store.tables import InboxEvent, OutboxCommand, Timer
+from orchestrator.vod.events import PROCEDURE_EVENT
 
 inbox = InboxEvent.__table__  # type: ignore[attr-defined]
 outbox = OutboxCommand.__table__  # type: ignore[attr-defined]
@@ -138,9 +139,6 @@ def mark_inbox_many(
             for i, st, run, note in outcomes
         ),
     )
-
-
-PROCEDURE_EVENT = "ProcedureStateChanged"
 
 
 def wake_orphans(conn: sa.Connection, task_ids: Sequence[str]) -> int:

@@ -85,9 +85,12 @@ LVB_KINDS: Mapping[int, str] = {
     200: "lvb.screenshot",
 }
 
+PROCEDURE_EVENT = "ProcedureStateChanged"
+"""The eventType of a procedure's own event (its sub-tasks each send their own too)."""
+
 #: GetTaskInfo ``type`` → the eventType of the callback the same task sends.
 TASK_TYPE_EVENTS: Mapping[str, str] = {
-    "procedure": "ProcedureStateChanged",
+    "procedure": PROCEDURE_EVENT,
     "transcode": "TranscodeComplete",
     "clip": "ClipComplete",
     "concat": "ConcatComplete",
