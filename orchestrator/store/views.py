@@ -97,14 +97,14 @@ def timer(conn: sa.Connection, timer_id: int) -> dict[str, Any] | None:
     return dict(row) if row else None
 
 
+def _late(now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
+    """A task the run waits on, past its expected time: what makes a run ``overdue``."""
+    return (tasks.c.status == "waiting", tasks.c.awaited.is_(True), tasks.c.expected_at < now)
+
+
 def _overdue(now: datetime) -> sa.ColumnElement[bool]:
     """The run waits on a task past its expected time (the health ``overdue``)."""
-    return sa.exists().where(
-        tasks.c.run_id == runs.c.id,
-        tasks.c.status == "waiting",
-        tasks.c.awaited.is_(True),
-        tasks.c.expected_at < now,
-    )
+    return sa.exists().where(tasks.c.run_id == runs.c.id, *_late(now))
 
 
 def _throttled() -> sa.ColumnElement[bool]:
@@ -236,14 +236,7 @@ def overdue_runs(conn: sa.Connection, run_ids: list[str], now: datetime) -> set[
     if not run_ids:
         return set()
     rows = conn.execute(
-        sa.select(tasks.c.run_id)
-        .where(
-            tasks.c.run_id.in_(run_ids),
-            tasks.c.status == "waiting",
-            tasks.c.awaited.is_(True),
-            tasks.c.expected_at < now,
-        )
-        .distinct()
+        sa.select(tasks.c.run_id).where(tasks.c.run_id.in_(run_ids), *_late(now)).distinct()
     )
     return {r[0] for r in rows}
 
