@@ -20,9 +20,9 @@ import json
 import statistics
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, JsonValue, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, Field, JsonValue, ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -293,16 +293,26 @@ def _statuses(allowed: tuple[str, ...], description: str) -> Any:
     )
 
 
-def _only(values: list[str], allowed: tuple[str, ...], what: str) -> list[str]:
-    unknown = next((v for v in values if v not in allowed), None)
-    if unknown is not None:
-        raise ValueError(f"{unknown!r} is not {what}; expected one of: {', '.join(allowed)}")
-    return values
+def _only(allowed: tuple[str, ...], what: str) -> AfterValidator:
+    """Refuses a value of a ``status`` list that is not one of ``allowed`` (``what`` they are)."""
+
+    def check(values: list[str]) -> list[str]:
+        unknown = next((v for v in values if v not in allowed), None)
+        if unknown is not None:
+            raise ValueError(f"{unknown!r} is not {what}; expected one of: {', '.join(allowed)}")
+        return values
+
+    return AfterValidator(check)
+
+
+RunStatuses = Annotated[list[str], _only(RUN_STATUSES + HEALTH_FILTERS, "a run status or health")]
+InboxStatuses = Annotated[list[str], _only(INBOX_STATUSES, "an inbox event status")]
+TimerStatuses = Annotated[list[str], _only(TIMER_STATUSES, "a timer status")]
 
 
 class RunQuery(ApiModel):
     workflow: str | None = None
-    status: list[str] = _statuses(
+    status: RunStatuses = _statuses(
         RUN_STATUSES + HEALTH_FILTERS,
         "Run status, or the health overdue or failing (runs awaiting a callback past a task's "
         "expected time; retrying runs whose last attempt failed); repeat for several.",
@@ -314,14 +324,9 @@ class RunQuery(ApiModel):
     cursor: str | None = Field(None, description="nextCursor of the previous page.")
     limit: int = Field(50, ge=1, le=500)
 
-    @field_validator("status")
-    @classmethod
-    def _known(cls, value: list[str]) -> list[str]:
-        return _only(value, RUN_STATUSES + HEALTH_FILTERS, "a run status or health")
-
 
 class EventQuery(ApiModel):
-    status: list[str] = _statuses(
+    status: InboxStatuses = _statuses(
         INBOX_STATUSES, "pending, applied, orphan, invalid, late, ...; repeat for several."
     )
     source: str | None = None
@@ -331,24 +336,14 @@ class EventQuery(ApiModel):
     cursor: str | None = None
     limit: int = Field(50, ge=1, le=500)
 
-    @field_validator("status")
-    @classmethod
-    def _known(cls, value: list[str]) -> list[str]:
-        return _only(value, INBOX_STATUSES, "an inbox event status")
-
 
 class TimerQuery(ApiModel):
-    status: list[str] = _statuses(
+    status: TimerStatuses = _statuses(
         TIMER_STATUSES, "pending, fired, cancelled, failed; repeat for several."
     )
     run_id: str | None = None
     cursor: str | None = None
     limit: int = Field(50, ge=1, le=500)
-
-    @field_validator("status")
-    @classmethod
-    def _known(cls, value: list[str]) -> list[str]:
-        return _only(value, TIMER_STATUSES, "a timer status")
 
 
 # --- helpers -----------------------------------------------------------------------------------
