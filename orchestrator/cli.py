@@ -140,14 +140,9 @@ def serve() -> None:
     from orchestrator import logs
     from orchestrator.app import UnsafeBinding, create_app
     from orchestrator.registry import Registry
-    from orchestrator.store import migrate
 
     settings = _settings()
-    try:
-        migrate.require_head(settings.sqlalchemy_url)
-    except migrate.SchemaNotCurrent as exc:
-        typer.echo(f"vodflow: {exc}", err=True)
-        raise typer.Exit(1) from None
+    console.exit_unless_migrated(settings)
     logs.configure(settings.log_level, settings.log_format)
     try:
         registry = Registry.from_paths([settings.workflows])

@@ -51,13 +51,8 @@ async def api(settings: Settings, direct: bool) -> AsyncIterator[httpx.AsyncClie
                 await client.aclose()
             return
     from orchestrator.app import create_app
-    from orchestrator.store import migrate
 
-    try:
-        migrate.require_head(settings.sqlalchemy_url)
-    except migrate.SchemaNotCurrent as exc:
-        err.print(f"vodflow: {exc}", highlight=False, markup=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+    exit_unless_migrated(settings)
     # Called in this process only: nothing listens, whatever VODFLOW_HOST says.
     app = create_app(settings.model_copy(update={"engine": False}), listening=False)
     services = app.state.services
@@ -310,6 +305,18 @@ def register(app: typer.Typer, settings: Any) -> None:
             err.print(f"timer {timer_id} of run {timer['runId']} failed again: {timer['error']}")
             raise typer.Exit(1)
         console.print(f"timer {timer_id} of run {timer['runId']}: {timer['status']}")
+
+
+def exit_unless_migrated(settings: Settings) -> None:
+    """Exit 1 saying to run `vodflow db upgrade` unless the database is at this code's schema:
+    before serving, or before a command reads it directly."""
+    from orchestrator.store import migrate
+
+    try:
+        migrate.require_head(settings.sqlalchemy_url)
+    except migrate.SchemaNotCurrent as exc:
+        err.print(f"vodflow: {exc}", highlight=False, markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
 def _print_json(value: Any) -> None:
