@@ -184,6 +184,18 @@ class Vod:
         return await self.send(self.signed(action, params, **options), method)
 
 
+def engine_client(base: str, keys: Keys, **options: Any) -> VodClient:
+    """A VOD client for the engine serving at ``base``, signing with its keys, not retrying."""
+    return VodClient(
+        f"{base}/v2/index.php",
+        secret_id=keys.vod_secret_id,
+        secret_key=keys.vod_secret_key,
+        region="gz",
+        attempts=1,
+        **options,
+    )
+
+
 @asynccontextmanager
 async def running_engine(
     database_url: str,
@@ -220,14 +232,7 @@ async def running_engine(
             stack.push_async_callback(engine.stop)
         base = await stack.enter_async_context(serving(Starlette(routes=engine.routes), port))
         keys = load_keys(config)
-        client = VodClient(
-            f"{base}/v2/index.php",
-            secret_id=keys.vod_secret_id,
-            secret_key=keys.vod_secret_key,
-            region="gz",
-            attempts=1,
-            timeout=15.0,
-        )
+        client = engine_client(base, keys, timeout=15.0)
         stack.push_async_callback(client.aclose)
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=30.0))
         yield Vod(config, keys, db, engine, base, client, http)

@@ -19,10 +19,9 @@ from orchestrator.engine.upload import upload_file
 from orchestrator.keys import load_keys
 from orchestrator.store import engine as store
 from orchestrator.store import migrate
-from orchestrator.vod.client import VodClient
 from orchestrator.vod.events import parse_event, parse_pull_event_response
 from tests.conftest import free_port
-from tests.engine_support import Receiver, running_engine
+from tests.engine_support import Receiver, engine_client, running_engine
 from tests.servers import serving
 
 pytestmark = [pytest.mark.ffmpeg, pytest.mark.usefixtures("clean_env")]
@@ -132,14 +131,7 @@ async def test_the_engine_alone_pushes_nothing_without_a_callback_url_and_says_s
                 secret_id=keys.vod_secret_id,
                 secret_key=keys.vod_secret_key,
             )
-            client = VodClient(
-                f"{base}/v2/index.php",
-                secret_id=keys.vod_secret_id,
-                secret_key=keys.vod_secret_key,
-                region="gz",
-                attempts=1,
-            )
-            async with client:
+            async with engine_client(base, keys) as client:
                 pulled = await client.pull_event()
             ((_, event),) = parse_pull_event_response(pulled)
             assert (event.kind, event.file_id) == ("NewFileUpload", uploaded.file_id)

@@ -80,6 +80,18 @@ async def _status(db: Database, run_id: str) -> str:
     )
 
 
+def _orphan(body: dict[str, Any], dedup_key: str) -> NewInboxEvent:
+    """A VOD callback stored as an orphan, as a runner that could not match it leaves it."""
+    return NewInboxEvent(
+        source="vod",
+        event_type=body["eventType"],
+        dedup_key=dedup_key,
+        body=json.dumps(body),
+        task_id=body["data"]["vodTaskId"],
+        status="orphan",
+    )
+
+
 async def test_an_orphan_whose_task_is_known_is_applied_on_the_next_sweep(
     db: Database, parts: tuple[Runner, Sweeper, Clock]
 ) -> None:
@@ -87,15 +99,7 @@ async def test_an_orphan_whose_task_is_known_is_applied_on_the_next_sweep(
     run_id = await _waiting_run(db, runner, clock)
     # The race: the event was judged an orphan by a transaction that could not yet see the
     # task ID another had just recorded.
-    body = transcode_complete("transcode-1", "f1")
-    event = NewInboxEvent(
-        source="vod",
-        event_type="TranscodeComplete",
-        dedup_key="k1",
-        body=json.dumps(body),
-        task_id="transcode-1",
-        status="orphan",
-    )
+    event = _orphan(transcode_complete("transcode-1", "f1"), "k1")
     await db.write(queues.insert_inbox, [event], clock.now)
     found = await sweeper.rematch_orphans()
     assert found == {"rematched": 1, "unmatched": 0}
@@ -111,17 +115,7 @@ async def test_an_orphan_procedure_event_is_rematched_by_its_sub_tasks_ids(
     # Same race, for the event of the procedure whose tasks the run recorded (not its own ID).
     mine = procedure_state_changed("1250000001-procedurev2-1", "f1", {"Transcode": "transcode-1"})
     other = procedure_state_changed("1250000001-procedurev2-2", "f1", {"Transcode": "transcode-2"})
-    events = [
-        NewInboxEvent(
-            source="vod",
-            event_type="ProcedureStateChanged",
-            dedup_key=body["data"]["vodTaskId"],
-            body=json.dumps(body),
-            task_id=body["data"]["vodTaskId"],
-            status="orphan",
-        )
-        for body in (mine, other)
-    ]
+    events = [_orphan(body, body["data"]["vodTaskId"]) for body in (mine, other)]
     mine_id, other_id = await db.write(queues.insert_inbox, events, clock.now)
     assert await sweeper.rematch_orphans() == {"rematched": 1, "unmatched": 0}
     await runner.drain_inbox()
@@ -144,14 +138,7 @@ async def test_recording_tasks_wakes_the_orphan_procedure_event_naming_them(
 ) -> None:
     _, _, clock = parts
     body = procedure_state_changed("1250000001-procedurev2-1", "f1", {"Transcode": "t_1%"})
-    event = NewInboxEvent(
-        source="vod",
-        event_type="ProcedureStateChanged",
-        dedup_key="k1",
-        body=json.dumps(body),
-        task_id="1250000001-procedurev2-1",
-        status="orphan",
-    )
+    event = _orphan(body, "k1")
     await db.write(queues.insert_inbox, [event], clock.now)
     assert await db.write(queues.wake_orphans, ["tx1x"]) == 0  # LIKE's wildcards are escaped
     assert await db.write(queues.wake_orphans, ["t_1%"]) == 1
