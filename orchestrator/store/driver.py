@@ -43,6 +43,8 @@ def _same(value: Any) -> Any:
 def _sqlite_time_in(value: datetime | None) -> str | None:
     if value is None:
         return None
+    if value.tzinfo is UTC:  # vodflow's own times: their text less the "+00:00"
+        return value.isoformat(" ", "microseconds")[:-6]
     if value.tzinfo is None:
         raise ValueError(f"naive datetime {value!r}: vodflow stores aware UTC times only")
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")

@@ -171,8 +171,14 @@ def _column(value: Any) -> Any:
 def _changed(
     old: m.StepState | m.TaskState, new: m.StepState | m.TaskState, fields: tuple[str, ...]
 ) -> dict[str, Any]:
-    """The column values of ``fields`` that differ (updates write only those)."""
-    return {f: _column(getattr(new, f)) for f in fields if getattr(new, f) != getattr(old, f)}
+    """The column values of ``fields`` that differ (updates write only those). Read from the
+    states' ``__dict__``: most fields of a copied state are the very objects of the old one, so
+    the identity test settles them without comparing values (``getattr`` by name cost more than
+    the comparisons)."""
+    before, after = old.__dict__, new.__dict__
+    return {
+        f: _column(after[f]) for f in fields if after[f] is not before[f] and after[f] != before[f]
+    }
 
 
 def _values(model: m.StepState | m.TaskState, fields: tuple[str, ...]) -> dict[str, Any]:
@@ -220,6 +226,8 @@ class Changes:
         old_steps = {s.name: s for s in before.steps}
         for step in after.steps:
             old = old_steps[step.name]
+            if old is step:  # untouched by the decision: nor are its tasks
+                continue
             changed = _changed(old, step, _STEP_FIELDS)
             if changed:
                 key = {"run_id": after.run_id, "name": step.name}
