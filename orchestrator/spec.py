@@ -134,6 +134,7 @@ RECORDING_FIELDS = (
 UPLOAD_FIELDS = ("source", "fileId", "fileName", "fileUrl", "sourceType", "streamId")
 SESSION_FIELDS = (
     "streamId", "startTime", "endTime", "duration", "fileIds", "segmentCount", "app", "appname",
+    "untimedFileIds",
 )  # fmt: skip
 
 

@@ -110,6 +110,19 @@ def test_match_fields_are_checked_against_the_trigger_type() -> None:
     assert msg.startswith("wf.yaml:4:")
 
 
+def test_every_documented_session_field_can_be_referenced_and_matched() -> None:
+    source = VALID.replace("type: recording.finished", "type: stream.session") + (
+        "  - name: tell\n"
+        "    notify:\n"
+        "      url: /hooks/sink\n"
+        '      data: {untimed: "{{ trigger.untimedFileIds }}", n: "{{ trigger.segmentCount }}"}\n'
+    )
+    parse_workflow(source.replace('"{{ trigger.fileId }}"', '"{{ trigger.fileIds.0 }}"'))
+    (msg,) = problems(source.replace("{{ trigger.fileId }}", "{{ trigger.fileIDs }}"))
+    assert "did you mean 'fileIds'?" in msg
+    assert "untimedFileIds)" in msg  # the fields listed are the README's
+
+
 def test_template_references_are_checked() -> None:
     source = VALID + (
         "  - name: tell\n"
