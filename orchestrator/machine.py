@@ -26,6 +26,7 @@ rule, and the adoption is recorded.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -868,6 +869,7 @@ def notify_payload(
     """The Standard Webhooks payload a notify step sends: type, timestamp and data."""
     assert spec.notify is not None
     extra = template.render_tree(dict(spec.notify.data), context)
+    event_type = template.render(spec.notify.event_type, context)
     data: dict[str, JsonValue] = {
         "runId": state.run_id,
         "workflow": state.workflow,
@@ -877,7 +879,8 @@ def notify_payload(
     }
     if isinstance(extra, dict):
         data.update(extra)
-    return {"type": spec.notify.event_type, "timestamp": now.isoformat(), "data": data}
+    kind = event_type if isinstance(event_type, str) else json.dumps(event_type)
+    return {"type": kind, "timestamp": now.isoformat(), "data": data}
 
 
 def _begin_attempt(ctx: _Ctx, step: StepState) -> str:

@@ -264,7 +264,7 @@ class NotifyAction(_Model):
     url: WebhookUrl = Field(
         description="Where to POST: an http(s) URL, or a path on this vodflow (/hooks/sink)."
     )
-    event_type: str = Field("vodflow.run.outputs", description="The payload's `type`.")
+    event_type: Text = Field("vodflow.run.outputs", description="The payload's `type` (templated).")
     data: dict[str, Any] = Field(
         default_factory=dict, description="Extra fields for the payload's data (templated)."
     )

@@ -13,8 +13,7 @@ from orchestrator.spec import Workflow, parse_workflow
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
-WORKFLOW = parse_workflow(
-    """
+WORKFLOW_SOURCE = """
 name: wf
 triggers: [{type: recording.finished}]
 timeout: 6h
@@ -27,7 +26,7 @@ steps:
   - name: tell
     notify: {url: "http://hooks.example/{{ trigger.streamId }}"}
 """
-)
+WORKFLOW = parse_workflow(WORKFLOW_SOURCE)
 
 
 class Run:
@@ -480,6 +479,23 @@ def test_every_input_appends_exactly_one_history_entry() -> None:
         m.RunStatus.AWAITING_CALLBACK,
     )
     assert entry.detail["tasks"][0]["task_id"] == "tr1"
+
+
+def test_a_notify_steps_event_type_is_templated_like_its_data() -> None:
+    workflow = parse_workflow(
+        WORKFLOW_SOURCE.replace(
+            'notify: {url: "http://hooks.example/{{ trigger.streamId }}"}',
+            'notify: {url: /u, event_type: "replay.{{ trigger.streamId }}", '
+            'data: {n: "{{ trigger.fileSize }}"}}',
+        )
+    )
+    run = Run(workflow, {"fileId": "f1", "streamId": "s1", "fileSize": 3}).start().submitted()
+    run.event("tr1", outputs={"fileId": "f1"})
+    run.event("sp1")
+    run.feed(m.VerifySucceeded(step="transcode", attempt=1))
+    (notify,) = run.commands(m.Notify)
+    assert notify.payload["type"] == "replay.s1"
+    assert notify.payload["data"]["n"] == 3
 
 
 def test_backoff_is_exponential_capped_and_deterministic() -> None:
