@@ -59,6 +59,16 @@ Duration = Annotated[
 ]
 
 
+def _positive(value: timedelta) -> timedelta:
+    if value <= timedelta(0):
+        raise ValueError("expected a duration greater than 0, such as 30s, 10m or 2h; found 0")
+    return value
+
+
+PositiveDuration = Annotated[Duration, AfterValidator(_positive)]
+"""A timeout, an expected time or a session's quiet: zero would make it fire at once."""
+
+
 def _check_template(value: str) -> str:
     template.parse(value)
     return value
@@ -177,8 +187,10 @@ class StreamSession(_Trigger):
     one run for the whole session (trigger.startTime..trigger.endTime, trigger.fileIds)."""
 
     type: Literal["stream.session"]
-    quiet: Duration = Field(timedelta(minutes=5), description="Silence that ends a session.")
-    max_length: Duration = Field(
+    quiet: PositiveDuration = Field(
+        timedelta(minutes=5), description="Silence that ends a session."
+    )
+    max_length: PositiveDuration = Field(
         timedelta(hours=12), description="A session is closed after this long regardless."
     )
     fields: typing.ClassVar[tuple[str, ...]] = SESSION_FIELDS
@@ -268,7 +280,7 @@ class NotifyAction(_Model):
     data: dict[str, Any] = Field(
         default_factory=dict, description="Extra fields for the payload's data (templated)."
     )
-    timeout: Duration = timedelta(seconds=10)
+    timeout: PositiveDuration = timedelta(seconds=10)
 
 
 TASK_KINDS = (
@@ -288,10 +300,10 @@ class Step(_Model):
         description="Task kinds the step waits for (transcode, imageSprite, procedure, ...); "
         "default: every task ID VOD's answer returns.",
     )
-    timeout: Duration | None = Field(
+    timeout: PositiveDuration | None = Field(
         None, description="Give up on an attempt after this long waiting on VOD."
     )
-    expected: Duration | None = Field(
+    expected: PositiveDuration | None = Field(
         None,
         description="When a task's callback is expected; after it, vodflow asks VOD. "
         "Default: VODFLOW_TASK_POLL_AFTER.",
@@ -324,7 +336,9 @@ class Workflow(_Model):
     description: str = ""
     triggers: list[Trigger] = Field(min_length=1)
     steps: list[Step] = Field(min_length=1)
-    timeout: Duration = Field(timedelta(hours=24), description="A run fails after this long.")
+    timeout: PositiveDuration = Field(
+        timedelta(hours=24), description="A run fails after this long."
+    )
     retry: RetryPolicy = Field(RetryPolicy(), description="Default retry for every step.")
 
     def step(self, name: str) -> Step:

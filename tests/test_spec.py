@@ -104,6 +104,21 @@ def test_missing_required_keys() -> None:
     assert any("triggers: expected a list with at least 1 item" in f for f in found)
 
 
+def test_zero_timeouts_and_expected_times_are_refused() -> None:
+    source = VALID.replace("steps:", "timeout: 0s\nsteps:") + "    expected: 0\n    timeout: 0m\n"
+    source = source.replace("- type: recording.finished", "- type: stream.session\n    quiet: 0s")
+    source = source.replace("{{ trigger.fileId }}", "{{ trigger.fileIds.0 }}")
+    found = problems(source + "  - name: tell\n    notify: {url: /u, timeout: 0}\n")
+    zero = "expected a duration greater than 0, such as 30s, 10m or 2h; found 0"
+    assert found == [
+        f"wf.yaml:4:12: triggers[0].quiet: {zero}",
+        f"wf.yaml:6:10: timeout: {zero}",
+        f"wf.yaml:12:15: steps[0].expected: {zero}",
+        f"wf.yaml:13:14: steps[0].timeout: {zero}",
+        f"wf.yaml:15:32: steps[1].notify.timeout: {zero}",
+    ]
+
+
 def test_match_fields_are_checked_against_the_trigger_type() -> None:
     (msg,) = problems(VALID.replace("streamId:", "streamid:"))
     assert "recording.finished events have no field 'streamid'; did you mean 'streamId'?" in msg
