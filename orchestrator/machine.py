@@ -655,8 +655,9 @@ def _on_task_event(ctx: _Ctx, event: TaskEvent) -> str:
     ctx.step_name = step.name
     outcome = "succeeded" if event.success else "failed"
     label = f"{event.event_type} for {task.kind} task {task.task_id}"
-    if ctx.state.status.terminal:
-        return f"late {label} recorded, not applied: the run already {ctx.state.status}"
+    late = f"late {label} recorded, not applied: the run already {ctx.state.status}"
+    if ctx.state.status.terminal and (task.status.terminal or not event.terminal):
+        return late
     if task.status.terminal:
         return f"duplicate {label} ignored: the task already {task.status}"
     if not event.terminal:
@@ -675,6 +676,11 @@ def _on_task_event(ctx: _Ctx, event: TaskEvent) -> str:
         update={"tasks": tuple(updated if t.task_id == task.task_id else t for t in step.tasks)}
     )
     ctx.set_step(step)
+    if ctx.state.status.terminal:
+        # The task's result is kept (it no longer shows as waiting, overdue or stalled, and a
+        # retry that adopts the task knows it finished); the ended run and its steps stay as
+        # they are.
+        return late
     if task.attempt != step.attempt:
         return (
             f"{label} ({outcome}) recorded: it belongs to attempt {task.attempt}, "

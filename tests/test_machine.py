@@ -361,10 +361,21 @@ def test_late_event_after_terminal_is_recorded_not_applied() -> None:
     run.feed(m.Cancel(actor="ops", reason="wrong file"))
     assert run.state.status is m.RunStatus.CANCELLED
     before = run.state
-    run.event("tr1")
-    assert run.state.steps == before.steps
+    run.event("tr1", outputs={"fileId": "f1"})
     assert run.state.status is m.RunStatus.CANCELLED
     assert run.last.history.reason.startswith("late")
+    assert not run.last.commands
+    (old,), (new,) = before.steps[:1], run.state.steps[:1]
+    assert (new.status, new.attempt, new.outputs) == (old.status, old.attempt, old.outputs)
+    # The task's result is recorded: it no longer waits (nor shows as overdue or stalled).
+    tasks = {t.task_id: t for t in new.tasks}
+    assert tasks["tr1"].status is m.TaskStatus.SUCCEEDED
+    assert tasks["tr1"].outputs == {"fileId": "f1"}
+    assert tasks["sp1"].status is m.TaskStatus.WAITING
+    recorded = run.state.steps
+    run.event("tr1", success=False)
+    assert run.last.history.reason.startswith("late")
+    assert run.state.steps == recorded
 
 
 def test_submit_answer_after_the_run_ended_records_its_tasks_for_late_matching() -> None:
