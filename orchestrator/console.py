@@ -210,6 +210,49 @@ def register(app: typer.Typer, settings: Any) -> None:
         )
         console.print(f"{result['runId']}: {_status(result['status'])} — {result['reason']}")
 
+    @app.command("trigger")
+    def trigger(
+        workflow: str,
+        param: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--param",
+                metavar="KEY=VALUE",
+                help="A trigger field (text); a key given again makes a list.",
+            ),
+        ] = None,
+        params_json: Annotated[
+            str | None, typer.Option("--params", metavar="JSON", help="Trigger fields as JSON.")
+        ] = None,
+        idempotency_key: Annotated[
+            str | None, typer.Option(help="A repeat with this key answers the first run.")
+        ] = None,
+        direct: Direct = False,
+    ) -> None:
+        """Start a run of a workflow with a manual trigger (as POST /api/runs does)."""
+        fields: dict[str, Any] = {}
+        if params_json is not None:
+            try:
+                fields = json.loads(params_json)
+            except ValueError as exc:
+                err.print(f"vodflow: --params: not JSON: {exc}", highlight=False, markup=False)
+                raise typer.Exit(1) from None
+            if not isinstance(fields, dict):
+                err.print("vodflow: --params: expected a JSON object", highlight=False)
+                raise typer.Exit(1)
+        pairs = [item.partition("=") for item in param or []]
+        for key, sep, _ in pairs:
+            if not sep or not key:
+                err.print(f"vodflow: --param {key}: expected KEY=VALUE", highlight=False)
+                raise typer.Exit(1)
+        for key, _, value in pairs:
+            values = [v for k, _, v in pairs if k == key]
+            fields[key] = values if len(values) > 1 else value
+        body = {"workflow": workflow, "params": fields, "idempotencyKey": idempotency_key}
+        result = _call(settings(), direct, "POST", "/api/runs", json=body)
+        how = "started" if result["created"] else "already started with this idempotency key"
+        console.print(f"{result['runId']}: {how}")
+
     @app.command("events")
     def events(
         orphans: Annotated[

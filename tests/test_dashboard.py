@@ -477,6 +477,23 @@ async def _vodflow(
     return out.decode() + (errors.decode() if returncode else "")
 
 
+async def test_cli_starts_a_manual_run(service: Service, tmp_path: Path, sqlite_url: str) -> None:
+    args = ("trigger", "transcode", "--param", "fileId=5285890784273533001")
+    out = await _vodflow(service, tmp_path, sqlite_url, *args, "--idempotency-key", "k1")
+    run_id = out.split(":")[0]
+    assert out == f"{run_id}: started\n"
+    run = await service.run(run_id)
+    assert run["context"] == {"fileId": "5285890784273533001"}
+    again = await _vodflow(service, tmp_path, sqlite_url, *args, "--idempotency-key", "k1")
+    assert again == f"{run_id}: already started with this idempotency key\n"
+    listed = ("--param", "ids=a", "--param", "ids=b", "--params", '{"fileId": "f", "n": 2}')
+    out = await _vodflow(service, tmp_path, sqlite_url, "trigger", "transcode", *listed)
+    run = await service.run(out.split(":")[0])
+    assert run["context"] == {"fileId": "f", "n": 2, "ids": ["a", "b"]}
+    out = await _vodflow(service, tmp_path, sqlite_url, "trigger", "transcode", returncode=1)
+    assert "workflow 'transcode' needs params: fileId" in out
+
+
 async def test_cli_talks_to_the_server_or_the_database(
     service: Service, tmp_path: Path, sqlite_url: str
 ) -> None:
