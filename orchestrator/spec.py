@@ -600,11 +600,14 @@ def _check_semantics(spec: Workflow, doc: Mapping[str, Any]) -> list[tuple[list[
                     msg += f" (expected one of: {', '.join(TASK_KINDS)})"
                     found.append(([*where, "wait_for", k_index], msg))
         earlier = {s.name: s for s in spec.steps[:s_index]}
+        later = [s.name for s in spec.steps[s_index + 1 :]]
         step_doc = doc["steps"][s_index]
         for key in ("process", "notify"):
             if key in step_doc:
                 found.extend(
-                    _check_refs(step_doc[key], [*where, key], trigger_fields, earlier, step.name)
+                    _check_refs(
+                        step_doc[key], [*where, key], trigger_fields, earlier, step.name, later
+                    )
                 )
     return found
 
@@ -666,15 +669,20 @@ def _check_refs(
     trigger_fields: list[str] | None,
     earlier: Mapping[str, Step],
     this_step: str,
+    later: Sequence[str],
 ) -> list[tuple[list[PathElem], str]]:
     found: list[tuple[list[PathElem], str]] = []
     if isinstance(value, Mapping):
         for key, item in value.items():
-            found.extend(_check_refs(item, [*where, key], trigger_fields, earlier, this_step))
+            found.extend(
+                _check_refs(item, [*where, key], trigger_fields, earlier, this_step, later)
+            )
         return found
     if isinstance(value, list):
         for index, item in enumerate(value):
-            found.extend(_check_refs(item, [*where, index], trigger_fields, earlier, this_step))
+            found.extend(
+                _check_refs(item, [*where, index], trigger_fields, earlier, this_step, later)
+            )
         return found
     if not isinstance(value, str) or not template.is_template(value):
         return found
@@ -683,7 +691,7 @@ def _check_refs(
     except template.TemplateError as exc:
         return [(where, str(exc))]
     for ref in refs:
-        problem = _check_ref(ref.path, trigger_fields, earlier, this_step)
+        problem = _check_ref(ref.path, trigger_fields, earlier, this_step, later)
         if problem:
             found.append((where, f"{{{{ {ref.dotted} }}}}: {problem}"))
     return found
@@ -699,6 +707,7 @@ def _check_ref(
     trigger_fields: list[str] | None,
     earlier: Mapping[str, Step],
     this_step: str,
+    later: Sequence[str],
 ) -> str | None:
     roots = ("trigger", "steps", "run")
     root = path[0]
@@ -720,6 +729,11 @@ def _check_ref(
         return None
     if field == this_step:
         return "a step cannot use its own outputs"
+    if field in later:
+        return (
+            f"step {field!r} runs after this one ({this_step!r}); "
+            "a step can use only the outputs of steps before it"
+        )
     if field not in earlier:
         return f"no earlier step is named {field!r}{_suggest(field, earlier)}"
     if len(path) < 3 or path[2] not in STEP_REF_FIELDS:

@@ -163,6 +163,12 @@ def test_a_step_cannot_use_its_own_or_later_outputs() -> None:
     )
     (msg,) = problems(source)
     assert "a step cannot use its own outputs" in msg
+    later = VALID.replace('"{{ trigger.fileId }}"', '"{{ steps.tell.outputs.url }}"')
+    (msg,) = problems(later + "  - name: tell\n    notify: {url: /u}\n")
+    assert msg == (
+        "wf.yaml:8:15: steps[0].process.fileId: {{ steps.tell.outputs.url }}: step 'tell' runs "
+        "after this one ('transcode'); a step can use only the outputs of steps before it"
+    )
 
 
 def test_process_rules_of_the_seed() -> None:
