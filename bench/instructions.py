@@ -62,6 +62,7 @@ def commit_callbacks(template: Path, count: int, group: int) -> None:
             "VODFLOW_LOG_LEVEL": "WARNING",
         }
     )
+    from orchestrator.app import settle_collector
     from orchestrator.receiver import _Pending, inbox_row
     from orchestrator.vod.events import parse_event
 
@@ -69,6 +70,7 @@ def commit_callbacks(template: Path, count: int, group: int) -> None:
 
     async def run() -> None:
         services = ingest.full_app().state.services
+        settle_collector()  # as the server does once it starts
         loop = asyncio.get_running_loop()
         await services.db.write(services.registry.record_versions, datetime.now(UTC))
         for start in range(0, len(texts), group):

@@ -217,12 +217,25 @@ async def healthz(request: Request) -> JSONResponse:
     return JSONResponse(body)
 
 
-async def start(services: Services) -> None:
-    # Everything built so far (workflows, tables, routes, pydantic and SQLAlchemy machinery)
-    # lives as long as the process: keep it out of the collector's full passes, which otherwise
-    # walk all of it every few thousand callbacks.
+YOUNG_COLLECTIONS_EVERY = 20_000
+"""Allocations between the collector's young passes (CPython's default: 700). A callback builds
+a few hundred short-lived objects, so at the default a group of them paid for dozens of passes,
+each walking what the group still held; at this setting a callback in a group of 64 costs 3 %
+fewer instructions (``bench/instructions.py``), and cyclic garbage waits a little longer."""
+
+
+def settle_collector() -> None:
+    """Set the garbage collector up for serving. Everything built so far (workflows, tables,
+    routes, pydantic and SQLAlchemy machinery) lives as long as the process: it is kept out of
+    the collector's full passes, which otherwise walk all of it every few thousand callbacks;
+    and young passes run less often (``YOUNG_COLLECTIONS_EVERY``)."""
     gc.collect()
     gc.freeze()
+    gc.set_threshold(YOUNG_COLLECTIONS_EVERY, *gc.get_threshold()[1:])
+
+
+async def start(services: Services) -> None:
+    settle_collector()
     await services.db.write(services.registry.record_versions, datetime.now(UTC))
     if services.engine is not None:
         await services.engine.start()
