@@ -25,12 +25,13 @@ rule, and the adoption is recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Self, TypeAlias
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, SkipValidation
 
@@ -147,7 +148,62 @@ _set = object.__setattr__  # past pydantic's frozen guard, as model_construct it
 # --- State ----------------------------------------------------------------------------------
 
 
-class TaskState(_Frozen):
+class _Record:
+    """A run's state records: frozen dataclasses, not pydantic models.
+
+    The machine builds them from values already checked (parsed events, validated workflows)
+    and the store restores them from rows vodflow wrote, so nothing here validates. Every task
+    callback restores its run, reads it field by field while deciding and copies the parts it
+    changes: plain attribute reads cost a third of a pydantic model's (whose ``__getattr__``
+    sends every read through a slower path), which was a tenth of a callback's instructions.
+    Copies and restores set the instance's ``__dict__`` whole, as pydantic's ``model_construct``
+    does. Equality compares the field values; the records are not hashable (they hold dicts).
+    """
+
+    __slots__ = ()
+    __dataclass_fields__: ClassVar[dict[str, dataclasses.Field[Any]]]  # set by @dataclass
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(cls.__dataclass_fields__)  # the records declare no ClassVar or InitVar
+
+    @classmethod
+    def restore(cls, values: dict[str, Any]) -> Self:
+        """A record from the values of all its fields, as vodflow wrote them (not checked)."""
+        names = cls.__dataclass_fields__
+        if len(values) != len(names):
+            missing, unknown = names.keys() - values.keys(), values.keys() - names.keys()
+            raise TypeError(
+                f"{cls.__name__} is restored from all its fields and no others; "
+                f"missing {sorted(missing)}, unknown {sorted(unknown)}"
+            )
+        return cls._built(values)
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None) -> Self:
+        """A copy with ``update`` applied (not checked), as pydantic's method of that name; an
+        update naming a field the record does not have raises TypeError."""
+        values = {**self.__dict__, **(update or {})}
+        if len(values) != len(self.__dict__):
+            unknown = sorted(values.keys() - self.__dict__.keys())
+            raise TypeError(f"{type(self).__name__} has no field {', '.join(unknown)}")
+        return self._built(values)
+
+    @classmethod
+    def _built(cls, values: dict[str, Any]) -> Self:
+        record = cls.__new__(cls)
+        _set(record, "__dict__", values)
+        return record
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class TaskState(_Record):
     """One VOD task ID a step's attempt is waiting for (or learnt about)."""
 
     task_id: str
@@ -160,10 +216,11 @@ class TaskState(_Frozen):
     finished_at: datetime | None = None
     error: str | None = None
     error_code: int | None = None
-    outputs: dict[str, JsonValue] = Field(default_factory=dict)
+    outputs: dict[str, JsonValue] = dataclasses.field(default_factory=dict)
 
 
-class StepState(_Frozen):
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class StepState(_Record):
     name: str
     status: StepStatus = StepStatus.PENDING
     attempt: int = 0
@@ -182,19 +239,20 @@ class StepState(_Frozen):
     deadline: datetime | None = None
     error: str | None = None
     error_class: ErrorClass | None = None
-    outputs: dict[str, JsonValue] = Field(default_factory=dict)
+    outputs: dict[str, JsonValue] = dataclasses.field(default_factory=dict)
     tasks: tuple[TaskState, ...] = ()
 
     def current_tasks(self) -> tuple[TaskState, ...]:
         return tuple(t for t in self.tasks if t.attempt == self.attempt)
 
 
-class RunState(_Frozen):
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class RunState(_Record):
     run_id: str
     workflow: str
     version: str
     status: RunStatus = RunStatus.PENDING
-    context: dict[str, JsonValue] = Field(default_factory=dict)
+    context: dict[str, JsonValue] = dataclasses.field(default_factory=dict)
     steps: tuple[StepState, ...]
     created_at: datetime
     updated_at: datetime
@@ -416,7 +474,7 @@ class HistoryEntry(_Frozen):
 
 
 class Decision(_Frozen):
-    state: RunState
+    state: Annotated[RunState, SkipValidation]
     commands: tuple[Command, ...] = ()
     history: HistoryEntry
 

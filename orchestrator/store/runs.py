@@ -29,8 +29,8 @@ history = HistoryRow.__table__  # type: ignore[attr-defined]
 outbox = OutboxCommand.__table__  # type: ignore[attr-defined]
 timers = Timer.__table__  # type: ignore[attr-defined]
 
-_STEP_FIELDS = tuple(f for f in m.StepState.model_fields if f not in ("name", "tasks"))
-_TASK_FIELDS = tuple(m.TaskState.model_fields)
+_STEP_FIELDS = tuple(f for f in m.StepState.field_names() if f not in ("name", "tasks"))
+_TASK_FIELDS = m.TaskState.field_names()
 
 
 def create_run(
