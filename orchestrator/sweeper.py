@@ -15,9 +15,12 @@ Jobs (each claims its rows with a lease or a row lock, so concurrent sweeps neve
   retention period are deleted (runs and their history stay).
 
 The sweeper watches itself: every job records when it last started and succeeded; a job that has
-not succeeded within three of its intervals is reported as stalled (a sweeper can hang too). The
-clock starts at the later of the job's last success and this sweeper's start, so a service that has
-just started (its first sweeps still running, or yesterday's heartbeat on record) is not degraded.
+not succeeded within three of its intervals (plus, for the pull job, the time its long poll may
+take) is reported as stalled (a sweeper can hang too). The clock starts at the later of the job's
+last success and this sweeper's start, so a service that has just started (its first sweeps still
+running, or yesterday's heartbeat on record) is not degraded. Only the jobs this sweeper runs are
+reported: a heartbeat on record for a job it does not run (the pull job after reliable mode was
+turned off, or one another replica runs) says nothing about this one.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from orchestrator.store import driver, queues, tasks, windows
 from orchestrator.store import jobs as job_store
 from orchestrator.store.db import Database
 from orchestrator.store.queues import InboxStatus, NewInboxEvent
-from orchestrator.vod.client import VodClient
+from orchestrator.vod.client import PULL_EVENT_WAIT, VodClient
 from orchestrator.vod.errors import ErrorClass, MalformedEvent, VodError
 from orchestrator.vod.events import event_from_task_info, parse_event, pull_event_items
 
@@ -122,8 +125,12 @@ class Sweeper:
             "checkpoint": (1.0, self.checkpoint),
             "prune": (max(interval, 300.0), self.prune),
         }
+        self.allowance: dict[str, float] = {}
+        """Seconds a job's run may take beyond its interval before it counts as stalled."""
         if reliable:
             self.jobs["pull"] = (1.0, self.pull_events)
+            # PullEvent is a long poll: an idle run takes as long as VOD holds it
+            self.allowance["pull"] = PULL_EVENT_WAIT + client.timeout
 
     @property
     def now(self) -> datetime:
@@ -208,9 +215,14 @@ class Sweeper:
         now = self.now
         out = []
         for row in rows:
+            if row["name"] not in self.jobs:
+                continue
             last = row["last_success_at"]
             since = max((t for t in (last, self.started_at) if t is not None), default=None)
-            limit = timedelta(seconds=row["interval_seconds"] * STALLED_AFTER_INTERVALS)
+            limit = timedelta(
+                seconds=row["interval_seconds"] * STALLED_AFTER_INTERVALS
+                + self.allowance.get(row["name"], 0.0)
+            )
             out.append(
                 JobHealth(
                     name=row["name"],

@@ -273,6 +273,41 @@ async def test_a_service_that_just_started_is_not_degraded(
     assert (health["timers"].stalled, health["tasks"].stalled) == (True, True)
 
 
+async def test_the_pull_jobs_long_poll_is_not_a_stall(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """PullEvent holds an idle poll for seconds, longer than three of the job's 1 s intervals:
+    that is the job working, so /healthz must not flap to degraded while it waits."""
+    runner, _, clock = parts
+    client = type("Client", (), {"timeout": 10.0})()
+    sweeper = Sweeper(db, runner, client, interval=1.0, reliable=True)  # type: ignore[arg-type]
+    sweeper.started_at = clock.now
+    await db.write(job_store.job_started, "pull", 1.0, clock.now)
+    await db.write(job_store.job_finished, "pull", clock.now, findings={"pulled": 0})
+    await db.write(job_store.job_started, "pull", 1.0, clock.now)  # the next long poll
+    clock.now += timedelta(seconds=6)
+    health = {j.name: j for j in await sweeper.health()}
+    assert health["pull"].stalled is False
+    clock.now += timedelta(seconds=60)
+    health = {j.name: j for j in await sweeper.health()}
+    assert health["pull"].stalled is True
+
+
+async def test_a_job_this_sweeper_does_not_run_is_not_reported(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """The pull job's heartbeat stays on record after reliable mode is turned off (or is another
+    replica's): it must not keep this sweeper degraded."""
+    _, sweeper, clock = parts
+    await db.write(job_store.job_started, "pull", 1.0, clock.now - timedelta(days=1))
+    sweeper.started_at = clock.now
+    await sweeper.run_job("timers")
+    clock.now += timedelta(seconds=2)
+    health = {j.name: j for j in await sweeper.health()}
+    assert "pull" not in health
+    assert health["timers"].stalled is False
+
+
 async def test_jobs_run_at_start_then_spread_over_their_interval(
     db: Database, parts: tuple[Runner, Sweeper, Clock]
 ) -> None:
