@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +27,8 @@ from orchestrator.vod.params import ProcessFileByProcedureRequest, flatten
 from orchestrator.vod.responses import TaskRef
 
 log = logging.getLogger(__name__)
+CLOCK_SKEW = timedelta(seconds=30)
+"""How far VOD's clock may be behind ours when comparing a job's ``createTime`` with ours."""
 
 
 class Actions:
@@ -48,10 +50,16 @@ class Actions:
         self.checker = checker
         self.clock = clock
 
-    async def perform(self, command: m.Command, *, tries: int) -> m.Input:
-        """Carry out one outbox command; ``tries`` > 1 means an earlier try may have got through."""
+    async def perform(
+        self, command: m.Command, *, tries: int, since: datetime | None = None
+    ) -> m.Input:
+        """Carry out one outbox command; ``tries`` > 1 means an earlier try may have got through.
+
+        ``since`` is when the command was written: a job VOD started before then cannot be an
+        earlier try's, so a resent submit does not take it for its own."""
+        if isinstance(command, m.Submit):
+            return await self._submit(command, tries, since)
         handlers: dict[type, Callable[[Any, int], Awaitable[m.Input]]] = {
-            m.Submit: self._submit,
             m.Recover: self._recover,
             m.Notify: self._notify,
             m.Verify: self._verify,
@@ -60,15 +68,17 @@ class Actions:
 
     # --- submit / recover ---------------------------------------------------------------
 
-    async def _submit(self, command: m.Submit, tries: int) -> m.Input:
+    async def _submit(self, command: m.Submit, tries: int, since: datetime | None) -> m.Input:
         try:
             request = ProcessFileByProcedureRequest.from_params(flatten(command.request))
         except InvalidRequestParams as exc:
             return _failed(command, exc)
         if tries > 1:
             # The previous send's outcome is unknown (its process died mid-call): VOD may have
-            # accepted it. Look before sending again, so a crash never makes a second job.
-            found = await self._find_tasks(command.request, since=None)
+            # accepted it. Look before sending again, so a crash never makes a second job (but
+            # only among jobs started since the command was written: an older one of the same
+            # file and procedure is another run's, or an earlier attempt's).
+            found = await self._find_tasks(command.request, since=since)
             if found:
                 return m.SubmitSucceeded(
                     step=command.step, attempt=command.attempt, tasks=found, recovered=True
@@ -102,7 +112,10 @@ class Actions:
 
         Tencent's GetTaskList filters by fileId; a request that makes its file with ``gen`` has
         none, and is matched on the request itself where VOD echoes it (the embedded engine does).
+        With ``since``, a task VOD says it created before then (allowing ``CLOCK_SKEW`` between
+        VOD's clock and ours) is not this request's.
         """
+        oldest = None if since is None else int((since - CLOCK_SKEW).timestamp())
         file_id = request.get("fileId")
         procedure = request.get("procedure")
         for status in ("PROCESSING", "WAITING", "FINISHED"):
@@ -117,6 +130,9 @@ class Actions:
                 if not isinstance(file_id, str) and not _same_request(echoed, request):
                     continue
                 if isinstance(file_id, str) and entry.file_id not in (None, file_id):
+                    continue
+                created = entry.create_time
+                if oldest is not None and created is not None and created < oldest:
                     continue
                 task_id = entry.vod_task_id or entry.task_id
                 if task_id:

@@ -587,7 +587,9 @@ class Runner:
     async def _perform(self, row: dict[str, Any]) -> None:
         try:
             command = COMMANDS.validate_python(row["payload"])
-            outcome = await self.actions.perform(command, tries=row["tries"])
+            outcome = await self.actions.perform(
+                command, tries=row["tries"], since=row["created_at"]
+            )
             batch = Batch()
 
             def record(conn: sa.Connection) -> None:

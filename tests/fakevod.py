@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,8 @@ class Submitted:
     params: dict[str, str]
     tasks: dict[str, str]  # kind -> task ID
     procedure_id: str
+    created: int = field(default_factory=lambda: int(time.time()))
+    """VOD's createTime (Unix seconds), as GetTaskList lists it."""
 
 
 @dataclass
@@ -77,6 +80,7 @@ class FakeVod:
                     "type": "procedure",
                     "status": "PROCESSING",
                     "fileId": s.params.get("fileId"),
+                    "createTime": s.created,
                     "procedure": s.params.get("procedure"),
                 }
                 for s in self.submitted

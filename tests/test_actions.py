@@ -1,8 +1,9 @@
-"""Notify steps' deliveries over real HTTP: where a URL that is a path goes, and a rendered URL
-that no try could reach."""
+"""Outbox actions over real HTTP: where a notify URL that is a path goes, a rendered URL that no
+try could reach, and what a resent submit takes for its earlier try's job."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import httpx
@@ -14,6 +15,9 @@ from starlette.routing import Route
 from orchestrator import machine as m
 from orchestrator.actions import Actions
 from orchestrator.machine import ErrorClass
+from orchestrator.vod.client import VodClient
+from tests.fakevod import FakeVod
+from tests.harness import SECRET_ID, SECRET_KEY
 from tests.servers import serving
 
 
@@ -56,3 +60,39 @@ async def test_a_path_is_delivered_on_this_vodflows_url_and_a_bad_url_is_not_ret
             "webhook ftp://files.example/x is not an http(s) URL or a path on this vodflow"
         )
         assert len(received) == 1
+
+
+async def test_a_resent_submit_takes_only_a_job_started_since_it_was_written() -> None:
+    """A submit sent again after its process died looks for the job its first try may have
+    started. The file's job from before the command was written (another run's, or an earlier
+    attempt's) is not it: taking it would leave this run waiting for events already spent."""
+    vod = FakeVod(SECRET_KEY)
+    async with serving(vod.app()) as base, httpx.AsyncClient() as http:
+        client = VodClient(
+            f"{base}/v2/index.php", secret_id=SECRET_ID, secret_key=SECRET_KEY, region="gz"
+        )
+        actions = Actions(client, http, webhook_secret=None, checker=cast(Any, None))
+        request = {"fileId": "f1", "procedure": "TranscodeAndSprite"}
+        vod.accept({"Action": "ProcessFileByProcedure", **request})  # another run's job
+        written = datetime.now(UTC) + timedelta(hours=1)  # this command, written after it
+        submit = m.Submit(
+            run_id="run_2",
+            step="transcode",
+            attempt=1,
+            idempotency_key="run_2/transcode/1",
+            request=dict(request),
+        )
+        sent = await actions.perform(submit, tries=2, since=written)
+        assert isinstance(sent, m.SubmitSucceeded)
+        assert not sent.recovered
+        assert len(vod.calls_of("ProcessFileByProcedure")) == 1
+        assert {t.task_id for t in sent.tasks} == set(vod.submitted[1].tasks.values())
+
+        # the job its first try started (created since) is found, and nothing is sent again
+        vod.submitted[1].created = int(written.timestamp())
+        found = await actions.perform(submit, tries=3, since=written)
+        assert isinstance(found, m.SubmitSucceeded)
+        assert found.recovered
+        assert [t.task_id for t in found.tasks] == [vod.submitted[1].procedure_id]
+        assert len(vod.calls_of("ProcessFileByProcedure")) == 1
+        await client.aclose()
