@@ -3,6 +3,8 @@ machine decisions, history, outbox and timers rows."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -14,7 +16,7 @@ from alembic.migration import MigrationContext
 
 from orchestrator import machine as m
 from orchestrator.spec import parse_workflow
-from orchestrator.store import driver, migrate
+from orchestrator.store import driver, migrate, windows
 from orchestrator.store.db import Database, sync_url
 from orchestrator.store.runs import create_run, load_run, run_history, save_decision
 from orchestrator.store.tables import OutboxCommand, metadata
@@ -393,3 +395,42 @@ async def test_timer_commands_of_different_runs_share_statements_in_order(
         [(run_id, 1, "cancelled") for run_id in run_ids]
         + [(run_id, 2, "pending") for run_id in run_ids]
     )
+
+
+def test_a_recording_arriving_as_its_session_closes_opens_the_next_one(pg_url: str) -> None:
+    """On PostgreSQL a replica's session sweep can close the stream's open window while a
+    recording is joining it (the insert saw it open, the lock waits for the sweep): the
+    recording opens the next session instead of failing with no window to join."""
+    migrate.upgrade(pg_url)
+    engine = sa.create_engine(sync_url(pg_url))
+    then = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
+    quiet = timedelta(minutes=1)
+    session: dict[str, Any] = {"workflow": "wf", "stream_id": "s", "quiet": quiet}
+    session["max_length"] = timedelta(hours=1)
+    with engine.begin() as conn:
+        first, _ = windows.add_segment(conn, segment={"fileId": "a"}, now=then, **session)
+    joined: list[tuple[int, bool]] = []
+    failed: list[BaseException] = []
+
+    def join() -> None:
+        try:
+            with engine.begin() as conn:
+                later = then + 2 * quiet
+                joined.append(
+                    windows.add_segment(conn, segment={"fileId": "b"}, now=later, **session)
+                )
+        except BaseException as exc:
+            failed.append(exc)
+
+    with engine.connect() as sweep:
+        with sweep.begin():
+            (due,) = windows.claim_due_windows(sweep, then + 2 * quiet, 10)
+            joining = threading.Thread(target=join)
+            joining.start()
+            time.sleep(0.5)  # the recording's lock now waits for the sweep's
+            windows.close_window(sweep, due["id"], None)
+        joining.join(10)
+    engine.dispose()
+    assert failed == []
+    ((second, added),) = joined
+    assert (second != first, added) == (True, True)

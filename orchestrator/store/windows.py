@@ -26,34 +26,47 @@ def add_segment(
     quiet: timedelta,
     max_length: timedelta,
 ) -> tuple[int, bool]:
-    """Add a recording to the stream's open window (opening one). Returns (window id, added)."""
+    """Add a recording to the stream's open window (opening one). Returns (window id, added).
+
+    On PostgreSQL the open window can be closing in another transaction (a replica's session
+    sweep) between the insert that found it and the lock that waits for it: the lock then finds
+    no open window, and the next try opens a new one."""
     insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(windows)
-    conn.execute(
-        insert.values(
-            workflow=workflow,
-            stream_id=stream_id,
-            status="open",
-            opened_at=now,
-            last_activity_at=now,
-            closes_at=now + quiet,
-            segments=[],
-        ).on_conflict_do_nothing(index_elements=["workflow", "stream_id"], index_where=OPEN)
-    )
-    row = (
-        (
-            conn.execute(
-                sa.select(windows)
-                .where(
-                    windows.c.workflow == workflow,
-                    windows.c.stream_id == stream_id,
-                    windows.c.status == lit("open"),
-                )
-                .with_for_update()
-            )
+    row = None
+    for _ in range(3):
+        conn.execute(
+            insert.values(
+                workflow=workflow,
+                stream_id=stream_id,
+                status="open",
+                opened_at=now,
+                last_activity_at=now,
+                closes_at=now + quiet,
+                segments=[],
+            ).on_conflict_do_nothing(index_elements=["workflow", "stream_id"], index_where=OPEN)
         )
-        .mappings()
-        .one()
-    )
+        row = (
+            (
+                conn.execute(
+                    sa.select(windows)
+                    .where(
+                        windows.c.workflow == workflow,
+                        windows.c.stream_id == stream_id,
+                        windows.c.status == lit("open"),
+                    )
+                    .with_for_update()
+                )
+            )
+            .mappings()
+            .one_or_none()
+        )
+        if row is not None:
+            break
+    if row is None:
+        raise LookupError(
+            f"{workflow}'s session of stream {stream_id}: every window opened for it was "
+            "closed before the recording could join it"
+        )
     segments: list[dict[str, Any]] = list(row["segments"] or [])
     same = [n for n, s in enumerate(segments) if s.get("fileId") == segment.get("fileId")]
     added = not same
