@@ -134,7 +134,7 @@ async def _find_run(http: httpx.AsyncClient, file_id: str, within: float) -> str
     deadline = time.monotonic() + within
     with console.status("waiting for a workflow to start a run for it"):
         while time.monotonic() < deadline:
-            runs = (await http.get("/api/runs", params={"fileId": file_id})).json()["runs"]
+            runs = (await _get(http, "/api/runs", deadline, {"fileId": file_id}))["runs"]
             if runs:
                 return str(runs[0]["id"])
             await asyncio.sleep(0.3)
@@ -155,7 +155,7 @@ async def _follow(http: httpx.AsyncClient, run_id: str, within: float) -> dict[s
     )
     with Progress(*columns, console=console) as progress:
         while True:
-            run: dict[str, Any] = (await http.get(f"/api/runs/{run_id}")).json()
+            run: dict[str, Any] = await _get(http, f"/api/runs/{run_id}", deadline)
             for step in run["steps"]:
                 total, done = _step_progress(step)
                 if step["name"] not in bars:
@@ -170,6 +170,23 @@ async def _follow(http: httpx.AsyncClient, run_id: str, within: float) -> dict[s
             if time.monotonic() > deadline:
                 raise DemoError(f"run {run_id} did not finish within {within:.0f}s")
             await asyncio.sleep(0.3)
+
+
+async def _get(
+    http: httpx.AsyncClient, path: str, deadline: float, params: dict[str, str] | None = None
+) -> Any:
+    """An API answer. A vodflow that stops answering (restarting, say: it picks its runs up
+    again) is asked again until the deadline, then named with what to do."""
+    while True:
+        try:
+            return (await http.get(path, params=params)).json()
+        except httpx.TransportError as exc:
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    f"vodflow at {http.base_url} stopped answering ({exc or type(exc).__name__}); "
+                    "once it is back, `vodflow runs --stream-id demo` shows how the run went"
+                ) from None
+            await asyncio.sleep(1.0)
 
 
 def _step_progress(step: dict[str, Any]) -> tuple[int, int]:
