@@ -319,7 +319,11 @@ class Sweeper:
                 row = inbox_row(event, body, "query")
 
                 def store(conn: sa.Connection) -> None:
-                    queues.insert_inbox(conn, [row], now)
+                    (stored,) = queues.insert_inbox(conn, [row], now)
+                    if stored is None and row.dedup_key is not None:
+                        # VOD's answer is an event already received, which may have changed
+                        # nothing then (no run had this task yet): it applies to this run now.
+                        queues.requeue_unapplied(conn, row.dedup_key)
                     tasks.record_poll(conn, task_id, now=now, status=status, next_poll_at=None)
 
                 await self.db.write(store)

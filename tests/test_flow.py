@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from tests.fakevod import (
     new_file_upload,
@@ -421,3 +422,34 @@ async def test_two_replicas_on_one_database_run_each_job_once(
                 detail = await replicas[0].run(run["id"])
                 inputs = [h["input"] for h in detail["history"]]
                 assert inputs.count("submit_succeeded") == 1, inputs
+
+
+async def test_a_task_query_answering_an_event_that_changed_nothing_applies_it(
+    service: Service,
+) -> None:
+    """A task's callback came before any run recorded the task and was kept without effect (an
+    orphan that expired as unmatched, say). When a run then waits on that task, the sweep's
+    query gets the same event back: it is applied now, instead of being dropped as a duplicate
+    and leaving the run waiting for its step timeout."""
+    early = transcode_complete(f"transcode-{1:032x}", "f1")  # FakeVod's first task ID
+    assert (await service.callback(early)).status_code == 200
+    db = service.app.state.services.db
+    await db.write(
+        lambda conn: conn.execute(
+            sa.text("UPDATE inbox_events SET status = 'unmatched' WHERE status = 'orphan'")
+        )
+    )
+    await service.callback(new_file_upload("f1"))
+    run_id = await service.one_run()
+    await service.submitted()
+    sent = service.vod.submitted[0]
+    assert sent.tasks["transcode"] == early["data"]["vodTaskId"]
+    await service.callback(sprite_complete(sent.tasks["imageSprite"], "f1"))
+    service.vod.task_info[sent.tasks["transcode"]] = {
+        "type": "transcode",
+        "status": "FINISH",
+        "data": early["data"],
+    }
+    run = await service.status_is(run_id, "succeeded")
+    (event,) = [e for e in run["events"] if e["eventType"] == "TranscodeComplete"]
+    assert event["status"] == "applied"

@@ -233,6 +233,24 @@ as a duplicate, as if it had not been applied. Invalid bodies cannot be read; pe
 waiting already."""
 
 
+UNAPPLIED = (InboxStatus.ORPHAN, InboxStatus.UNMATCHED, InboxStatus.IGNORED)
+"""Statuses of events that changed nothing, for want of a run waiting on their task, and that
+applying again cannot harm (unlike a failed one, which waits for an operator to fix its cause,
+or a late one, whose run had ended)."""
+
+
+def requeue_unapplied(conn: sa.Connection, dedup_key: str) -> int:
+    """The stored event with this key becomes pending again if it changed nothing when it came:
+    the sweep's task query found a waiting task's result, and it is this copy (a procedure's
+    event ignored, an orphan that expired, before a run recorded the task)."""
+    result = conn.execute(
+        inbox.update()
+        .where(inbox.c.dedup_key == dedup_key, inbox.c.status.in_(UNAPPLIED))
+        .values(status=InboxStatus.PENDING, applied_at=None)
+    )
+    return int(result.rowcount or 0)
+
+
 def replay_inbox(conn: sa.Connection, event_id: int) -> bool:
     """Make an event pending again (an operator's replay). False when there is no such event
     or its status is not in ``REPLAYABLE``."""
