@@ -16,7 +16,7 @@ from alembic.migration import MigrationContext
 
 from orchestrator import machine as m
 from orchestrator.spec import parse_workflow
-from orchestrator.store import driver, migrate, windows
+from orchestrator.store import driver, migrate, views, windows
 from orchestrator.store.db import Database, sync_url
 from orchestrator.store.runs import create_run, load_run, run_history, save_decision
 from orchestrator.store.tables import OutboxCommand, metadata
@@ -434,3 +434,32 @@ def test_a_recording_arriving_as_its_session_closes_opens_the_next_one(pg_url: s
     assert failed == []
     ((second, added),) = joined
     assert (second != first, added) == (True, True)
+
+
+async def test_tasks_nothing_waits_on_any_more_are_not_late(db: Database, now: datetime) -> None:
+    """A task of an attempt that timed out, or of a run that was cancelled, stays ``waiting``
+    (VOD may never report on it), but it neither makes its run ``overdue`` nor counts among the
+    dashboard's stalled tasks: only the tasks of the attempt a step awaits do."""
+    await _start(db, now)
+    first = (m.TaskRef(task_id="transcode-1", kind="transcode"),)
+    await _apply(db, "run1", m.SubmitSucceeded(step="transcode", attempt=1, tasks=first), now)
+    timed_out = now + timedelta(hours=1, seconds=1)
+    fired = m.TimerFired(timer="step_timeout", step="transcode", attempt=1)
+    retrying = (await _apply(db, "run1", fired, timed_out)).state
+    retry_at = retrying.steps[0].retry_at
+    assert retry_at is not None
+    await _apply(db, "run1", m.TimerFired(timer="retry", step="transcode", attempt=1), retry_at)
+    second = (m.TaskRef(task_id="transcode-2", kind="transcode"),)
+    await _apply(db, "run1", m.SubmitSucceeded(step="transcode", attempt=2, tasks=second), retry_at)
+    await _start(db, now, "run2")
+    cancelled = (m.TaskRef(task_id="transcode-3", kind="transcode"),)
+    await _apply(db, "run2", m.SubmitSucceeded(step="transcode", attempt=1, tasks=cancelled), now)
+    await _apply(db, "run2", m.Cancel(actor="ops"), now + timedelta(minutes=1))
+
+    async def late(at: datetime) -> tuple[list[str], int]:
+        overdue = await db.query(views.list_runs, health=["overdue"], now=at)
+        stats = await db.query(views.stats, at)
+        return [r["id"] for r in overdue], stats["stalled_tasks"]
+
+    assert await late(retry_at + timedelta(minutes=1)) == ([], 0)
+    assert await late(retry_at + timedelta(minutes=11)) == (["run1"], 1)

@@ -98,8 +98,23 @@ def timer(conn: sa.Connection, timer_id: int) -> dict[str, Any] | None:
 
 
 def _late(now: datetime) -> tuple[sa.ColumnElement[bool], ...]:
-    """A task the run waits on, past its expected time: what makes a run ``overdue``."""
-    return (tasks.c.status == "waiting", tasks.c.awaited.is_(True), tasks.c.expected_at < now)
+    """A task the run waits on, past its expected time: what makes a run ``overdue``.
+
+    Only a task of the attempt its step awaits: VOD may never report on a task of an attempt that
+    timed out (its step retried) or of a run that ended (cancelled, failed), and such a task stays
+    ``waiting``, but nothing waits on it any more."""
+    awaiting = sa.exists().where(
+        steps.c.run_id == tasks.c.run_id,
+        steps.c.name == tasks.c.step,
+        steps.c.attempt == tasks.c.attempt,
+        steps.c.status == "awaiting_callback",
+    )
+    return (
+        tasks.c.status == "waiting",
+        tasks.c.awaited.is_(True),
+        tasks.c.expected_at < now,
+        awaiting,
+    )
 
 
 def _overdue(now: datetime) -> sa.ColumnElement[bool]:
@@ -264,11 +279,7 @@ def stats(conn: sa.Connection, now: datetime) -> dict[str, Any]:
             sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)
         )
     }
-    stalled = conn.execute(
-        sa.select(sa.func.count()).where(
-            tasks.c.status == "waiting", tasks.c.awaited.is_(True), tasks.c.expected_at < now
-        )
-    ).scalar_one()
+    stalled = conn.execute(sa.select(sa.func.count()).where(*_late(now))).scalar_one()
     oldest_inbox = conn.execute(
         sa.select(inbox.c.received_at)
         .where(inbox.c.status == "pending")
