@@ -107,7 +107,11 @@ def db_upgrade(
     from orchestrator.store import migrate
 
     settings = _settings()
-    migrate.upgrade(settings.sqlalchemy_url, revision)
+    try:
+        migrate.upgrade(settings.sqlalchemy_url, revision)
+    except migrate.DatabaseUnavailable as exc:
+        typer.echo(f"vodflow: {exc}", err=True)
+        raise typer.Exit(1) from None
     typer.echo(f"database is at {revision}: {migrate.redact(settings.sqlalchemy_url)}")
 
 

@@ -357,7 +357,7 @@ def exit_unless_migrated(settings: Settings) -> None:
 
     try:
         migrate.require_head(settings.sqlalchemy_url)
-    except migrate.SchemaNotCurrent as exc:
+    except (migrate.SchemaNotCurrent, migrate.DatabaseUnavailable) as exc:
         err.print(f"vodflow: {exc}", highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1) from None
 

@@ -185,6 +185,25 @@ def test_commands_on_the_database_refuse_one_behind_or_ahead_of_the_code(
     assert json.loads(current.stdout)["runs"] == []
 
 
+def test_a_database_that_cannot_be_opened_is_named_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not running, or no such database: serve, db upgrade and the commands on the database
+    say which database and the driver's reason, instead of a traceback."""
+    _unmigrated(tmp_path, monkeypatch)
+    port = free_port()  # nothing listens there
+    monkeypatch.setenv("VODFLOW_DATABASE_URL", f"postgresql://vf:s3cret@127.0.0.1:{port}/vodflow")
+    for command in (["serve"], ["db", "upgrade"], ["runs", "--direct"]):
+        result = runner.invoke(app, command)
+        assert result.exit_code == 1, command
+        assert "Traceback" not in result.output
+        (line,) = result.output.splitlines()
+        assert line.startswith(
+            f"vodflow: cannot open the database postgresql://vf:***@127.0.0.1:{port}/vodflow: "
+        ), line
+        assert "Connection refused" in line
+
+
 def test_database_urls_are_shown_without_their_password() -> None:
     assert migrate.redact("postgresql://vf:s3cret@db:5432/vodflow") == (
         "postgresql://vf:***@db:5432/vodflow"

@@ -20,6 +20,16 @@ class SchemaNotCurrent(Exception):
     """The database's schema is not at this code's head revision; the message says what to do."""
 
 
+class DatabaseUnavailable(Exception):
+    """The database cannot be opened (not running, no such database, refused); the message
+    names it and gives the driver's reason."""
+
+
+def _unavailable(url: str, exc: sa.exc.DBAPIError) -> DatabaseUnavailable:
+    reason = " ".join(str(exc.orig).split())  # the driver's lines, as one
+    return DatabaseUnavailable(f"cannot open the database {redact(url)}: {reason}")
+
+
 def alembic_config(url: str) -> Config:
     ini = ROOT / "alembic.ini"
     if not ini.exists():
@@ -33,7 +43,10 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except sa.exc.OperationalError as exc:
+        raise _unavailable(url, exc) from None
 
 
 def current(url: str) -> None:
@@ -56,6 +69,8 @@ def database_revisions(url: str) -> set[str]:
     try:
         with engine.connect() as conn:
             return set(MigrationContext.configure(conn).get_current_heads())
+    except sa.exc.OperationalError as exc:
+        raise _unavailable(url, exc) from None
     finally:
         engine.dispose()
 
