@@ -45,7 +45,7 @@ from orchestrator.store.db import Database
 from orchestrator.store.queues import InboxStatus, NewInboxEvent
 from orchestrator.store.runs import Changes, create_run, load_run, load_runs, save_decision
 from orchestrator.store.tasks import TaskOwner, find_tasks
-from orchestrator.vod.errors import MalformedEvent
+from orchestrator.vod.errors import ErrorClass, MalformedEvent
 from orchestrator.vod.events import PROCEDURE_EVENT, VodEvent, parse_event
 
 log = logging.getLogger("vodflow.runner")
@@ -594,16 +594,17 @@ class Runner:
 
             def record(conn: sa.Connection) -> None:
                 now = self.clock()
+                result = _not_anothers(conn, row["run_id"], outcome)
                 mine = queues.finish_outbox(
                     conn,
                     row["id"],
                     self.owner,
                     now=now,
-                    result=outcome.model_dump(mode="json"),
-                    error=getattr(outcome, "message", None),
+                    result=result.model_dump(mode="json"),
+                    error=getattr(result, "message", None),
                 )
                 if mine:
-                    self.transition(conn, row["run_id"], outcome, now, batch)
+                    self.transition(conn, row["run_id"], result, now, batch)
                 else:
                     log.warning(
                         "outbox command %s: lease lost before its outcome was recorded",
@@ -628,6 +629,26 @@ class Runner:
         """Wait until every command this runner started has been recorded (tests, shutdown)."""
         while self._inflight:
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
+
+
+def _not_anothers(conn: sa.Connection, run_id: str, outcome: m.Input) -> m.Input:
+    """A recovered submit (VOD's 50005, or a resend finding its job) whose job another run
+    recorded is not this run's: two runs asked for the same procedure on the same file, and VOD
+    refused the second while the first's job runs. A task ID belongs to one run, so taking it
+    would leave this run waiting on events that go to the other; the attempt fails instead, to
+    be retried (with its own job) once the other is done."""
+    if not isinstance(outcome, m.SubmitSucceeded) or not outcome.recovered:
+        return outcome
+    owners = find_tasks(conn, {t.task_id for t in outcome.tasks})
+    taken = sorted({f"{o.task_id} (run {o.run_id})" for o in owners.values() if o.run_id != run_id})
+    if not taken:
+        return outcome
+    return m.SubmitFailed(
+        step=outcome.step,
+        attempt=outcome.attempt,
+        error_class=ErrorClass.INTERNAL,
+        message=f"the job VOD runs for this request is another run's: {', '.join(taken)}",
+    )
 
 
 def procedure_of_tasks(event: VodEvent, members: Mapping[str, TaskOwner]) -> tuple[str, str] | None:

@@ -453,3 +453,45 @@ async def test_a_task_query_answering_an_event_that_changed_nothing_applies_it(
     run = await service.status_is(run_id, "succeeded")
     (event,) = [e for e in run["events"] if e["eventType"] == "TranscodeComplete"]
     assert event["status"] == "applied"
+
+
+async def test_a_second_run_for_the_same_procedure_waits_for_its_own_job(
+    service: Service,
+) -> None:
+    """Two runs ask for the same procedure on the same file; VOD refuses the second with 50005
+    while the first's job runs. The job it lists is the first run's (a task ID belongs to one
+    run), so the second run's attempt fails and is retried, with a job of its own, instead of
+    waiting on events that go to the first run."""
+
+    def already_running(params: dict[str, str]) -> dict[str, Any]:
+        service.vod.accept(params)  # VOD had accepted an earlier, unrecorded request
+        return {"code": 50005, "message": "procedure task already exists"}
+
+    service.vod.script += [
+        already_running,
+        lambda _: {"code": 50005, "message": "procedure task already exists"},
+    ]
+
+    async def start(key: str) -> str:
+        created = await service.http.post(
+            f"{service.base}/api/runs",
+            json={"workflow": "transcode", "params": {"fileId": "f1"}, "idempotencyKey": key},
+        )
+        run_id: str = created.json()["runId"]
+        return run_id
+
+    first = await start("first")
+    await service.wait(lambda: _tasks_of(service, first))
+    second = await start("second")
+    await service.submitted(2)
+    tasks = await service.wait(lambda: _tasks_of(service, second))
+    assert [t["taskId"] for t in tasks] == list(service.vod.submitted[1].tasks.values())
+    run = await service.run(second)
+    assert any("is another run's" in h["reason"] for h in run["history"])
+    assert run["steps"][0]["attempt"] == 2
+
+
+async def _tasks_of(service: Service, run_id: str) -> list[dict[str, Any]]:
+    run = await service.run(run_id)
+    tasks: list[dict[str, Any]] = run["steps"][0]["tasks"]
+    return tasks if run["status"] == "awaiting_callback" else []
