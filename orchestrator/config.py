@@ -235,7 +235,10 @@ class Settings(BaseSettings):
 
     @property
     def uses_embedded_engine(self) -> bool:
-        return self.vod_endpoint is None
+        """Whether the VOD vodflow calls is its own embedded engine: the engine is served here
+        and the VOD endpoint is this vodflow's ``/v2/index.php`` (the default). Otherwise VOD
+        is elsewhere: Tencent Cloud, or an engine serving alone with its own procedures."""
+        return self.engine and self.vod_url == f"{self.base_url}/v2/index.php"
 
     @property
     def task_poll_after_seconds(self) -> float:

@@ -40,6 +40,16 @@ def test_environment_and_toml(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -
     assert not s.uses_embedded_engine
 
 
+def test_the_vod_is_the_embedded_engine_only_when_served_here_and_called_here() -> None:
+    own = "https://vodflow.example.com/v2/index.php"
+    public = "https://vodflow.example.com"
+    assert load_settings(public_url=public, vod_endpoint=own).uses_embedded_engine
+    # Nothing here answers at /v2/index.php: an engine serving alone has its own procedures.
+    assert not load_settings(engine=False).uses_embedded_engine
+    elsewhere = "https://engine.example.com/v2/index.php"
+    assert not load_settings(public_url=public, vod_endpoint=elsewhere).uses_embedded_engine
+
+
 def test_bad_values_name_the_setting_and_the_expectation(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VODFLOW_PORT", "eighty")
     monkeypatch.setenv("VODFLOW_VOD_SIGNATURE_METHOD", "MD5")
