@@ -7,7 +7,9 @@ parameters keep the wire names (``fileId``, ``gen.clip.streamInfo.startTime``) s
 documentation can be followed as it is written.
 
 Loading reports every problem at once, each as ``file:line:column: path: message`` with what was
-found and what was expected, and a "did you mean" for unknown keys and fields.
+found and what was expected, and a "did you mean" for unknown keys and fields. Procedure names are
+checked only when the caller knows which exist (``KnownProcedures``): this module does not know
+which VOD the workflows will run against.
 """
 
 from __future__ import annotations
@@ -391,6 +393,15 @@ class LoadedWorkflow:
     version: str
 
 
+@dataclass(frozen=True)
+class KnownProcedures:
+    """The procedure names the VOD that will run the workflows defines, when they are known at
+    load; ``source`` says where they are defined, for the message naming them."""
+
+    names: frozenset[str]
+    source: str
+
+
 def version_of(spec: Workflow) -> str:
     """The content hash of a workflow's meaning: comments and key order do not change it."""
     canonical = json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True)
@@ -612,6 +623,25 @@ def _check_semantics(spec: Workflow, doc: Mapping[str, Any]) -> list[tuple[list[
     return found
 
 
+def _check_procedures(spec: Workflow, known: KnownProcedures) -> list[tuple[list[PathElem], str]]:
+    """Each literal procedure name that ``known`` does not define; a templated one is resolved,
+    and so checked by VOD, only at run time."""
+    found: list[tuple[list[PathElem], str]] = []
+    for s_index, step in enumerate(spec.steps):
+        name = step.process.procedure if step.process is not None else None
+        if name is None or template.is_template(name) or name in known.names:
+            continue
+        defined = ", ".join(sorted(known.names)) or "none"
+        found.append(
+            (
+                ["steps", s_index, "process", "procedure"],
+                f"unknown procedure {name!r}{_suggest(name, sorted(known.names))} "
+                f"({known.source} defines: {defined})",
+            )
+        )
+    return found
+
+
 def _trigger_fields(spec: Workflow) -> list[str] | None:
     """Fields every trigger of the workflow provides; None when a manual trigger allows any."""
     common: list[str] | None = None
@@ -752,8 +782,11 @@ def _check_ref(
 # --- Loading -----------------------------------------------------------------------------------
 
 
-def parse_workflow(source: str, file: str = "<workflow>") -> Workflow:
-    """Parse and validate one workflow document; raise WorkflowError listing every problem."""
+def parse_workflow(
+    source: str, file: str = "<workflow>", procedures: KnownProcedures | None = None
+) -> Workflow:
+    """Parse and validate one workflow document; raise WorkflowError listing every problem.
+    With ``procedures``, a literal procedure name it does not define is one of them."""
     try:
         doc = yamldoc.load(source)
     except yamldoc.YamlSyntaxError as exc:
@@ -776,21 +809,24 @@ def parse_workflow(source: str, file: str = "<workflow>") -> Workflow:
         spec = Workflow.model_validate(yamldoc.plain(doc))
     except ValidationError as exc:
         raise WorkflowError(_problems_from_validation(exc, positions, file)) from None
-    problems = sorted(
-        (
-            Problem(file, *positions.of(path), _dotted(path), msg)
-            for path, msg in _check_semantics(spec, doc)
-        ),
-        key=lambda p: (p.line, p.column),
-    )
+    problems = [
+        Problem(file, *positions.of(path), _dotted(path), msg)
+        for path, msg in _check_semantics(spec, doc)
+    ]
+    if procedures is not None:
+        problems += [
+            Problem(file, *positions.of(path, key=True), _dotted(path), msg)
+            for path, msg in _check_procedures(spec, procedures)
+        ]
+    problems.sort(key=lambda p: (p.line, p.column))
     if problems:
         raise WorkflowError(problems)
     return spec
 
 
-def load_workflow(path: Path) -> LoadedWorkflow:
+def load_workflow(path: Path, procedures: KnownProcedures | None = None) -> LoadedWorkflow:
     source = path.read_text(encoding="utf-8")
-    spec = parse_workflow(source, str(path))
+    spec = parse_workflow(source, str(path), procedures)
     return LoadedWorkflow(spec=spec, path=path, source=source, version=version_of(spec))
 
 
@@ -805,8 +841,11 @@ def workflow_files(paths: Iterable[Path]) -> list[Path]:
     return out
 
 
-def load_workflows(paths: Iterable[Path]) -> list[LoadedWorkflow]:
-    """Load every workflow; raise one WorkflowError with all problems of all files."""
+def load_workflows(
+    paths: Iterable[Path], procedures: KnownProcedures | None = None
+) -> list[LoadedWorkflow]:
+    """Load every workflow; raise one WorkflowError with all problems of all files. With
+    ``procedures``, every literal procedure name must be one it defines."""
     loaded: list[LoadedWorkflow] = []
     problems: list[Problem] = []
     names: dict[str, Path] = {}
@@ -815,7 +854,7 @@ def load_workflows(paths: Iterable[Path]) -> list[LoadedWorkflow]:
             problems.append(Problem(str(path), 1, 1, "", "no such file or directory"))
             continue
         try:
-            item = load_workflow(path)
+            item = load_workflow(path, procedures)
         except WorkflowError as exc:
             problems.extend(exc.problems)
             continue

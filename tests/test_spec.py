@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.spec import (
+    KnownProcedures,
     WorkflowError,
     json_schema,
     load_workflows,
@@ -31,9 +32,9 @@ steps:
 """
 
 
-def problems(source: str) -> list[str]:
+def problems(source: str, procedures: KnownProcedures | None = None) -> list[str]:
     with pytest.raises(WorkflowError) as info:
-        parse_workflow(source, "wf.yaml")
+        parse_workflow(source, "wf.yaml", procedures)
     return [str(p) for p in info.value.problems]
 
 
@@ -196,6 +197,32 @@ def test_process_rules_of_the_seed() -> None:
         '      fileId: "{{ trigger.fileId }}"', "      gen: {clip: {fileList: [{fileId: a}]}}"
     )
     assert any("gen needs 'concat' with 'dstType'" in p for p in problems(no_concat))
+
+
+ENGINE = KnownProcedures(frozenset({"TranscodeAndSprite", "TranscodeHLS"}), "the engine's file")
+
+
+def test_procedure_names_are_checked_when_the_known_ones_are_given() -> None:
+    assert parse_workflow(VALID, "wf.yaml", ENGINE).steps[0].process is not None
+    typo = VALID.replace("procedure: TranscodeAndSprite", "procedure: TranscodeAndSprites")
+    assert parse_workflow(typo, "wf.yaml")  # nothing known: VOD answers at run time
+    assert problems(typo, ENGINE) == [
+        "wf.yaml:9:7: steps[0].process.procedure: unknown procedure 'TranscodeAndSprites'; "
+        "did you mean 'TranscodeAndSprite'? "
+        "(the engine's file defines: TranscodeAndSprite, TranscodeHLS)"
+    ]
+    # Reported with the file's other problems, in file order.
+    both = typo.replace("streamId:", "streamID:")
+    where = [p.split(": ", 1)[0] for p in problems(both, ENGINE)]
+    assert where == ["wf.yaml:4:23", "wf.yaml:9:7"]
+    # A templated name is known only at run time; a step without a procedure has none to check.
+    templated = VALID.replace("TranscodeAndSprite", '"{{ trigger.streamId }}"')
+    assert parse_workflow(templated, "wf.yaml", ENGINE)
+    none = VALID.replace(
+        '      fileId: "{{ trigger.fileId }}"\n      procedure: TranscodeAndSprite',
+        "      gen: {concat: {dstType: mp4, fileIdList: [a, b]}}",
+    )
+    assert parse_workflow(none, "wf.yaml", ENGINE)
 
 
 def test_unquoted_numeric_file_ids_are_text() -> None:
