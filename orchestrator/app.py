@@ -273,7 +273,7 @@ def create_app(
             f"VODFLOW_HOST={settings.host} exposes the dashboard API beyond this machine: "
             "set VODFLOW_API_TOKEN (and optionally VODFLOW_API_READ_TOKEN) first"
         )
-    registry = registry or Registry.from_paths([settings.workflows])
+    registry = registry or Registry.for_settings(settings)
     services = build_services(settings, registry)
 
     @asynccontextmanager

@@ -74,9 +74,18 @@ def validate(
         ),
     ] = None,
 ) -> None:
-    """Check workflow files; print every problem as file:line:column."""
+    """Check workflow files; print every problem as file:line:column.
+
+    When the settings make VOD this vodflow's embedded engine, procedure names are checked
+    against the engine's procedures; on another VOD (Tencent Cloud) they are left to it."""
+    from orchestrator.engine.procedures import ProceduresError
+    from orchestrator.registry import known_procedures
+
     try:
-        loaded = load_workflows(paths)
+        loaded = load_workflows(paths, known_procedures(_settings()))
+    except ProceduresError as exc:
+        typer.echo(f"vodflow: {exc}", err=True)
+        raise typer.Exit(2) from None
     except WorkflowError as exc:
         for problem in exc.problems:
             typer.echo(str(problem), err=True)
@@ -143,19 +152,18 @@ def serve() -> None:
     """Run the service: callbacks, runner, sweeper, dashboard (and the embedded VOD engine)."""
     from orchestrator import logs
     from orchestrator.app import UnsafeBinding, create_app
+    from orchestrator.engine.procedures import ProceduresError
     from orchestrator.registry import Registry
 
     settings = _settings()
     console.exit_unless_migrated(settings)
     logs.configure(settings.log_level, settings.log_format)
     try:
-        registry = Registry.from_paths([settings.workflows])
+        application = create_app(settings, Registry.for_settings(settings))
     except WorkflowError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
-    try:
-        application = create_app(settings, registry)
-    except UnsafeBinding as exc:
+    except (ProceduresError, UnsafeBinding) as exc:
         typer.echo(f"vodflow: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"vodflow {__version__}: dashboard at {settings.base_url}/")

@@ -3,6 +3,10 @@
 A run keeps the version it started with, so editing a workflow file never changes a run in
 flight. Each version's source is stored by content hash; a version that is no longer on disk is
 parsed again from the database when a run of it advances.
+
+When VOD is this vodflow's embedded engine, every procedure a workflow names is known at load (the
+engine's procedures file), so the files are checked against it; an older version parsed again
+from the database is not (its runs started, and VOD answers for a procedure since removed).
 """
 
 from __future__ import annotations
@@ -13,11 +17,34 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from orchestrator.spec import LoadedWorkflow, Workflow, load_workflows, parse_workflow
+from orchestrator.config import Settings
+from orchestrator.spec import (
+    KnownProcedures,
+    LoadedWorkflow,
+    Workflow,
+    load_workflows,
+    parse_workflow,
+)
 from orchestrator.store.sql import insert_ignore
 from orchestrator.store.tables import WorkflowVersion
 
 versions = WorkflowVersion.__table__  # type: ignore[attr-defined]
+
+
+def known_procedures(settings: Settings) -> KnownProcedures | None:
+    """The procedures workflows may name when VOD is this vodflow's embedded engine: those of the
+    engine's procedures file (``ProceduresError`` when that file is invalid, which the engine
+    refuses too). None when VOD is elsewhere: Tencent Cloud's procedures live in the customer's
+    account, so a name is left to VOD to answer when a step runs."""
+    if not settings.uses_embedded_engine:
+        return None
+    from orchestrator.engine.procedures import load_procedures
+
+    procedures = load_procedures(settings.engine_procedures)
+    source = "the embedded engine's built-in procedures file"
+    if settings.engine_procedures is not None:
+        source = f"the embedded engine's procedures file {settings.engine_procedures}"
+    return KnownProcedures(frozenset(procedures.procedures), source)
 
 
 @dataclass
@@ -26,10 +53,18 @@ class Registry:
     _by_version: dict[str, Workflow] = field(default_factory=dict)
 
     @classmethod
-    def from_paths(cls, paths: list[Path]) -> Registry:
-        """Load and validate workflow files; raises WorkflowError listing every problem."""
-        loaded = load_workflows(paths)
+    def from_paths(cls, paths: list[Path], procedures: KnownProcedures | None = None) -> Registry:
+        """Load and validate workflow files; raises WorkflowError listing every problem (with
+        ``procedures``, each procedure name it does not define among them)."""
+        loaded = load_workflows(paths, procedures)
         return cls(current={w.spec.name: w for w in loaded})
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> Registry:
+        """The workflows a server with these settings runs: ``settings.workflows``, with their
+        procedure names checked when VOD is the embedded engine. Raises WorkflowError, or
+        ProceduresError when the engine's procedures file is invalid."""
+        return cls.from_paths([settings.workflows], known_procedures(settings))
 
     def __post_init__(self) -> None:
         for item in self.current.values():

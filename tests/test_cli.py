@@ -14,9 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import Result
 from typer.testing import CliRunner
 
-from orchestrator import __version__
+from orchestrator import __version__, cli
 from orchestrator.cli import app
 from orchestrator.store import migrate
 from tests.conftest import ROOT, free_port
@@ -54,6 +55,79 @@ def test_validate_says_when_there_is_nothing_to_validate(tmp_path: Path) -> None
     assert "wf.yaml:3:8: steps: expected a list with at least 1 item; found an empty list" in (
         result.output
     )
+
+
+UNKNOWN_PROCEDURE = """\
+name: wf
+triggers: [{type: manual, params: [fileId]}]
+steps:
+  - name: transcode
+    process:
+      fileId: "{{ trigger.fileId }}"
+      procedure: NoSuchProcedure
+"""
+BUILT_IN_PROCEDURES = (
+    "(the embedded engine's built-in procedures file defines: "
+    "TranscodeAll, TranscodeAndSnapshots, TranscodeAndSprite, TranscodeHLS)"
+)
+
+
+def test_validate_checks_procedure_names_when_vod_is_the_embedded_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    wf = tmp_path / "workflows" / "wf.yaml"
+    wf.parent.mkdir()
+    wf.write_text(UNKNOWN_PROCEDURE)
+    result = runner.invoke(app, ["validate", str(wf.parent)])
+    assert result.exit_code == 1
+    assert result.output == (
+        f"{wf}:7:7: steps[0].process.procedure: unknown procedure 'NoSuchProcedure' "
+        f"{BUILT_IN_PROCEDURES}\n1 problem(s) found\n"
+    )
+    wf.write_text(UNKNOWN_PROCEDURE.replace("NoSuchProcedure", "TranscodeAndSprites"))
+    result = runner.invoke(app, ["validate", str(wf.parent)])
+    assert "unknown procedure 'TranscodeAndSprites'; did you mean 'TranscodeAndSprite'?" in (
+        result.output
+    )
+    # A templated name is only known when the step runs.
+    wf.write_text(UNKNOWN_PROCEDURE.replace("NoSuchProcedure", '"{{ trigger.procedure }}"'))
+    assert runner.invoke(app, ["validate", str(wf.parent)]).exit_code == 0
+    # The engine's procedures are the file VODFLOW_ENGINE_PROCEDURES names.
+    wf.write_text(UNKNOWN_PROCEDURE)
+    own = tmp_path / "procedures.yml"
+    own.write_text(
+        "imageSpriteTemplates: {10: {}}\nprocedures:\n  NoSuchProcedure: {imageSprite: [10]}\n"
+    )
+    monkeypatch.setenv("VODFLOW_ENGINE_PROCEDURES", str(own))
+    result = runner.invoke(app, ["validate", str(wf.parent)])
+    assert result.exit_code == 0, result.output
+    wf.write_text(UNKNOWN_PROCEDURE.replace("NoSuchProcedure", "TranscodeAndSprite"))
+    result = runner.invoke(app, ["validate", str(wf.parent)])
+    assert result.exit_code == 1
+    assert (
+        "unknown procedure 'TranscodeAndSprite' (the embedded engine's procedures file "
+        f"{own} defines: NoSuchProcedure)"
+    ) in result.output
+    # An invalid procedures file is a configuration error, whatever the workflows say.
+    own.write_text("procedures: {}\n")
+    result = runner.invoke(app, ["validate", str(wf.parent)])
+    assert result.exit_code == 2
+    assert result.output.startswith(f"vodflow: invalid procedures file:\n  {own}:1:1: ")
+
+
+def test_validate_leaves_procedure_names_to_a_vod_elsewhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "wf.yaml").write_text(UNKNOWN_PROCEDURE)
+    # Tencent Cloud: the procedures live in the customer's account, unknown here.
+    monkeypatch.setenv("VODFLOW_VOD_ENDPOINT", "https://vod.api.qcloud.com/v2/index.php")
+    result = runner.invoke(app, ["validate", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith(f"ok  {tmp_path / 'wf.yaml'}  (wf, version ")
+    # No engine served here: VOD at this vodflow's own URL is an engine serving elsewhere.
+    monkeypatch.delenv("VODFLOW_VOD_ENDPOINT")
+    monkeypatch.setenv("VODFLOW_ENGINE", "false")
+    assert runner.invoke(app, ["validate", str(tmp_path)]).exit_code == 0
 
 
 def test_version_prints_the_version_without_a_command() -> None:
@@ -139,6 +213,21 @@ def test_serve_answers_healthz_and_lists_workflows(tmp_path: Path) -> None:
     assert f"dashboard at http://127.0.0.1:{port}/" in output
 
 
+def _serve() -> Result:
+    """``vodflow serve`` in this process, for a start-up it refuses: one that gets as far as
+    serving fails the test instead of serving for ever."""
+
+    def listen(*args: object) -> None:
+        pytest.fail("vodflow serve started serving")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "_run_server", listen)
+        # serve configures logging onto the runner's stream, closed once it returns: undo that
+        patch.setattr(logging.root, "handlers", list(logging.root.handlers))
+        patch.setattr(logging.root, "level", logging.root.level)
+        return runner.invoke(app, ["serve"])
+
+
 def _unmigrated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """Settings for a data directory whose database was never migrated; its URL."""
     monkeypatch.setenv("VODFLOW_DATA_DIR", str(tmp_path / "data"))
@@ -220,12 +309,36 @@ def test_serve_beyond_loopback_without_a_token_says_why_in_one_line(
     listed = runner.invoke(app, ["runs", "--direct", "--json"])
     assert listed.exit_code == 0, listed.output
     assert json.loads(listed.output) == {"runs": [], "nextCursor": None}
-    # serve configures logging onto the runner's stream, closed once it returns: undo that after
-    monkeypatch.setattr(logging.root, "handlers", list(logging.root.handlers))
-    monkeypatch.setattr(logging.root, "level", logging.root.level)
-    result = runner.invoke(app, ["serve"])
+    result = _serve()
     assert result.exit_code == 2
     assert result.output == (
         "vodflow: VODFLOW_HOST=0.0.0.0 exposes the dashboard API beyond this machine: "
         "set VODFLOW_API_TOKEN (and optionally VODFLOW_API_READ_TOKEN) first\n"
+    )
+
+
+def test_serve_refuses_a_procedure_its_embedded_engine_does_not_define(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _unmigrated(tmp_path, monkeypatch)
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    wf = tmp_path / "workflows" / "wf.yaml"
+    wf.parent.mkdir()
+    wf.write_text(UNKNOWN_PROCEDURE)
+    monkeypatch.setenv("VODFLOW_WORKFLOWS", str(wf.parent))
+    result = _serve()
+    assert result.exit_code == 1
+    assert result.output == (
+        f"{wf}:7:7: steps[0].process.procedure: unknown procedure 'NoSuchProcedure' "
+        f"{BUILT_IN_PROCEDURES}\n"
+    )
+    # The engine's own procedures file, invalid, stops it too: in one message, not a traceback.
+    bad = tmp_path / "procedures.yaml"
+    bad.write_text("procedures: {}\n")
+    monkeypatch.setenv("VODFLOW_ENGINE_PROCEDURES", str(bad))
+    result = _serve()
+    assert result.exit_code == 2
+    assert result.output == (
+        f"vodflow: invalid procedures file:\n  {bad}:1:1: procedures: Dictionary should have at "
+        "least 1 item after validation, not 0\n"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ import pytest
 
 from orchestrator.app import UnsafeBinding, create_app
 from orchestrator.config import load_settings
+from orchestrator.spec import WorkflowError
 from orchestrator.store import views
 from tests.fakevod import new_file_upload, sprite_complete, transcode_complete
 from tests.harness import TIMES_OUT, Service, run_with_a_failed_timer, running_service
@@ -410,6 +412,14 @@ async def test_tokens_guard_the_api(tmp_path: Path, sqlite_url: str) -> None:
 def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
     settings = load_settings(data_dir=tmp_path, host="0.0.0.0", workflows=Path("workflows"))
     with pytest.raises(UnsafeBinding, match="set VODFLOW_API_TOKEN"):
+        create_app(settings)
+
+
+def test_refuses_a_procedure_its_embedded_engine_does_not_define(tmp_path: Path) -> None:
+    (tmp_path / "wf.yaml").write_text(TIMES_OUT.replace("TranscodeAndSprite", "NoSuchProcedure"))
+    settings = load_settings(data_dir=tmp_path / "data", workflows=tmp_path)
+    problem = f"{tmp_path / 'wf.yaml'}:6:47: steps[0].process.procedure: unknown procedure "
+    with pytest.raises(WorkflowError, match=re.escape(problem + "'NoSuchProcedure'")):
         create_app(settings)
 
 
