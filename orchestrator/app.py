@@ -28,9 +28,11 @@ from starlette.routing import BaseRoute, Route
 
 from orchestrator import __version__, dashboard
 from orchestrator.actions import Actions
+from orchestrator.bodylimit import BodyLimit
 from orchestrator.config import Settings
 from orchestrator.dashboard import ApiAuth, LiveHub
 from orchestrator.engine.ffmpeg import FFmpeg
+from orchestrator.engine.upload import UPLOAD_PATH
 from orchestrator.hooks import WebhookSink
 from orchestrator.keys import Keys, load_keys
 from orchestrator.metrics import Metrics
@@ -297,7 +299,14 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(ApiAuth, admin=admin, read=read)],
+        middleware=[
+            Middleware(ApiAuth, admin=admin, read=read),
+            Middleware(
+                BodyLimit,
+                limit=settings.max_body_bytes,
+                exempt=(*(route.path for route in services.receiver.routes), UPLOAD_PATH),
+            ),
+        ],
     )
     app.state.services = services
     app.state.settings = settings

@@ -182,7 +182,12 @@ class Settings(BaseSettings):
     task_poll_after: str = Field(
         "10m", description="Default wait for a task's callback before asking VOD about it."
     )
-    max_body_bytes: int = Field(1_048_576, ge=1024, description="Largest callback body accepted.")
+    max_body_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Largest request body accepted (callbacks, the API, the engine's API, the "
+        "webhook sink; uploads have their own limit).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "text"
 

@@ -23,8 +23,10 @@ from contextlib import asynccontextmanager
 from urllib.parse import quote
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.routing import BaseRoute, Route
 
+from orchestrator.bodylimit import BodyLimit
 from orchestrator.config import Settings
 from orchestrator.engine.api import EngineApi
 from orchestrator.engine.auth import Authenticator
@@ -185,6 +187,10 @@ def create_engine_app(settings: Settings) -> Starlette:
             await engine.stop()
             await db.close()
 
-    app = Starlette(routes=engine.routes, lifespan=lifespan)
+    app = Starlette(
+        routes=engine.routes,
+        lifespan=lifespan,
+        middleware=[Middleware(BodyLimit, limit=settings.max_body_bytes, exempt=[UPLOAD_PATH])],
+    )
     app.state.engine = engine
     return app
