@@ -202,6 +202,19 @@ async def test_unknown_or_missing_action_is_4000(vod: Vod) -> None:
     assert (missing["code"], missing["message"]) == (4000, "missing parameter Action")
 
 
+async def test_a_form_body_starlette_refuses_is_4000_naming_why(
+    vod: Vod, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Read before anything is known about the sender: no "internal error", no traceback.
+    fields = {f"f{n}": "1" for n in range(1001)}
+    answer = (await vod.http.post(vod.endpoint, data=fields)).json()
+    assert (answer["code"], answer["message"]) == (
+        4000,
+        "the form body: Too many fields. Maximum number of fields is 1000.",
+    )
+    assert not [r for r in caplog.records if r.exc_info]
+
+
 async def test_an_exception_inside_is_6000_without_a_traceback(vod: Vod) -> None:
     async def broken(params: dict[str, str], secret_id: str) -> dict[str, Any]:
         raise RuntimeError("disk /srv/secret/path exploded")

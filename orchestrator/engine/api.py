@@ -44,6 +44,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import JsonValue, TypeAdapter
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -454,7 +455,10 @@ async def _request_params(request: Request) -> dict[str, str]:
     """The request's parameters: the query string of a GET, the form body of a POST."""
     if request.method != "POST":
         return dict(request.query_params)
-    form = await request.form()
+    try:
+        form = await request.form()
+    except HTTPException as exc:  # Starlette's refusal of the form (too many fields, ...)
+        raise EngineError(4000, f"the form body: {exc.detail}") from None
     params: dict[str, str] = {}
     for name, value in form.multi_items():
         if not isinstance(value, str):
