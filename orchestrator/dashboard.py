@@ -1035,8 +1035,10 @@ class ApiAuth:
         if token is None:
             await _deny(401, "this API needs Authorization: Bearer <token>", scope, receive, send)
             return
-        is_admin = self.admin is not None and hmac.compare_digest(token, self.admin)
-        is_read = self.read is not None and hmac.compare_digest(token, self.read)
+        # As bytes: compare_digest refuses str with non-ASCII characters (a TypeError, a 500).
+        given_bytes = token.encode()
+        is_admin = self.admin is not None and hmac.compare_digest(given_bytes, self.admin.encode())
+        is_read = self.read is not None and hmac.compare_digest(given_bytes, self.read.encode())
         if not (is_admin or is_read):
             await _deny(401, "unknown API token", scope, receive, send)
             return

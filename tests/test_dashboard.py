@@ -401,6 +401,14 @@ async def test_tokens_guard_the_api(tmp_path: Path, sqlite_url: str) -> None:
         assert (await service.http.post(url, json=body, headers=admin)).status_code == 201
         wrong = await service.http.get(url, headers={"Authorization": "Bearer nope"})
         assert wrong.status_code == 401
+        # A token with characters beyond ASCII is as unknown as any other (it was a 500).
+        odd = "Bearer \u00e9".encode()
+        for refused in (
+            await service.http.get(url, headers={"Authorization": odd}),
+            await service.http.get(url, params={"access_token": "\u00e9"}),
+        ):
+            assert refused.status_code == 401
+            assert refused.json()["error"] == "unknown API token"
         query = await service.http.get(url, params={"access_token": "read-secret"})
         assert query.status_code == 200
         assert (await service.http.get(f"{service.base}/healthz")).status_code == 200
