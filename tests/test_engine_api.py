@@ -174,6 +174,32 @@ async def test_authentication_failures_use_the_common_codes(vod: Vod) -> None:
     assert "Nonce 424242 was already used" in replay["message"]
 
 
+async def test_a_request_dated_ahead_cannot_be_replayed_while_its_timestamp_is_accepted(
+    vod: Vod,
+) -> None:
+    # Its Timestamp stays within the window for up to two windows after it arrives: so must
+    # its Nonce stay remembered.
+    now = [time.time()]
+    vod.engine.api.auth.clock = lambda: now[0]
+    request = {"taskId.0": "transcode-0"}
+    params = vod.signed("GetVodTaskStatus", request, timestamp=int(now[0]) + 290)
+    assert (await vod.send(params))["code"] == 0
+    now[0] += 301  # a window after it arrived; its Timestamp is now 11 s behind the clock
+    replay = await vod.send(params)
+    assert replay["code"] == 4500
+    assert replay["message"] == (
+        f"Nonce {params['Nonce']} was already used with this SecretId by a request still "
+        "within the 300s window (a replayed request?)"
+    )
+    now[0] += 300
+    assert "behind the engine's clock" in (await vod.send(params))["message"]
+    # Once no request with it can be accepted any more, the Nonce may be used again.
+    again = vod.signed(
+        "GetVodTaskStatus", request, timestamp=int(now[0]), nonce=int(params["Nonce"])
+    )
+    assert (await vod.send(again))["code"] == 0
+
+
 async def test_extra_key_pairs_from_the_settings_are_accepted(
     database_url: str, tmp_path: Path
 ) -> None:

@@ -9,7 +9,9 @@ Checked in this order, each failure an envelope with its common code:
 3. ``Timestamp`` is within ``engine_timestamp_window`` seconds (default 300) of the engine's
    clock, else **4500** (the replay code: Tencent's common codes list "Timestamp too far from
    server time" under 4500; 4200 "request expired" would fit a late request only);
-4. ``Nonce`` was not used by the same SecretId within that window, else **4500**.
+4. ``Nonce`` was not used by the same SecretId in a request that may still be accepted, else
+   **4500**: a Nonce is remembered for the window after the later of its arrival and its
+   request's Timestamp (a request dated ahead of the clock stays acceptable that much longer).
 
 A missing or malformed Timestamp or Nonce is an invalid request (**4000**). Nonces are kept in
 the database, so a replay is caught whichever process on it receives it; rows older than the
@@ -88,14 +90,14 @@ class Authenticator:
                 4000, f"parameter 'Nonce': expected a positive integer, got {nonce!r}"
             )
         async with self.db.transaction() as conn:
-            fresh = await store.use_nonce(conn, secret_id, nonce, now, self.window)
+            fresh = await store.use_nonce(conn, secret_id, nonce, now, self.window, int(timestamp))
             if now - self._pruned_at > PRUNE_EVERY:
                 self._pruned_at = now
                 await store.forget_nonces(conn, now - self.window)
         if not fresh:
             raise EngineError(
                 4500,
-                f"Nonce {nonce} was already used with this SecretId in the last "
-                f"{self.window:g}s (a replayed request?)",
+                f"Nonce {nonce} was already used with this SecretId by a request still within "
+                f"the {self.window:g}s window (a replayed request?)",
             )
         return secret_id

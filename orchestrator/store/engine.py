@@ -418,20 +418,30 @@ async def task_events(conn: AsyncConnection, task_id: str) -> list[EngineEvent]:
 
 
 async def use_nonce(
-    conn: AsyncConnection, secret_id: str, nonce: str, now: float, window: float
+    conn: AsyncConnection,
+    secret_id: str,
+    nonce: str,
+    now: float,
+    window: float,
+    timestamp: float,
 ) -> bool:
-    """Record a request's Nonce; False when the same SecretId used it within ``window``
-    seconds (a replay)."""
+    """Record the Nonce of a request dated ``timestamp``; False when the same SecretId used it
+    in a request that may still be within ``window`` (a replay).
+
+    It is remembered until ``window`` seconds after the later of ``now`` and ``timestamp``: a
+    request dated ahead of the clock stays acceptable that much longer, and so must its Nonce.
+    """
+    seen = max(now, timestamp)
     added = await conn.execute(
         insert_ignore(conn, nonces, ["secret_id", "nonce"])
-        .values(secret_id=secret_id, nonce=nonce, seen_at=now)
+        .values(secret_id=secret_id, nonce=nonce, seen_at=seen)
         .returning(nonces.c.nonce)
     )
     if added.first() is not None:
         return True
     key = sa.and_(nonces.c.secret_id == secret_id, nonces.c.nonce == nonce)
     renewed = await conn.execute(
-        nonces.update().where(key, nonces.c.seen_at <= now - window).values(seen_at=now)
+        nonces.update().where(key, nonces.c.seen_at <= now - window).values(seen_at=seen)
     )
     return renewed.rowcount == 1
 
