@@ -156,6 +156,16 @@ async def test_authentication_failures_use_the_common_codes(vod: Vod) -> None:
     wrong_key = await vod.call("GetTaskInfo", request, secret_key="not-the-key")
     assert wrong_key["code"] == 4100
 
+    # Signing leaves a POST's values that start with '@' out: anyone on the way could add one.
+    added = vod.signed("GetVodTaskStatus", {"taskId.0": "transcode-0"}, method="POST")
+    added["taskId.1"] = "@added-on-the-way"
+    unsigned = await vod.send(added, "POST")
+    assert (unsigned["code"], unsigned["message"]) == (
+        4100,
+        "parameter 'taskId.1': a value starting with '@' is not signed in a POST; send this "
+        "request with GET so that every parameter is signed",
+    )
+
     # Signed for another host (the one a proxy would have been addressed by).
     params = vod.signed("GetTaskInfo", request)
     answer = await vod.http.get(vod.endpoint, params=params, headers={"Host": "vod.example:80"})

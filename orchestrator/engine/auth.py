@@ -5,7 +5,8 @@ Checked in this order, each failure an envelope with its common code:
 1. ``SecretId`` names a configured key pair, else **4104** (also when it is missing);
 2. ``Signature`` verifies (HmacSHA1 or HmacSHA256, per ``SignatureMethod``) over the method, the
    host the client addressed (the ``Host`` header, with its port), the path and every other
-   parameter, else **4100**;
+   parameter, else **4100**; so does a POST carrying a value that starts with ``@``, which
+   signing leaves out (see ``orchestrator.vod.signing``);
 3. ``Timestamp`` is within ``engine_timestamp_window`` seconds (default 300) of the engine's
    clock, else **4500** (the replay code: Tencent's common codes list "Timestamp too far from
    server time" under 4500; 4200 "request expired" would fit a late request only);
@@ -64,6 +65,16 @@ class Authenticator:
             )
         if not params.get("Signature"):
             raise EngineError(4100, "missing parameter Signature")
+        if method.upper() == "POST":
+            # Signing leaves such values out of a POST (as Tencent's SDK does): refuse them
+            # rather than act on parameters anyone on the way could have added.
+            unsigned = sorted(name for name, value in params.items() if value.startswith("@"))
+            if unsigned:
+                raise EngineError(
+                    4100,
+                    f"parameter {unsigned[0]!r}: a value starting with '@' is not signed in a "
+                    "POST; send this request with GET so that every parameter is signed",
+                )
         if not verify(params, method, host, path, secret_key):
             raise EngineError(
                 4100,

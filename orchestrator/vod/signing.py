@@ -10,7 +10,7 @@ Deliberate choices, checked against ``qcloudapi-sdk-python`` 2.0.15 (``QcloudApi
 * For POST the SDK leaves out of the string to sign every parameter whose value starts with ``@``
   (a relic of PHP cURL file uploads). ``string_to_sign`` mirrors that, so a request the SDK signed
   verifies here. Such a parameter is therefore *not authenticated*: ``signed_params`` refuses to
-  build a POST carrying one (use GET), and the engine must treat such values as untrusted.
+  build a POST carrying one (use GET), and the engine refuses a POST carrying one (4100).
 * When two names collide after the ``_``→``.`` swap (``a_b`` and ``a.b``), the later one in the
   mapping's order wins, exactly as in the SDK.
 * The method is upper-cased before use; the SDK upper-cases it in the string but compares ``POST``
