@@ -1,16 +1,25 @@
 """Logging set-up: one line per event, as text for people or JSON for log pipelines.
 
 Structured fields travel in ``extra={"run_id": ..., "step": ..., "task_id": ...}`` and appear as
-``key=value`` in text and as keys in JSON.
+``key=value`` in text and as keys in JSON. Messages and fields carry text from outside (a VOD
+event's error message, a file name): in text, their line breaks and other control characters are
+escaped (``\\n``), so each entry stays one line and none can pass for another.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from datetime import UTC, datetime
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+_CONTROL = re.compile("[\x00-\x1f\x7f\x85\u2028\u2029]")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with its control characters escaped as Python writes them (``\\n``, ``\\x1b``)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, object]:
@@ -34,8 +43,8 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.fromtimestamp(record.created, UTC).strftime("%H:%M:%S.%f")[:-3]
-        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        extra = " ".join(f"{k}={_one_line(str(v))}" for k, v in _fields(record).items())
+        line = f"{stamp} {record.levelname:<7} {record.name}: {_one_line(record.getMessage())}"
         line = f"{line}  {extra}" if extra else line
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
