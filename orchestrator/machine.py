@@ -463,18 +463,25 @@ OUTBOUND = _StepCommand
 """Commands that become outbox rows (everything else is a timer or bookkeeping)."""
 
 
-class HistoryEntry(_Frozen):
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class HistoryEntry:
+    """What one input did to a run, as its history keeps it. Built by ``decide`` alone, from
+    values it has checked, so a plain record like the states (see ``_Record``)."""
+
     at: datetime
     input: str
     step: str | None
     from_status: RunStatus
     to_status: RunStatus
     reason: str
-    detail: BuiltJson = Field(default_factory=dict)
+    detail: dict[str, JsonValue] = dataclasses.field(default_factory=dict)
 
 
-class Decision(_Frozen):
-    state: Annotated[RunState, SkipValidation]
+@dataclasses.dataclass(frozen=True, kw_only=True, slots=True)
+class Decision:
+    """``decide``'s answer: the run's new state, the commands to carry out, the history entry."""
+
+    state: RunState
     commands: tuple[Command, ...] = ()
     history: HistoryEntry
 
