@@ -106,43 +106,8 @@ outputs, a dumped input): not walked again, value by value, on every callback.""
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    @classmethod
-    def restore(cls, values: dict[str, Any]) -> Self:
-        """A state from the values of all its fields, as vodflow wrote them, without validating
-        them again: the store rebuilds every callback's run this way (``model_construct`` costs
-        about twice as much, looking up each field's alias and default)."""
-        fields = cls.__pydantic_fields__
-        if len(values) != len(fields):
-            missing, unknown = fields.keys() - values.keys(), values.keys() - fields.keys()
-            raise TypeError(
-                f"{cls.__name__} is restored from all its fields and no others; "
-                f"missing {sorted(missing)}, unknown {sorted(unknown)}"
-            )
-        return cls._built(values, set(values))
 
-    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
-        """A copy with ``update`` applied, as pydantic's (updated values are not validated),
-        without its generic copying: a callback copies its run's states several times. An
-        update naming a field the model does not have raises TypeError."""
-        if deep or not update:
-            return super().model_copy(update=update, deep=deep)
-        values = {**self.__dict__, **update}
-        if len(values) != len(self.__dict__):
-            unknown = sorted(update.keys() - self.__dict__.keys())
-            raise TypeError(f"{type(self).__name__} has no field {', '.join(unknown)}")
-        return self._built(values, self.__pydantic_fields_set__ | update.keys())
-
-    @classmethod
-    def _built(cls, values: dict[str, Any], fields_set: set[str]) -> Self:
-        state = cls.__new__(cls)
-        _set(state, "__dict__", values)
-        _set(state, "__pydantic_fields_set__", fields_set)
-        _set(state, "__pydantic_extra__", None)
-        _set(state, "__pydantic_private__", None)
-        return state
-
-
-_set = object.__setattr__  # past pydantic's frozen guard, as model_construct itself does
+_set = object.__setattr__  # past the records' frozen guard, as dataclasses' own __init__ does
 
 
 # --- State ----------------------------------------------------------------------------------
