@@ -171,8 +171,9 @@ class Settings(BaseSettings):
     outbox_lease: float = Field(
         120.0,
         gt=0,
-        description="Seconds an outbound call may stay unanswered before another process (or "
-        "this one, restarted) takes it over and looks for its result.",
+        description="Seconds a command in progress may go without its owner renewing its lease "
+        "(done every third of this) before another process (or this one, restarted) takes it "
+        "over and looks for its result.",
     )
     retention: str = Field(
         "30d",

@@ -14,6 +14,12 @@ marks the command done. A process that dies between the call and that transactio
 command in flight; when its lease expires the sweeper hands it back and it is sent again, looking
 for the first send's tasks before sending (and VOD's 50005 covers the rest), so no job runs twice.
 
+Leases are heartbeats, as a Temporal activity's or a pg-boss job's are: the runner claims no more
+commands than it can start at once (its concurrency), and while it holds a command (waiting for the
+shared VOD quota, or for VOD's answer) it extends the command's lease every third of the lease.
+So a command is taken over only when its owner stopped renewing it (it died, or could not reach
+the database for a whole lease), never because the quota made it wait.
+
 Both loops wake at once when rows are added in this process and poll as a fallback for rows other
 processes add.
 """
@@ -151,7 +157,10 @@ class Runner:
         self.inbox_wake = asyncio.Event()
         self.outbox_wake = asyncio.Event()
         self.listeners: list[Listener] = []
-        self._slots = asyncio.Semaphore(concurrency)
+        self.concurrency = concurrency
+        self._held: dict[int, str] = {}
+        """Outbox commands this runner claimed and has not recorded yet: id -> idempotency key."""
+        self._lost: set[int] = set()
         self._parsed: dict[int, VodEvent] = {}
         self._inflight: set[asyncio.Task[None]] = set()
 
@@ -162,6 +171,7 @@ class Runner:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._loop(self.inbox_wake, self.drain_inbox, "inbox"))
             group.create_task(self._loop(self.outbox_wake, self.drain_outbox, "outbox"))
+            group.create_task(self._heartbeat())
 
     async def _loop(self, wake: asyncio.Event, drain: Callable[[], Any], name: str) -> None:
         while True:
@@ -574,15 +584,51 @@ class Runner:
     # --- outbox ---------------------------------------------------------------------------
 
     async def drain_outbox(self) -> int:
-        rows = await self.db.write(
-            queues.claim_outbox, self.owner, self.clock(), self.lease, self.batch
-        )
+        """Claim as many due commands as can start now (never more: a claimed command waiting
+        for a free slot would only wait out its lease) and start them."""
+        free = min(self.batch, self.concurrency - len(self._held))
+        if free <= 0:
+            return 0  # a command that ends wakes the loop
+        rows = await self.db.write(queues.claim_outbox, self.owner, self.clock(), self.lease, free)
         for row in rows:
-            await self._slots.acquire()
+            self._held[row["id"]] = row["idempotency_key"]
             task = asyncio.create_task(self._perform(row))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
         return len(rows)
+
+    async def renew_leases(self) -> int:
+        """Extend the lease of every command this runner holds to a full lease from now.
+
+        Only rows still in flight under this runner's name are extended: one the sweeper handed
+        back (this runner missed a whole lease of renewals) is another's now, and is logged.
+        Returns how many were renewed."""
+        held = dict(self._held)
+        if not held:
+            return 0
+        renewed, lost = await self.db.write(
+            queues.renew_outbox_leases, self.owner, list(held), self.clock(), self.lease
+        )
+        for command_id in set(lost) - self._lost:
+            self._lost.add(command_id)
+            log.warning(
+                "outbox command %s: lease lost while in progress (not renewed for a whole lease); "
+                "another process may send it again",
+                held[command_id],
+            )
+        return len(renewed)
+
+    async def _heartbeat(self) -> None:
+        """Renew held leases every third of the lease, so two renewals may fail in a row."""
+        every = max(self.lease.total_seconds() / 3, 0.05)
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.renew_leases()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("renewing outbox leases failed; trying again")
 
     async def _perform(self, row: dict[str, Any]) -> None:
         try:
@@ -623,7 +669,9 @@ class Runner:
                 error=f"{type(exc).__name__}: {exc}",
             )
         finally:
-            self._slots.release()
+            self._held.pop(row["id"], None)
+            self._lost.discard(row["id"])
+            self.outbox_wake.set()  # a slot is free: claim what waits
 
     async def idle(self) -> None:
         """Wait until every command this runner started has been recorded (tests, shutdown)."""

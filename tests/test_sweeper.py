@@ -21,6 +21,7 @@ from orchestrator.store import queues
 from orchestrator.store.db import Database
 from orchestrator.store.queues import NewInboxEvent
 from orchestrator.sweeper import Sweeper
+from orchestrator.vod.errors import ErrorClass
 from tests.fakevod import procedure_state_changed, transcode_complete
 
 WORKFLOW = """
@@ -215,6 +216,142 @@ async def test_expired_outbox_leases_are_handed_back(
     assert await sweeper.expire_leases() == {"expired_leases": 1}
     (again,) = await db.write(queues.claim_outbox, "me", clock.now, lease, 10)
     assert (again["idempotency_key"], again["tries"]) == (taken["idempotency_key"], 2)
+
+
+class Blocking:
+    """Actions whose every command waits until released (as one waiting for the VOD quota)."""
+
+    def __init__(self) -> None:
+        self.started: list[m.Command] = []
+        self.release = asyncio.Event()
+
+    async def perform(self, command: m.Command, **_: Any) -> m.Input:
+        self.started.append(command)
+        await self.release.wait()
+        assert isinstance(command, m.Submit)
+        failed = {"error_class": ErrorClass.INTERNAL, "message": "test"}
+        return m.SubmitFailed(step=command.step, attempt=command.attempt, **failed)
+
+
+async def _submits_waiting(db: Database, runner: Runner, clock: Clock, count: int) -> None:
+    """``count`` runs whose submit waits in the outbox."""
+    await db.write(runner.registry.record_versions, clock.now)
+    workflow = runner.registry.current["wf"]
+
+    def start(conn: sa.Connection) -> None:
+        for n in range(count):
+            context: dict[str, Any] = {"fileId": f"f{n}"}
+            runner.start_run(conn, workflow, context, dedup_key=None, now=clock.now, batch=Batch())
+
+    await db.write(start)
+
+
+async def _leases(db: Database) -> list[tuple[str, str | None, datetime | None]]:
+    rows = await db.query(
+        lambda conn: conn.execute(
+            sa.select(queues.outbox.c.status, queues.outbox.c.lease_owner)
+            .add_columns(queues.outbox.c.lease_until)
+            .order_by(queues.outbox.c.id)
+        ).all()
+    )
+    return [tuple(r) for r in rows]
+
+
+async def test_a_command_waiting_in_progress_keeps_its_lease_and_a_dead_owners_is_handed_back(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """The runner renews the lease of every command it holds (waiting for the quota, say), so
+    the sweeper never hands it to another replica while its owner is alive; a runner that stops
+    renewing (it died) loses it after one lease."""
+    runner, sweeper, clock = parts
+    actions = Blocking()
+    runner.actions = actions  # type: ignore[assignment]
+    runner.lease = timedelta(seconds=30)
+    await _submits_waiting(db, runner, clock, 1)
+    assert await runner.drain_outbox() == 1
+    for _ in range(100):
+        if actions.started:
+            break
+        await asyncio.sleep(0.01)
+    assert len(actions.started) == 1  # in progress: waiting
+    for _ in range(5):  # far longer than the lease in all, renewed every third of it
+        clock.now += timedelta(seconds=10)
+        assert await runner.renew_leases() == 1
+        assert await sweeper.expire_leases() == {"expired_leases": 0}
+    ((status, owner, until),) = await _leases(db)
+    assert (status, owner, until) == ("in_flight", runner.owner, clock.now + runner.lease)
+    assert await db.write(queues.claim_outbox, "another", clock.now, runner.lease, 10) == []
+
+    # The owner dies (stops renewing): one lease later its command is handed back.
+    clock.now += timedelta(seconds=29)
+    assert await sweeper.expire_leases() == {"expired_leases": 0}
+    clock.now += timedelta(seconds=2)
+    assert await sweeper.expire_leases() == {"expired_leases": 1}
+    (taken,) = await db.write(queues.claim_outbox, "another", clock.now, runner.lease, 10)
+    assert taken["tries"] == 2
+    assert await runner.renew_leases() == 0  # another's now: not renewed by the old owner
+    ((status, owner, _),) = await _leases(db)
+    assert (status, owner) == ("in_flight", "another")
+    actions.release.set()
+    await runner.idle()
+    ((status, owner, _),) = await _leases(db)
+    assert (status, owner) == ("in_flight", "another")  # the late outcome is not recorded
+
+
+async def test_the_runner_claims_only_the_commands_it_can_start(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """A command claimed while every slot is busy would wait out its lease unstarted: it stays
+    in the queue for a slot of this runner, or for another replica."""
+    runner, _, clock = parts
+    actions = Blocking()
+    runner.actions = actions  # type: ignore[assignment]
+    runner.concurrency = 2
+    await _submits_waiting(db, runner, clock, 3)
+    assert await asyncio.wait_for(runner.drain_outbox(), 10) == 2
+    assert await asyncio.wait_for(runner.drain_outbox(), 10) == 0
+    statuses = [status for status, _, _ in await _leases(db)]
+    assert sorted(statuses) == ["in_flight", "in_flight", "pending"]
+    actions.release.set()
+    await runner.idle()
+    assert await asyncio.wait_for(runner.drain_outbox(), 10) == 1
+
+
+async def test_the_runners_heartbeat_renews_held_leases(
+    db: Database, tmp_path: Path, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """The loop `serve` runs renews the leases by itself (real clock, a lease of a second)."""
+    runner, _, clock = parts
+    clock.now = datetime.now(UTC)
+    actions = Blocking()
+    lease = timedelta(seconds=1)
+    live = Runner(db, runner.registry, actions, lease=lease)  # type: ignore[arg-type]
+    await _submits_waiting(db, live, clock, 1)
+    serving = asyncio.create_task(live.serve())
+    try:
+
+        async def lease_until() -> datetime | None:
+            return (await _leases(db))[0][2]
+
+        first = None
+        for _ in range(400):
+            first = first or await lease_until()
+            if first is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert first is not None
+        renewed = first
+        for _ in range(400):  # a renewal comes every third of a second; allow for a slow host
+            renewed = await lease_until() or first
+            if renewed > first:
+                break
+            await asyncio.sleep(0.02)
+        assert renewed > first
+    finally:
+        serving.cancel()
+        actions.release.set()
+        await asyncio.gather(serving, return_exceptions=True)
+        await live.idle()
 
 
 async def test_quiet_sessions_start_one_run(

@@ -327,6 +327,38 @@ def finish_outbox(
     return bool(done.rowcount)
 
 
+def renew_outbox_leases(
+    conn: sa.Connection, owner: str, command_ids: Sequence[int], now: datetime, lease: timedelta
+) -> tuple[list[int], list[int]]:
+    """Extend to ``now + lease`` the leases ``owner`` still holds among these commands (its
+    heartbeat while it works on them). Returns (renewed, lost): a command the sweeper handed
+    back, or another process claimed since, is not ``owner``'s any more and is left alone (a
+    command already done is neither)."""
+    if not command_ids:
+        return [], []
+    renewed = conn.execute(
+        outbox.update()
+        .where(
+            outbox.c.id.in_(list(command_ids)),
+            outbox.c.status == lit("in_flight"),
+            outbox.c.lease_owner == owner,
+        )
+        .values(lease_until=now + lease)
+        .returning(outbox.c.id)
+    ).scalars()
+    ids = [int(i) for i in renewed]
+    rest = [i for i in command_ids if i not in set(ids)]
+    lost: list[int] = []
+    if rest:
+        lost = [
+            int(i)
+            for i in conn.execute(
+                sa.select(outbox.c.id).where(outbox.c.id.in_(rest), outbox.c.status != lit("done"))
+            ).scalars()
+        ]
+    return ids, lost
+
+
 def release_outbox(
     conn: sa.Connection, command_id: int, owner: str, *, retry_at: datetime, error: str
 ) -> None:
