@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -147,6 +148,7 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         poll_gap=timedelta(seconds=settings.task_poll_after_seconds),
         retention=timedelta(seconds=settings.retention_seconds),
         on_findings=metrics.sweep,
+        replica=f"{socket.gethostname()}:{settings.port}",
     )
 
     async def refresh_gauges() -> dict[str, int]:
@@ -162,6 +164,9 @@ def build_services(settings: Settings, registry: Registry) -> Services:
             metrics.inbox_depth.labels(status).set(raw["inbox"].get(status, 0))
         metrics.outbox_depth.set(raw["outbox_pending"])
         metrics.failed_timers.set(raw["failed_timers"])
+        metrics.sweeper_stalled.clear()
+        for job in await sweeper.all_health():  # every replica's, so any one alerts on all
+            metrics.sweeper_stalled.labels(job.name, job.replica).set(int(job.stalled))
         return {}
 
     sweeper.jobs["metrics"] = (max(settings.sweep_interval, 5.0), refresh_gauges)
@@ -250,6 +255,8 @@ async def start(services: Services) -> None:
 
 async def stop(services: Services) -> None:
     await services.sweeper.stop()
+    with contextlib.suppress(Exception):  # the database may be what is failing
+        await services.sweeper.forget()
     for task in services.background:
         task.cancel()
     for task in services.background:
@@ -277,6 +284,8 @@ def create_app(
         )
     registry = registry or Registry.for_settings(settings)
     services = build_services(settings, registry)
+    if not listening:  # a command's own sweeper is not the server's on this host and port
+        services.sweeper.replica = services.runner.owner
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -251,6 +251,7 @@ class Quota(ApiModel):
 
 class JobInfo(ApiModel):
     name: str
+    replica: str = Field(description="The replica (host:port) whose sweeper runs this job.")
     interval_seconds: float
     last_started_at: datetime | None
     last_success_at: datetime | None
@@ -274,7 +275,10 @@ class Stats(ApiModel):
     failed_timers: int = Field(
         description="Timers that could not be applied: their runs wait until they are replayed."
     )
-    sweeper: list[JobInfo]
+    replica: str = Field(description="The replica that answered (host:port).")
+    sweeper: list[JobInfo] = Field(
+        description="Every replica's sweeper jobs; a replica's /healthz reports only its own."
+    )
 
 
 # --- query models ------------------------------------------------------------------------------
@@ -782,7 +786,7 @@ async def get_stats(request: Request) -> Response:
     raw = await services.db.query(views.stats, _now())
     action = "ProcessFileByProcedure"
     quota = services.limiter.quota(action)
-    jobs = await services.sweeper.health()
+    jobs = await services.sweeper.all_health()
     return ok(
         Stats(
             runs_by_status=raw["runs_by_status"],
@@ -800,9 +804,11 @@ async def get_stats(request: Request) -> Response:
             inbox=raw["inbox"],
             outbox_pending=raw["outbox_pending"],
             failed_timers=raw["failed_timers"],
+            replica=services.sweeper.replica,
             sweeper=[
                 JobInfo(
                     name=j.name,
+                    replica=j.replica,
                     interval_seconds=j.interval,
                     last_started_at=j.last_started_at,
                     last_success_at=j.last_success_at,

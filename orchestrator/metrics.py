@@ -74,6 +74,12 @@ class Metrics:
         self.outbox_depth = Gauge(
             "vodflow_outbox_depth", "Outbox commands not yet done.", registry=r
         )
+        self.sweeper_stalled = Gauge(
+            "vodflow_sweeper_job_stalled",
+            "1 when a replica's sweeper job has not succeeded within three of its intervals.",
+            ["job", "replica"],
+            registry=r,
+        )
         self.failed_timers = Gauge(
             "vodflow_timers_failed",
             "Timers that could not be applied: their runs wait until they are replayed.",

@@ -18,9 +18,13 @@ The sweeper watches itself: every job records when it last started and succeeded
 not succeeded within three of its intervals (plus, for the pull job, the time its long poll may
 take) is reported as stalled (a sweeper can hang too). The clock starts at the later of the job's
 last success and this sweeper's start, so a service that has just started (its first sweeps still
-running, or yesterday's heartbeat on record) is not degraded. Only the jobs this sweeper runs are
-reported: a heartbeat on record for a job it does not run (the pull job after reliable mode was
-turned off, or one another replica runs) says nothing about this one.
+running, or yesterday's heartbeat on record) is not degraded. Heartbeats are kept per job and
+replica: ``health`` (``/healthz``) reports only the jobs this sweeper runs, from its own rows, so
+another replica's successful runs of the same job never hide one that hung here (and a heartbeat
+for a job this sweeper does not run, such as the pull job after reliable mode was turned off,
+says nothing about it); ``all_health`` (the API and metrics) reports every replica's jobs, each
+with its replica. A replica that stops cleanly forgets its rows; one that died is reported
+stalled until none of its jobs has started for a day (``SILENT_REPLICA``), then forgotten.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ log = logging.getLogger("vodflow.sweeper")
 TASK_QUERY_WINDOW = timedelta(hours=72)
 MAX_POLL_GAP = timedelta(hours=1)
 STALLED_AFTER_INTERVALS = 3
+SILENT_REPLICA = timedelta(days=1)
+"""A replica none of whose jobs started for this long is gone: its heartbeats are forgotten."""
 
 
 class _SkippedWhileRunning(logging.Filter):
@@ -73,6 +79,7 @@ _SKIPPED_WHILE_RUNNING = _SkippedWhileRunning()
 @dataclass(frozen=True)
 class JobHealth:
     name: str
+    replica: str
     interval: float
     last_started_at: datetime | None
     last_success_at: datetime | None
@@ -101,9 +108,12 @@ class Sweeper:
         batch: int = 200,
         lease: timedelta = timedelta(minutes=2),
         on_findings: Callable[[str, dict[str, int]], None] = lambda job, findings: None,
+        replica: str | None = None,
     ) -> None:
         self.db = db
         self.runner = runner
+        self.replica = replica or runner.owner
+        """Whose heartbeats these are (``host:port`` of ``vodflow serve``)."""
         self.client = client
         self.interval = interval
         self.reliable = reliable
@@ -192,15 +202,18 @@ class Sweeper:
     async def run_job(self, name: str) -> dict[str, int]:
         """Run one job now, recording its heartbeat and findings."""
         every, job = self.jobs[name]
-        await self.db.write(job_store.job_started, name, every, self.now)
+        mine = {"replica": self.replica}
+        await self.db.write(
+            job_store.job_started, name, every, self.now, sweeper_started_at=self.started_at, **mine
+        )
         try:
             findings = await job()
         except Exception as exc:
             log.exception("sweeper job %s failed", name)
             error = f"{type(exc).__name__}: {exc}"
-            await self.db.write(job_store.job_finished, name, self.now, error=error)
+            await self.db.write(job_store.job_finished, name, self.now, error=error, **mine)
             return {}
-        await self.db.write(job_store.job_finished, name, self.now, findings=findings)
+        await self.db.write(job_store.job_finished, name, self.now, findings=findings, **mine)
         self.on_findings(name, findings)
         if any(findings.values()):
             log.info("sweep %s: %s", name, findings, extra={"job": name})
@@ -211,30 +224,42 @@ class Sweeper:
         return {name: await self.run_job(name) for name in self.jobs}
 
     async def health(self) -> list[JobHealth]:
+        """This replica's jobs (``/healthz``): only the jobs it runs, from its own heartbeats."""
+        return [
+            job
+            for job in await self.all_health()
+            if job.replica == self.replica and job.name in self.jobs
+        ]
+
+    async def all_health(self) -> list[JobHealth]:
+        """Every replica's jobs, by replica then name (the API and metrics)."""
         rows = await self.db.query(job_store.all_jobs)
-        now = self.now
-        out = []
-        for row in rows:
-            if row["name"] not in self.jobs:
-                continue
-            last = row["last_success_at"]
-            since = max((t for t in (last, self.started_at) if t is not None), default=None)
-            limit = timedelta(
-                seconds=row["interval_seconds"] * STALLED_AFTER_INTERVALS
-                + self.allowance.get(row["name"], 0.0)
-            )
-            out.append(
-                JobHealth(
-                    name=row["name"],
-                    interval=row["interval_seconds"],
-                    last_started_at=row["last_started_at"],
-                    last_success_at=last,
-                    last_error=row["last_error"],
-                    stalled=since is None or now - since > limit,
-                    findings=row["last_findings"] or {},
-                )
-            )
-        return out
+        return [self._health(row, self.now) for row in rows]
+
+    def _health(self, row: dict[str, Any], now: datetime) -> JobHealth:
+        last = row["last_success_at"]
+        began = row["sweeper_started_at"]
+        if row["replica"] == self.replica and self.started_at is not None:
+            began = self.started_at
+        since = max((t for t in (last, began) if t is not None), default=None)
+        limit = timedelta(
+            seconds=row["interval_seconds"] * STALLED_AFTER_INTERVALS
+            + self.allowance.get(row["name"], 0.0)
+        )
+        return JobHealth(
+            name=row["name"],
+            replica=row["replica"],
+            interval=row["interval_seconds"],
+            last_started_at=row["last_started_at"],
+            last_success_at=last,
+            last_error=row["last_error"],
+            stalled=since is None or now - since > limit,
+            findings=row["last_findings"] or {},
+        )
+
+    async def forget(self) -> None:
+        """This replica is stopping cleanly: its heartbeats say nothing any more."""
+        await self.db.write(job_store.forget_replica, self.replica)
 
     # --- jobs -----------------------------------------------------------------------------
 
@@ -397,7 +422,8 @@ class Sweeper:
     async def prune(self) -> dict[str, int]:
         """Forget handled events, done commands and spent timers past the retention period."""
         found = await self.db.write(queues.prune, self.now - self.retention)
-        return {f"pruned_{name}": count for name, count in found.items()}
+        gone = await self.db.write(job_store.forget_silent, self.now - SILENT_REPLICA)
+        return {**{f"pruned_{name}": count for name, count in found.items()}, "forgot_jobs": gone}
 
     async def checkpoint(self) -> dict[str, int]:
         await self.db.checkpoint()

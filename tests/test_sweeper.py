@@ -400,7 +400,8 @@ async def test_a_service_that_just_started_is_not_degraded(
     clock.now -= timedelta(days=1)
     await sweeper.run_job("timers")
     clock.now += timedelta(days=1)
-    await db.write(job_store.job_started, "tasks", 1.0, clock.now)  # first sweep not done yet
+    mine = {"replica": sweeper.replica}
+    await db.write(job_store.job_started, "tasks", 1.0, clock.now, **mine)  # first sweep running
     sweeper.start()
     await sweeper.stop()
     health = {j.name: j for j in await sweeper.health()}
@@ -419,9 +420,10 @@ async def test_the_pull_jobs_long_poll_is_not_a_stall(
     client = type("Client", (), {"timeout": 10.0})()
     sweeper = Sweeper(db, runner, client, interval=1.0, reliable=True)  # type: ignore[arg-type]
     sweeper.started_at = clock.now
-    await db.write(job_store.job_started, "pull", 1.0, clock.now)
-    await db.write(job_store.job_finished, "pull", clock.now, findings={"pulled": 0})
-    await db.write(job_store.job_started, "pull", 1.0, clock.now)  # the next long poll
+    mine = {"replica": sweeper.replica}
+    await db.write(job_store.job_started, "pull", 1.0, clock.now, **mine)
+    await db.write(job_store.job_finished, "pull", clock.now, findings={"pulled": 0}, **mine)
+    await db.write(job_store.job_started, "pull", 1.0, clock.now, **mine)  # the next long poll
     clock.now += timedelta(seconds=6)
     health = {j.name: j for j in await sweeper.health()}
     assert health["pull"].stalled is False
@@ -436,13 +438,45 @@ async def test_a_job_this_sweeper_does_not_run_is_not_reported(
     """The pull job's heartbeat stays on record after reliable mode is turned off (or is another
     replica's): it must not keep this sweeper degraded."""
     _, sweeper, clock = parts
-    await db.write(job_store.job_started, "pull", 1.0, clock.now - timedelta(days=1))
+    yesterday = clock.now - timedelta(days=1)
+    await db.write(job_store.job_started, "pull", 1.0, yesterday, replica=sweeper.replica)
     sweeper.started_at = clock.now
     await sweeper.run_job("timers")
     clock.now += timedelta(seconds=2)
     health = {j.name: j for j in await sweeper.health()}
     assert "pull" not in health
     assert health["timers"].stalled is False
+
+
+async def test_a_job_hung_on_one_replica_is_not_hidden_by_anothers_runs(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """Two replicas on one database run the same jobs. One's timers job hangs while the other's
+    keeps succeeding: the hung one's /healthz is degraded, the other's is not, and the API's
+    list names the replica whose job stalled."""
+    runner, mine, clock = parts
+    other = Sweeper(db, runner, client=None, interval=1.0, replica="b:8080")  # type: ignore[arg-type]
+    assert mine.replica != other.replica
+    for sweeper in (mine, other):
+        sweeper.started_at = clock.now
+        await sweeper.run_job("timers")
+    for _ in range(10):  # mine hangs; the other's timers job goes on
+        clock.now += timedelta(seconds=1)
+        await other.run_job("timers")
+    assert [(j.name, j.stalled) for j in await mine.health()] == [("timers", True)]
+    assert [(j.name, j.stalled) for j in await other.health()] == [("timers", False)]
+    everyone = {(j.replica, j.name): j.stalled for j in await other.all_health()}
+    assert everyone == {(mine.replica, "timers"): True, ("b:8080", "timers"): False}
+
+    # A replica that stops cleanly forgets its heartbeats; one that died is forgotten once none
+    # of its jobs has started for a day.
+    await other.forget()
+    assert [j.replica for j in await mine.all_health()] == [mine.replica]
+    await other.run_job("timers")
+    clock.now += timedelta(days=1, seconds=1)
+    await other.run_job("timers")
+    assert (await other.prune())["forgot_jobs"] == 1
+    assert [j.replica for j in await mine.all_health()] == ["b:8080"]
 
 
 async def test_jobs_run_at_start_then_spread_over_their_interval(
@@ -520,7 +554,7 @@ async def test_prune_forgets_handled_rows_past_retention_and_keeps_pending_work(
     ]
     await db.write(queues.insert_inbox, rows, clock.now - timedelta(days=40))
     found = await sweeper.prune()
-    assert found == {"pruned_inbox": 2, "pruned_outbox": 0, "pruned_timers": 0}
+    assert found == {"pruned_inbox": 2, "pruned_outbox": 0, "pruned_timers": 0, "forgot_jobs": 0}
     left = await db.query(
         lambda conn: sorted(r[0] for r in conn.execute(sa.text("SELECT status FROM inbox_events")))
     )

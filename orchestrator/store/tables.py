@@ -269,11 +269,16 @@ class StreamWindow(SQLModel, table=True):
 
 
 class SweeperJob(SQLModel, table=True):
-    """Each sweeper job's heartbeat, so a job that stopped running is noticed."""
+    """Each replica's sweeper jobs' heartbeats, so a job that stopped running on one replica is
+    noticed even while another replica runs the same job."""
 
     __tablename__ = "sweeper_jobs"
 
     name: str = Field(primary_key=True, max_length=64)
+    replica: str = Field(primary_key=True, max_length=120)
+    """The process running the job (``host:port`` of ``vodflow serve``)."""
+    sweeper_started_at: datetime | None = _time()
+    """When that replica's sweeper started: the stall clock starts no earlier."""
     interval_seconds: float
     last_started_at: datetime | None = _time()
     last_success_at: datetime | None = _time()
