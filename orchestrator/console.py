@@ -20,8 +20,10 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from orchestrator.config import Settings
 
@@ -85,6 +87,56 @@ def _call(settings: Settings, direct: bool, method: str, path: str, **kw: Any) -
     return asyncio.run(go())
 
 
+IDS = ("run", "task", "id")
+"""Columns of IDs people copy into other commands: never cut, never wrapped."""
+NARROWEST = 6
+"""Other columns fold down to this (or their header, if shorter) before an ID is touched."""
+
+
+def print_table(table: Table, out: Console | None = None) -> None:
+    """Print a table with its ID columns whole, however narrow the terminal.
+
+    Rich fits a table to the terminal by shortening every column, IDs too ("run_01a2…"). Here
+    the ID columns keep their full width and the others fold (wrap onto more lines) to make
+    room; when even that does not fit, the table is printed wider than the terminal, which
+    wraps its lines (an ID still reads and copies whole)."""
+    out = out or console
+    overhead = 3 * len(table.columns) + 1  # borders and padding
+    natural: list[int] = []
+    fixed: list[bool] = []
+    for column in table.columns:
+        cells = [Text.from_markup(c) if isinstance(c, str) else c for c in column.cells]
+        widths = [cell_len(str(column.header))] + [
+            max((cell_len(line) for line in str(c).splitlines()), default=0) for c in cells
+        ]
+        natural.append(max(widths))
+        fixed.append(str(column.header) in IDS)
+    if sum(natural) + overhead <= out.width:
+        out.print(table)
+        return
+    widths = list(natural)
+    least = [
+        w if keep else min(w, max(NARROWEST, cell_len(str(c.header))))
+        for w, keep, c in zip(natural, fixed, table.columns, strict=True)
+    ]
+    budget = max(out.width, sum(least) + overhead) - overhead
+    while sum(widths) > budget:  # take from the widest column that can still give
+        n = max(
+            (i for i, w in enumerate(widths) if w > least[i]), key=lambda i: widths[i] - least[i]
+        )
+        widths[n] -= 1
+    for column, width, keep in zip(table.columns, widths, fixed, strict=True):
+        column.width = width
+        column.no_wrap = keep
+        column.overflow = "ignore" if keep else "fold"
+    width = out.width
+    out.width = budget + overhead  # rich never prints wider than its console
+    try:
+        out.print(table, crop=False)
+    finally:
+        out.width = width
+
+
 def _when(value: str | None) -> str:
     if not value:
         return "-"
@@ -142,7 +194,7 @@ def register(app: typer.Typer, settings: Any) -> None:
                 _when(run["createdAt"]),
                 (run["error"] or "")[:60],
             )
-        console.print(table)
+        print_table(table)
 
     run_app = typer.Typer(help="One run.", no_args_is_help=True)
     app.add_typer(run_app, name="run")
@@ -177,7 +229,7 @@ def register(app: typer.Typer, settings: Any) -> None:
                     if task
                     else "",
                 )
-        console.print(steps)
+        print_table(steps)
         timeline = Table("at", "input", "step", "status", "reason")
         for entry in run["history"]:
             change = entry["fromStatus"]
@@ -186,10 +238,10 @@ def register(app: typer.Typer, settings: Any) -> None:
             timeline.add_row(
                 _when(entry["at"]), entry["input"], entry["step"] or "-", change, entry["reason"]
             )
-        console.print(timeline)
+        print_table(timeline)
         waiting = [t for t in run["timers"] if t["status"] in ("pending", "failed")]
         if waiting:
-            console.print(_timer_table(waiting))
+            print_table(_timer_table(waiting))
 
     @app.command("retry")
     def retry(
@@ -298,7 +350,7 @@ def register(app: typer.Typer, settings: Any) -> None:
                 event["runId"] or "-",
                 (event["note"] or "")[:70],
             )
-        console.print(table)
+        print_table(table)
         if not page["events"]:
             print("no events", file=sys.stderr)
 
@@ -322,7 +374,7 @@ def register(app: typer.Typer, settings: Any) -> None:
         if as_json:
             _print_json(page)
             return
-        console.print(_timer_table(page["timers"], with_run=True))
+        print_table(_timer_table(page["timers"], with_run=True))
         if not page["timers"]:
             print("no timers", file=sys.stderr)
 

@@ -342,3 +342,31 @@ def test_serve_refuses_a_procedure_its_embedded_engine_does_not_define(
         f"vodflow: invalid procedures file:\n  {bad}:1:1: procedures: Dictionary should have at "
         "least 1 item after validation, not 0\n"
     )
+
+
+def test_runs_and_events_tables_never_cut_an_id_on_a_narrow_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """IDs are what people copy from these tables into the next command: on an 80-column
+    terminal the other columns fold, and the IDs stay whole."""
+    from orchestrator import console
+
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    (folder / "wf.yaml").write_text(
+        "name: wf\ntriggers: [{type: manual}]\n"
+        "steps: [{name: tell, notify: {url: 'http://127.0.0.1:9/hook'}}]\n"
+    )
+    monkeypatch.setenv("VODFLOW_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("VODFLOW_WORKFLOWS", str(folder))
+    monkeypatch.setenv("VODFLOW_PORT", str(free_port()))  # no server answers there
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    note = "a long stream id that makes the table wider than any terminal " * 2
+    started = runner.invoke(app, ["trigger", "wf", "--direct", "--param", f"streamId={note}"])
+    assert started.exit_code == 0, started.output
+    run_id = started.output.split(":")[0]
+    monkeypatch.setattr(console.console, "width", 80)
+    for command in ("runs", "events"):
+        result = runner.invoke(app, [command, "--direct"])
+        assert result.exit_code == 0, result.output
+        assert run_id in result.output, result.output  # whole, on one line
