@@ -20,7 +20,7 @@ from pydantic import JsonValue
 from standardwebhooks.webhooks import Webhook
 
 from orchestrator import machine as m
-from orchestrator.verify import OutputChecker
+from orchestrator.verify import OutputChecker, OutputRefused
 from orchestrator.vod.client import VodClient
 from orchestrator.vod.errors import ErrorClass, FrequencyLimit, InvalidRequestParams, VodError
 from orchestrator.vod.params import ProcessFileByProcedureRequest, flatten
@@ -186,7 +186,16 @@ class Actions:
     # --- verify -------------------------------------------------------------------------
 
     async def _verify(self, command: m.Verify, tries: int) -> m.Input:
-        problem = await self.checker.check(command.outputs)
+        try:
+            problem = await self.checker.check(command.outputs)
+        except OutputRefused as exc:
+            # Another attempt would be refused the same way: the step fails now.
+            return m.VerifyFailed(
+                step=command.step,
+                attempt=command.attempt,
+                reason=str(exc),
+                error_class=ErrorClass.REJECTED,
+            )
         if problem is None:
             return m.VerifySucceeded(step=command.step, attempt=command.attempt)
         return m.VerifyFailed(step=command.step, attempt=command.attempt, reason=problem)

@@ -37,6 +37,7 @@ from orchestrator.engine.upload import UPLOAD_PATH
 from orchestrator.hooks import WebhookSink
 from orchestrator.keys import Keys, load_keys
 from orchestrator.metrics import Metrics
+from orchestrator.netguard import guarded_client
 from orchestrator.page import Page
 from orchestrator.receiver import InboxWriter, Receiver
 from orchestrator.registry import Registry
@@ -70,6 +71,7 @@ class Services:
     sink: WebhookSink
     metrics: Metrics
     live: LiveHub
+    verify_http: httpx.AsyncClient | None = None
     engine: Any = None
     background: list[asyncio.Task[None]] = field(default_factory=list)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -114,7 +116,11 @@ def build_services(settings: Settings, registry: Registry) -> Services:
             return None
         return info.basic_info.duration if info.basic_info else None
 
-    checker = OutputChecker(http, lambda url: url_duration(ffmpeg, url), source_duration)
+    policy = settings.verify_policy
+    verify_http = guarded_client(policy)
+    checker = OutputChecker(
+        verify_http, lambda url: url_duration(ffmpeg, url), source_duration, policy=policy
+    )
     actions = Actions(
         client,
         http,
@@ -190,6 +196,7 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         sink=WebhookSink(keys.webhook_secret),
         metrics=metrics,
         live=live,
+        verify_http=verify_http,
         engine=engine,
     )
 
@@ -267,6 +274,8 @@ async def stop(services: Services) -> None:
         await services.engine.stop()
     await services.client.aclose()
     await services.http.aclose()
+    if services.verify_http is not None:
+        await services.verify_http.aclose()
     await services.db.close()
 
 

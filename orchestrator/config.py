@@ -31,6 +31,7 @@ from pydantic_settings import (
 )
 
 from orchestrator.durations import parse_duration
+from orchestrator.netguard import AddressPolicy, parse_allow_entry
 
 DEFAULT_TENCENT_ENDPOINT = "https://vod.api.qcloud.com/v2/index.php"
 
@@ -165,6 +166,13 @@ class Settings(BaseSettings):
         False, description="Pull events with PullEvent instead of receiving pushed callbacks."
     )
 
+    verify_allow_hosts: str = Field(
+        "",
+        description="Comma-separated hosts, host:port pairs, addresses or CIDR ranges on the "
+        "local network that output checks may fetch (an internal CDN origin); this vodflow's "
+        "own URL and its VOD endpoint are always allowed.",
+    )
+
     sweep_interval: float = Field(
         5.0, gt=0, description="Seconds between sweeps (timers, stalled tasks, leases)."
     )
@@ -191,6 +199,14 @@ class Settings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "text"
+
+    @field_validator("verify_allow_hosts")
+    @classmethod
+    def _allow_hosts(cls, value: str) -> str:
+        for entry in value.split(","):
+            if entry.strip():
+                parse_allow_entry(entry)
+        return value
 
     @field_validator("task_poll_after", "retention")
     @classmethod
@@ -245,6 +261,14 @@ class Settings(BaseSettings):
         and the VOD endpoint is this vodflow's ``/v2/index.php`` (the default). Otherwise VOD
         is elsewhere: Tencent Cloud, or an engine serving alone with its own procedures."""
         return self.engine and self.vod_url == f"{self.base_url}/v2/index.php"
+
+    @property
+    def verify_policy(self) -> AddressPolicy:
+        """What output checks may fetch: public addresses, this vodflow's own host:port and
+        its VOD endpoint's (a self-hosted engine serves outputs where it answers), and
+        VERIFY_ALLOW_HOSTS."""
+        allow = [e for e in self.verify_allow_hosts.split(",") if e.strip()]
+        return AddressPolicy.build([self.base_url, self.vod_url], allow)
 
     @property
     def task_poll_after_seconds(self) -> float:

@@ -315,6 +315,8 @@ class VerifyFailed(_Frozen):
     step: str
     attempt: int
     reason: str
+    error_class: ErrorClass = ErrorClass.VERIFICATION
+    """``rejected`` for outputs no attempt would check (a URL refused): the step fails at once."""
 
 
 class TimerFired(_Frozen):
@@ -734,7 +736,7 @@ def _on_verify(ctx: _Ctx, event: VerifySucceeded | VerifyFailed) -> str:
     step = ctx.state.step(event.step)
     if isinstance(event, VerifyFailed):
         return _fail_attempt(
-            ctx, step, ErrorClass.VERIFICATION, f"outputs are not usable: {event.reason}"
+            ctx, step, event.error_class, f"outputs are not usable: {event.reason}"
         )
     return _succeed_step(ctx, step, "outputs verified")
 

@@ -4,6 +4,12 @@ Checks, in order: every output URL answers (HEAD, or a one-byte GET where HEAD i
 each transcode lasts as long as its input, within a tolerance; each image sprite's WebVTT has cues
 that cover the whole media without gaps and point inside the sprite images they name. The first
 failed check is the reason the step's attempt fails.
+
+The URLs come from VOD's events, so from whoever can send one: with a ``policy`` (as ``vodflow
+serve`` builds it) the checker fetches only http(s) URLs whose hosts are public or allowed (see
+``orchestrator.netguard``; its ``http`` client must be a ``guarded_client`` of the same policy),
+follows redirects itself, each hop checked, and hands FFmpeg only the URL a check ended at. A
+refused URL raises ``OutputRefused``: no other attempt would fetch it.
 """
 
 from __future__ import annotations
@@ -14,12 +20,13 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import httpx
 from pydantic import JsonValue
 
 from orchestrator.engine.ffmpeg import FFmpeg, parse_probe
+from orchestrator.netguard import AddressPolicy, Refused
 
 Probe = Callable[[str], Awaitable[float]]
 """The duration (seconds) of the media at a URL."""
@@ -32,9 +39,36 @@ _CUE = re.compile(
 _XYWH = re.compile(r"^(.*)#xywh=(\d+),(\d+),(\d+),(\d+)$")
 
 
+MAX_REDIRECTS = 5
+
+
+class OutputRefused(Exception):
+    """An output URL the checker will not fetch: not http(s), or on the local network."""
+
+
+_HTTP_OPTIONS: dict[str, list[str]] = {}
+
+
+async def _http_options(ffmpeg: FFmpeg) -> list[str]:
+    """Input options that keep FFmpeg on http(s) and off redirects (it would follow them
+    itself, unchecked): ``-max_redirects 0`` where this FFmpeg has the option (older
+    releases lack it and follow redirects on their own)."""
+    if ffmpeg.exe not in _HTTP_OPTIONS:
+        options = ["-protocol_whitelist", "http,https,tcp,tls,crypto"]
+        result = await ffmpeg.run(
+            ["-h", "protocol=http"], loglevel="error", check=False, capture_stdout=True
+        )
+        if "max_redirects" in result.stdout + result.stderr:
+            options += ["-max_redirects", "0"]
+        _HTTP_OPTIONS[ffmpeg.exe] = options
+    return _HTTP_OPTIONS[ffmpeg.exe]
+
+
 async def url_duration(ffmpeg: FFmpeg, url: str) -> float:
-    """The duration FFmpeg reads from the media at ``url`` (headers only; HLS from its playlist)."""
-    result = await ffmpeg.run(["-i", url], loglevel="info", check=False)
+    """The duration FFmpeg reads from the media at ``url`` (headers only; HLS from its playlist).
+    FFmpeg reads only http(s), and follows no redirect where it can be told not to."""
+    options = await _http_options(ffmpeg)
+    result = await ffmpeg.run([*options, "-i", url], loglevel="info", check=False)
     if "Input #0" not in result.stderr:
         raise ValueError(f"FFmpeg cannot read {url}: {result.stderr.strip()[-300:]}")
     return parse_probe(result.stderr, Path(url), 0).duration
@@ -127,17 +161,21 @@ class OutputChecker:
         *,
         tolerance: float = 0.02,
         minimum_slack: float = 1.0,
+        policy: AddressPolicy | None = None,
     ) -> None:
         self.http = http
+        self.policy = policy
         self.probe = probe
         self.source_duration = source_duration
         self.tolerance = tolerance
         self.minimum_slack = minimum_slack
 
     async def check(self, outputs: dict[str, JsonValue]) -> str | None:
-        """None when the outputs are usable; else the first reason they are not."""
+        """None when the outputs are usable; else the first reason they are not. Raises
+        OutputRefused for a URL that is not to be fetched at all."""
+        reached: dict[str, str] = {}
         for url in _urls(outputs):
-            problem = await self._reachable(url)
+            problem, reached[url] = await self._reachable(url)
             if problem:
                 return problem
         duration = await self._input_duration(outputs)
@@ -145,8 +183,11 @@ class OutputChecker:
             play_url = item.get("url")
             if not isinstance(play_url, str) or duration is None:
                 continue
+            # FFmpeg reads the URL the check ended at (after redirects), checked again now.
+            target = reached.get(play_url, play_url)
+            await self._vet(target)
             try:
-                got = await self.probe(play_url)
+                got = await self.probe(target)
             except Exception as exc:
                 return f"cannot read transcode {play_url}: {exc}"
             slack = max(self.minimum_slack, duration * self.tolerance)
@@ -158,16 +199,43 @@ class OutputChecker:
                 return problem
         return None
 
-    async def _reachable(self, url: str) -> str | None:
+    async def _vet(self, url: str) -> None:
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise OutputRefused(f"output {url} is not an http(s) URL")
+        if self.policy is not None:
+            try:
+                await self.policy.vet_url(url)
+            except Refused as exc:
+                raise OutputRefused(f"output {url} refused: {exc}") from None
+
+    async def _fetch(
+        self, method: str, url: str, headers: dict[str, str] | None = None
+    ) -> httpx.Response:
+        """``method`` on ``url``, following up to MAX_REDIRECTS redirects, each hop checked."""
+        await self._vet(url)
+        request = self.http.build_request(method, url, headers=headers)
+        for _ in range(MAX_REDIRECTS + 1):
+            try:
+                answer = await self.http.send(request, follow_redirects=False)
+            except Refused as exc:
+                raise OutputRefused(f"output {request.url} refused: {exc}") from None
+            if answer.next_request is None:
+                return answer
+            request = answer.next_request
+            await self._vet(str(request.url))
+        raise httpx.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects", request=request)
+
+    async def _reachable(self, url: str) -> tuple[str | None, str]:
+        """The problem with ``url`` (or None), and the URL it ended at after redirects."""
         try:
-            answer = await self.http.head(url, follow_redirects=True)
+            answer = await self._fetch("HEAD", url)
             if answer.status_code in (405, 501):
-                answer = await self.http.get(url, headers={"Range": "bytes=0-0"})
+                answer = await self._fetch("GET", url, headers={"Range": "bytes=0-0"})
         except httpx.HTTPError as exc:
-            return f"output {url} cannot be fetched: {exc!s}"
+            return f"output {url} cannot be fetched: {exc!s}", url
         if answer.status_code >= 400:
-            return f"output {url} answered HTTP {answer.status_code}"
-        return None
+            return f"output {url} answered HTTP {answer.status_code}", url
+        return None, str(answer.url)
 
     async def _input_duration(self, outputs: dict[str, JsonValue]) -> float | None:
         known = outputs.get("duration")
@@ -185,14 +253,14 @@ class OutputChecker:
         if not isinstance(vtt_url, str):
             return "an image sprite has no WebVTT"
         try:
-            text = (await self.http.get(vtt_url)).raise_for_status().text
+            text = (await self._fetch("GET", vtt_url)).raise_for_status().text
             cues = parse_vtt(text, vtt_url)
         except (httpx.HTTPError, ValueError) as exc:
             return f"sprite WebVTT {vtt_url}: {exc}"
         sizes: dict[str, tuple[int, int]] = {}
         for image in {cue.image for cue in cues}:
             try:
-                data = (await self.http.get(image)).raise_for_status().content
+                data = (await self._fetch("GET", image)).raise_for_status().content
                 sizes[image] = image_size(data)
             except (httpx.HTTPError, ValueError) as exc:
                 return f"sprite image {image}: {exc}"

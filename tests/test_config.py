@@ -107,3 +107,29 @@ def test_a_toml_syntax_error_names_the_file_line_and_column(tmp_path: Path) -> N
     with pytest.raises(SettingsError) as info:
         load_settings()
     assert str(info.value) == "vodflow.toml:2:8: not valid TOML: Invalid value"
+
+
+def test_what_output_checks_may_fetch_on_the_local_network(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ipaddress
+
+    policy = load_settings().verify_policy
+    assert policy.trusts("127.0.0.1", 8080)  # the embedded engine's outputs
+    assert not policy.trusts("127.0.0.1", 5432)
+    monkeypatch.setenv("VODFLOW_VERIFY_ALLOW_HOSTS", "cdn-origin.internal, 10.8.0.0/16,db:5432")
+    monkeypatch.setenv("VODFLOW_VOD_ENDPOINT", "http://engine.internal:9000/v2/index.php")
+    policy = load_settings(public_url="https://vodflow.example.com").verify_policy
+    assert policy.trusts("vodflow.example.com", 443)
+    assert policy.trusts("engine.internal", 9000)  # a self-hosted engine serves its outputs
+    assert policy.trusts("CDN-origin.internal", 81)
+    assert policy.trusts("db", 5432)
+    assert not policy.trusts("db", 5433)
+    assert policy.allows_address(ipaddress.ip_address("10.8.3.4"))
+    assert not policy.allows_address(ipaddress.ip_address("10.9.3.4"))
+    monkeypatch.setenv("VODFLOW_VERIFY_ALLOW_HOSTS", "10.0.0.0/8, http://x/")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "VODFLOW_VERIFY_ALLOW_HOSTS: 'http://x/' is not a host name, host:port, address or " in (
+        str(info.value)
+    )

@@ -349,6 +349,9 @@ async def test_a_crash_between_vods_answer_and_its_record_makes_no_second_job(
         "VODFLOW_OUTBOX_LEASE": "2",
         "VODFLOW_SWEEP_INTERVAL": "0.3",
         "VODFLOW_TASK_POLL_AFTER": "2s",
+        # The engine serves outputs on its own port, which vodflow calls only through the
+        # proxy: allowed as an operator would allow a self-hosted engine on the local network.
+        "VODFLOW_VERIFY_ALLOW_HOSTS": f"127.0.0.1:{engine_port}",
     }
     migrate.upgrade(orch_url)
 

@@ -12,6 +12,10 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from tests.fakevod import (
     new_file_upload,
@@ -20,6 +24,7 @@ from tests.fakevod import (
     transcode_complete,
 )
 from tests.harness import TOKEN, Service, running_service
+from tests.servers import serving
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -495,3 +500,52 @@ async def _tasks_of(service: Service, run_id: str) -> list[dict[str, Any]]:
     run = await service.run(run_id)
     tasks: list[dict[str, Any]] = run["steps"][0]["tasks"]
     return tasks if run["status"] == "awaiting_callback" else []
+
+
+VERIFIED = """
+name: verified
+triggers: [{type: recording.finished}]
+retry: {max_attempts: 3, backoff: {initial: 300ms, jitter: 0}}
+steps:
+  - name: transcode
+    process: {fileId: "{{ trigger.fileId }}", procedure: TranscodeAndSprite}
+    expected: 1h
+"""
+
+
+async def test_outputs_on_the_local_network_fail_the_step_unfetched_and_unretried(
+    tmp_path: Path, sqlite_url: str
+) -> None:
+    """Whoever can send VOD events names the output URLs: one on the local network (here
+    another port of loopback) is refused by the output check, not fetched, and the step fails
+    at once with the URL, the address and the setting that would allow it."""
+    hits: list[str] = []
+
+    async def internal(request: Request) -> Response:
+        hits.append(f"{request.method} {request.url.path}")
+        return Response("secret")
+
+    app = Starlette(routes=[Route("/{path:path}", internal, methods=["GET", "HEAD"])])
+    async with (
+        serving(app) as inside,
+        running_service(tmp_path, sqlite_url, {"verified": VERIFIED}) as service,
+    ):
+        await service.callback(new_file_upload("f1"))
+        run_id = await service.one_run()
+        await service.status_is(run_id, "awaiting_callback")
+        sent = service.vod.submitted[0]
+        done = transcode_complete(sent.tasks["transcode"], "f1")
+        done["data"]["playSet"][0]["url"] = f"{inside}/admin"
+        await service.callback(done)
+        await service.callback(sprite_complete(sent.tasks["imageSprite"], "f1"))
+        run = await service.status_is(run_id, "failed", "retrying")
+    assert run["status"] == "failed"
+    step = run["steps"][0]
+    assert (step["attempt"], step["errorClass"]) == (1, "rejected")
+    assert run["error"] == (
+        f"step transcode failed: outputs are not usable: output {inside}/admin refused: "
+        "127.0.0.1 is a loopback "
+        "address, and output checks do not fetch from the local network (allow it with "
+        "VODFLOW_VERIFY_ALLOW_HOSTS)"
+    )
+    assert hits == []

@@ -472,6 +472,22 @@ def test_verification_failure_retries_the_step() -> None:
     assert "404" in (run.step().error or "")
 
 
+def test_outputs_refused_fail_the_step_without_a_retry() -> None:
+    run = Run().start().submitted()
+    run.event("tr1")
+    run.event("sp1")
+    reason = "output http://10.0.0.5/x refused: 10.0.0.5 is a private address"
+    run.feed(
+        m.VerifyFailed(
+            step="transcode", attempt=1, reason=reason, error_class=m.ErrorClass.REJECTED
+        )
+    )
+    assert run.state.status is m.RunStatus.FAILED
+    assert run.step().error_class is m.ErrorClass.REJECTED
+    assert run.commands(m.ScheduleTimer) == []
+    assert reason in (run.state.error or "")
+
+
 def test_a_missing_template_field_fails_the_run_naming_it() -> None:
     run = Run(context={"streamId": "s1"}).start()
     assert run.state.status is m.RunStatus.FAILED
