@@ -135,7 +135,7 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         default_expected=timedelta(seconds=settings.task_poll_after_seconds),
         lease=timedelta(seconds=settings.outbox_lease),
     )
-    live = LiveHub()
+    live = LiveHub(db, max_streams=settings.events_max_streams)
     runner.listeners += [live.notify, metrics.transition, _step_metrics(metrics)]
     writer = InboxWriter(db, apply=runner.apply_received)
     receiver = Receiver(
@@ -261,6 +261,7 @@ async def start(services: Services) -> None:
 
 
 async def stop(services: Services) -> None:
+    await services.live.close()
     await services.sweeper.stop()
     with contextlib.suppress(Exception):  # the database may be what is failing
         await services.sweeper.forget()

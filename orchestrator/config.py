@@ -197,6 +197,11 @@ class Settings(BaseSettings):
         description="Largest request body accepted (callbacks, the API, the engine's API, the "
         "webhook sink; uploads have their own limit).",
     )
+    events_max_streams: int = Field(
+        100,
+        ge=1,
+        description="Live-update streams (/api/events) open at once; more are answered 503.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "text"
 

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hmac
 import json
+import logging
 import statistics
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -33,10 +35,12 @@ from orchestrator import machine as m
 from orchestrator.openapi import ApiModel, Endpoint, Problem, document
 from orchestrator.runner import TriggerRefused
 from orchestrator.store import queues, views
+from orchestrator.store.db import Database
 from orchestrator.store.queues import INBOX_STATUSES, TIMER_STATUSES, InboxStatus
 from orchestrator.store.tasks import find_task
 
 Q = TypeVar("Q", bound=BaseModel)
+log = logging.getLogger(__name__)
 Health = Literal[
     "pending",
     "running",
@@ -822,68 +826,175 @@ async def get_stats(request: Request) -> Response:
     )
 
 
+def _sse(row: dict[str, Any]) -> bytes:
+    data = {
+        "historyId": row["id"],
+        "runId": row["run_id"],
+        "workflow": row["workflow"],
+        "at": row["at"].isoformat(),
+        "input": row["input"],
+        "step": row["step"],
+        "from": row["from_status"],
+        "status": row["to_status"],
+        "reason": row["reason"],
+    }
+    return f"id: {row['id']}\nevent: run\ndata: {json.dumps(data)}\n\n".encode()
+
+
 async def live_events(request: Request) -> Response:
     """Server-Sent Events: every committed history entry, as ``event: run``."""
     services = _services(request)
+    hub: LiveHub = services.live
     start = request.headers.get("last-event-id") or request.query_params.get("after")
     try:
         after = int(start) if start is not None else None
     except ValueError:
         return problem(422, "Last-Event-ID: expected a history id")
+    sub = await hub.subscribe()
+    if sub is None:
+        return problem(
+            503,
+            f"too many live streams: {hub.max_streams} are open, the most "
+            "VODFLOW_EVENTS_MAX_STREAMS allows; try again later",
+        )
 
     async def stream() -> AsyncIterator[bytes]:
-        last = after if after is not None else await services.db.query(views.last_history_id)
         yield b": connected\n\n"
-        quiet = 0.0
-        while not await request.is_disconnected():
-            rows = await services.db.query(views.history_since, last)
+        last = sub.start if after is None else after
+        # A stream resumed from an earlier entry reads what it missed itself, up to where the
+        # shared poller took over for it.
+        while last < sub.start:
+            rows = [
+                r for r in await hub.db.query(views.history_since, last) if r["id"] <= sub.start
+            ]
+            if not rows:
+                break
             for row in rows:
                 last = row["id"]
-                data = {
-                    "historyId": row["id"],
-                    "runId": row["run_id"],
-                    "workflow": row["workflow"],
-                    "at": row["at"].isoformat(),
-                    "input": row["input"],
-                    "step": row["step"],
-                    "from": row["from_status"],
-                    "status": row["to_status"],
-                    "reason": row["reason"],
-                }
-                yield f"id: {row['id']}\nevent: run\ndata: {json.dumps(data)}\n\n".encode()
-            if rows:
-                quiet = 0.0
+                yield _sse(row)
+        quiet = 0.0
+        while not sub.overflowed and not await request.is_disconnected():
+            try:
+                rows = await asyncio.wait_for(sub.queue.get(), 1.0)
+            except TimeoutError:
+                quiet += 1.0
+                if quiet >= 15:
+                    yield b": keep-alive\n\n"
+                    quiet = 0.0
                 continue
-            woke = await services.live.wait(1.0)
-            quiet = 0.0 if woke else quiet + 1.0
-            if quiet >= 15:
-                yield b": keep-alive\n\n"
-                quiet = 0.0
+            quiet = 0.0
+            for row in rows:
+                if row["id"] > last:
+                    last = row["id"]
+                    yield _sse(row)
+        # Overflowed (the client read too slowly): the stream ends, and the browser's
+        # EventSource reconnects with Last-Event-ID, reading what it missed.
 
-    return StreamingResponse(
+    return _LiveResponse(
+        hub,
+        sub,
         stream(),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
 
 
-class LiveHub:
-    """Wakes SSE streams the moment this process commits a transition."""
+class _LiveResponse(StreamingResponse):
+    """A live stream that gives its place back however it ends (even before it started)."""
 
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
+    def __init__(self, hub: LiveHub, sub: Subscription, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hub = hub
+        self.sub = sub
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.hub.unsubscribe(self.sub)
+
+
+class Subscription:
+    """One live stream's place in the hub: the history entries after ``start`` arrive on
+    ``queue`` in batches, as the shared poller reads them."""
+
+    QUEUE_BATCHES = 1000
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.queue: asyncio.Queue[list[dict[str, Any]]] = asyncio.Queue(self.QUEUE_BATCHES)
+        self.overflowed = False
+
+
+class LiveHub:
+    """Feeds every live stream of this process from one poller: one query per ``interval``
+    (at once when this process commits a transition; other replicas' are found by the poll),
+    however many streams are open, and none while no stream is. At most ``max_streams``
+    streams are open at once."""
+
+    PAGE = 200
+    """History entries one query reads at most."""
+
+    def __init__(self, db: Database, *, max_streams: int = 100, interval: float = 1.0) -> None:
+        self.db = db
+        self.max_streams = max_streams
+        self.interval = interval
+        self._wake = asyncio.Event()
+        self._subs: set[Subscription] = set()
+        self._poller: asyncio.Task[None] | None = None
+        self._last = 0
+        self._starting = asyncio.Lock()
 
     def notify(self, *_: object) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
+        self._wake.set()
 
-    async def wait(self, within: float) -> bool:
-        event = self._event
-        try:
-            await asyncio.wait_for(event.wait(), within)
-        except TimeoutError:
-            return False
-        return True
+    @property
+    def streams(self) -> int:
+        return len(self._subs)
+
+    async def subscribe(self) -> Subscription | None:
+        """A place for one more stream, or None when ``max_streams`` are open."""
+        if len(self._subs) >= self.max_streams:
+            return None
+        async with self._starting:
+            if self._poller is None:
+                self._last = await self.db.query(views.last_history_id)
+                self._poller = asyncio.create_task(self._poll(), name="live-events")
+            if len(self._subs) >= self.max_streams:
+                return None
+            sub = Subscription(self._last)
+            self._subs.add(sub)
+            return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self._subs.discard(sub)
+        if not self._subs and self._poller is not None:
+            self._poller.cancel()
+            self._poller = None
+
+    async def close(self) -> None:
+        for sub in list(self._subs):
+            self.unsubscribe(sub)
+
+    async def _poll(self) -> None:
+        while True:
+            self._wake.clear()
+            try:
+                rows = await self.db.query(views.history_since, self._last, self.PAGE)
+            except Exception:
+                log.exception("live events: reading the history failed; trying again")
+                rows = []
+            if rows:
+                self._last = rows[-1]["id"]
+                for sub in list(self._subs):
+                    try:
+                        sub.queue.put_nowait(rows)
+                    except asyncio.QueueFull:
+                        sub.overflowed = True
+                if len(rows) == self.PAGE:
+                    continue  # there is more to read now
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval)
 
 
 ENDPOINTS: list[Endpoint] = [

@@ -4,6 +4,7 @@ tokens, metrics, and schemathesis fuzzing every operation against the published 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import sys
@@ -359,6 +360,111 @@ async def test_live_events_stream_run_changes_as_they_commit(service: Service) -
     mine = [r for r in received if r["runId"] == run_id]
     assert [r["input"] for r in mine][:2] == ["trigger", "submit_succeeded"]
     assert mine[-1]["status"] == "succeeded"
+
+
+class Stream:
+    """One client of /api/events: the events it received, and whether it is connected."""
+
+    def __init__(self, service: Service, **params: str) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.connected = asyncio.Event()
+        self.answered = asyncio.Event()
+        self.status: int | None = None
+        self.task = asyncio.create_task(self._listen(service, params))
+
+    async def _listen(self, service: Service, params: dict[str, str]) -> None:
+        url = f"{service.base}/api/events"
+        async with service.http.stream("GET", url, params=params) as stream:
+            self.status = stream.status_code
+            self.answered.set()
+            async for line in stream.aiter_lines():
+                if line == ": connected":
+                    self.connected.set()
+                if line.startswith("data: "):
+                    self.received.append(json.loads(line[6:]))
+
+    def statuses(self, run_id: str) -> list[str]:
+        return [r["status"] for r in self.received if r["runId"] == run_id]
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
+async def test_live_streams_share_one_reader_of_the_history(service: Service) -> None:
+    """However many streams are open, each history entry is read from the database once, and
+    every stream gets it."""
+    db = service.app.state.services.db
+    query = db.query
+    read: list[int] = []
+
+    async def counting(fn: Any, *args: Any) -> Any:
+        result = await query(fn, *args)
+        if fn is views.history_since:
+            read.extend(row["id"] for row in result)
+        return result
+
+    db.query = counting
+    streams = [Stream(service) for _ in range(5)]
+    for stream in streams:
+        await asyncio.wait_for(stream.connected.wait(), 10)
+    run_id = await finished_run(service)
+
+    async def all_done() -> bool:
+        return all("succeeded" in s.statuses(run_id) for s in streams)
+
+    await service.wait(all_done)
+    for stream in streams:
+        await stream.close()
+    ids = [r["historyId"] for r in streams[0].received]
+    assert all([r["historyId"] for r in s.received] == ids for s in streams)
+    assert sorted(read) == sorted(set(read))  # no entry read twice
+    assert set(ids) <= set(read)
+
+
+async def test_a_stream_resumed_from_an_entry_gets_what_it_missed(service: Service) -> None:
+    run_id = await finished_run(service)
+    history = (await service.run(run_id))["history"]
+    first = min(h["id"] for h in history)
+    stream = Stream(service, after=str(first))
+
+    async def caught_up() -> bool:
+        return "succeeded" in stream.statuses(run_id)
+
+    await service.wait(caught_up)
+    await stream.close()
+    assert [r["historyId"] for r in stream.received] == sorted(
+        h["id"] for h in history if h["id"] > first
+    )
+
+
+async def test_live_streams_are_capped(tmp_path: Path, sqlite_url: str) -> None:
+    workflows = {"transcode": WORKFLOW}
+    async with running_service(tmp_path, sqlite_url, workflows, events_max_streams=2) as service:
+        streams = [Stream(service), Stream(service)]
+        for stream in streams:
+            await asyncio.wait_for(stream.connected.wait(), 10)
+        refused = await service.http.get(f"{service.base}/api/events")
+        assert refused.status_code == 503
+        assert refused.json()["error"] == (
+            "too many live streams: 2 are open, the most VODFLOW_EVENTS_MAX_STREAMS allows; "
+            "try again later"
+        )
+        await streams[0].close()  # a stream that ends gives its place back
+
+        async def reopened() -> Stream | None:
+            again = Stream(service)
+            await asyncio.wait_for(again.answered.wait(), 10)
+            if again.status == 200:
+                return again
+            await again.close()
+            return None
+
+        again: Stream = await service.wait(reopened)
+        await asyncio.wait_for(again.connected.wait(), 10)
+        await again.close()
+        await streams[1].close()
 
 
 async def test_metrics(service: Service) -> None:
