@@ -397,9 +397,12 @@ def _id_param(request: Request, name: str, what: str) -> int:
 
 
 def _errors(exc: ValidationError, where: str) -> str:
+    """The first problem, named once: ``body workflow: ...`` for a field, ``body: ...`` for
+    the whole (not JSON, not an object)."""
     first = exc.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"]) or where
-    return f"{where} {loc}: {str(first['msg']).removeprefix('Value error, ')}"
+    loc = ".".join(str(p) for p in first["loc"])
+    named = f"{where} {loc}" if loc else where
+    return f"{named}: {str(first['msg']).removeprefix('Value error, ')}"
 
 
 def parse_query(request: Request, model: type[Q]) -> Q:

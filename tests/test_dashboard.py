@@ -362,6 +362,20 @@ async def test_live_events_stream_run_changes_as_they_commit(service: Service) -
     assert mine[-1]["status"] == "succeeded"
 
 
+async def test_a_bad_body_is_refused_naming_the_field_once(service: Service) -> None:
+    url = f"{service.base}/api/runs"
+    cases = [
+        (b'{"workflow": 5}', "body workflow: Input should be a valid string"),
+        (b'{"workflow": "transcode", "params": []}', "body params: Input should be"),
+        (b"[]", "body: Input should be an object"),
+        (b"not json", "body: Invalid JSON: "),
+    ]
+    for content, start in cases:
+        answer = await service.http.post(url, content=content)
+        assert answer.status_code == 422, content
+        assert answer.json()["error"].startswith(start), answer.json()
+
+
 class Stream:
     """One client of /api/events: the events it received, and whether it is connected."""
 
