@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.config import Settings
+from orchestrator.store.db import ensure_private_dir
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ def load_keys(settings: Settings) -> Keys:
     missing = {k: v for k, v in _generate().items() if k not in stored}
     if missing:
         stored.update(missing)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(path.parent)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
             json.dump(stored, fh, indent=2)

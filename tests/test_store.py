@@ -3,9 +3,11 @@ machine decisions, history, outbox and timers rows."""
 
 from __future__ import annotations
 
+import stat
 import threading
 import time
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -463,3 +465,32 @@ async def test_tasks_nothing_waits_on_any_more_are_not_late(db: Database, now: d
 
     assert await late(retry_at + timedelta(minutes=1)) == ([], 0)
     assert await late(retry_at + timedelta(minutes=11)) == (["run1"], 1)
+
+
+@pytest.mark.usefixtures("clean_env")
+async def test_the_data_directory_vodflow_creates_is_private(tmp_path: Path) -> None:
+    """It holds callbacks' raw bodies (the SQLite file) and the keys: only its owner may enter.
+    A directory that exists keeps the mode it has."""
+    from orchestrator.config import load_settings
+    from orchestrator.keys import load_keys
+
+    def mode(path: Path) -> int:
+        return stat.S_IMODE(path.stat().st_mode)
+
+    data = tmp_path / "new" / "data"
+    migrate.upgrade(f"sqlite:///{data / 'vodflow.db'}")  # `vodflow db upgrade` comes first
+    assert mode(data) == 0o700
+    fresh = tmp_path / "fresh"
+    load_keys(load_settings(data_dir=fresh))  # or `vodflow serve` writing secrets.json
+    assert mode(fresh) == 0o700
+    assert mode(fresh / "secrets.json") == 0o600
+    database = Database(f"sqlite:///{tmp_path / 'db' / 'vodflow.db'}")
+    await database.close()
+    assert mode(tmp_path / "db") == 0o700
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    migrate.upgrade(f"sqlite:///{shared / 'vodflow.db'}")
+    load_keys(load_settings(data_dir=shared))
+    assert mode(shared) == 0o755

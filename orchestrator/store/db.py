@@ -58,10 +58,24 @@ def sync_url(url: str) -> URL:
     return parsed.set(drivername=_SYNC_DRIVERS[parsed.get_backend_name()])
 
 
+def ensure_private_dir(path: Path) -> None:
+    """Create the directory ``path`` if it is missing, mode 0700 (only its owner may enter:
+    the SQLite file holds callbacks' raw bodies, ``secrets.json`` the keys). Parents it needs
+    are made as ``mkdir -p`` makes them; a directory that exists keeps its mode."""
+    if path.is_dir():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        return  # another process made it first: its mode stands
+    path.chmod(0o700)  # whatever the umask took away
+
+
 def ensure_sqlite_dir(url: str) -> None:
     parsed = _parse(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(Path(parsed.database).parent)
 
 
 def configure_sqlite(engine: sa.Engine, *, writer: bool = False) -> None:
