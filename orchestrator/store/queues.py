@@ -347,7 +347,8 @@ def renew_outbox_leases(
         .returning(outbox.c.id)
     ).scalars()
     ids = [int(i) for i in renewed]
-    rest = [i for i in command_ids if i not in set(ids)]
+    kept = set(ids)
+    rest = [i for i in command_ids if i not in kept]
     lost: list[int] = []
     if rest:
         lost = [
