@@ -306,7 +306,20 @@ class Sweeper:
             tasks.claim_due_polls, self.runner.owner, self.now, self.lease, self.batch
         )
         found = {"stalled": len(due), "recovered": 0, "still_running": 0, "lost": 0, "errors": 0}
-        for task in due:
+        held, held_until = {t["task_id"] for t in due}, self.now + self.lease
+        for n, task in enumerate(due):
+            if self.now >= held_until - self.lease / 2:
+                # The queries wait on VOD's quota: keep the rest of the batch from being taken
+                # over (and asked about again) by another sweeper.
+                rest = [t["task_id"] for t in due[n:]]
+                held_until = self.now + self.lease
+                held = set(
+                    await self.db.write(
+                        tasks.renew_poll_leases, self.runner.owner, rest, self.now, self.lease
+                    )
+                )
+            if task["task_id"] not in held:
+                continue  # finished meanwhile, or another sweeper has it now
             outcome = await self._poll_one(task)
             found[outcome] += 1
         if found["recovered"] or found["lost"]:

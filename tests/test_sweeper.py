@@ -595,3 +595,45 @@ async def test_task_events_that_fail_on_receipt_stay_pending_for_the_runner(
     assert await runner.drain_inbox() == 1
     assert await db.query(lambda conn: conn.execute(sa.text(status)).scalar()) == "applied"
     assert await _status(db, run_id) == "succeeded"
+
+
+async def test_a_task_query_batch_that_outlasts_its_lease_keeps_the_rest_of_its_tasks(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """Queries wait on VOD's quota, so a batch of them can take longer than the lease the batch
+    was claimed with: the sweeper renews the rest of the batch, and another sweeper finds none
+    of it to ask about again."""
+    from orchestrator.store import tasks as task_store
+
+    runner, sweeper, clock = parts
+    batch = Batch()
+    await db.write(runner.registry.record_versions, clock.now)
+
+    def start(conn: sa.Connection) -> str:
+        workflow = runner.registry.current["wf"]
+        run_id = runner.start_run(
+            conn, workflow, {"fileId": "f1"}, dedup_key=None, now=clock.now, batch=batch
+        )
+        assert run_id is not None
+        return run_id
+
+    run_id = await db.write(start)
+    refs = tuple(m.TaskRef(task_id=f"transcode-{n}", kind="transcode") for n in range(3))
+    await runner.apply(run_id, m.SubmitSucceeded(step="transcode", attempt=1, tasks=refs))
+    clock.now += timedelta(hours=1)  # every task is past its expected time
+    lease = sweeper.lease
+    sweeper.poll_gap = timedelta(hours=1)  # a task asked about is not due again in this test
+    taken_by_another: list[str] = []
+
+    class SlowVod:
+        async def get_task_info(self, task_id: str) -> Any:
+            clock.now += lease * 0.6  # waiting for the quota, then VOD answering
+            rows = await db.write(task_store.claim_due_polls, "another", clock.now, lease, 10)
+            taken_by_another.extend(r["task_id"] for r in rows)
+            return type("Answer", (), {"status": "PROCESSING", "data": None})()
+
+    sweeper.client = SlowVod()  # type: ignore[assignment]
+    found = await sweeper.poll_tasks()
+    assert found["stalled"] == 3
+    assert found["still_running"] + found["errors"] == 3, found
+    assert taken_by_another == []

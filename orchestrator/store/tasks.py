@@ -82,6 +82,28 @@ def claim_due_polls(
     return rows
 
 
+def renew_poll_leases(
+    conn: sa.Connection, owner: str, task_ids: Collection[str], now: datetime, lease: timedelta
+) -> list[str]:
+    """Extend to ``now + lease`` the query leases ``owner`` still holds among these tasks (a
+    sweep whose queries wait on VOD's quota outlasts one lease); returns the tasks it holds."""
+    if not task_ids:
+        return []
+    return [
+        str(task_id)
+        for task_id in conn.execute(
+            tasks.update()
+            .where(
+                tasks.c.task_id.in_(list(task_ids)),
+                tasks.c.status == sa.literal_column("'waiting'"),
+                tasks.c.lease_owner == owner,
+            )
+            .values(lease_until=now + lease)
+            .returning(tasks.c.task_id)
+        ).scalars()
+    ]
+
+
 def record_poll(
     conn: sa.Connection,
     task_id: str,
