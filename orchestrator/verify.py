@@ -10,6 +10,15 @@ serve`` builds it) the checker fetches only http(s) URLs whose hosts are public 
 ``orchestrator.netguard``; its ``http`` client must be a ``guarded_client`` of the same policy),
 follows redirects itself, each hop checked, and hands FFmpeg only the URL a check ended at. A
 refused URL raises ``OutputRefused``: no other attempt would fetch it.
+
+An HLS transcode (``.m3u8``) is not handed to FFmpeg, which would fetch the variant playlists,
+segments and keys the playlist names, unchecked. The checker fetches the playlists itself
+(guarded, at most ``MAX_PLAYLIST_BYTES`` each), checks the host of every URI they name (variant
+and rendition playlists, segments, ``URI="..."`` of any tag: keys, maps, ...) before it sends
+any request to one, and takes each media playlist's duration as the sum of its ``#EXTINF``
+durations (what players use), for a finished playlist (``#EXT-X-ENDLIST``) only. It HEADs every
+key and map, and the segments, or a sample of ``SEGMENT_SAMPLE`` of them (first, last and evenly
+spaced between) when there are more.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ from __future__ import annotations
 import itertools
 import re
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urljoin, urlsplit
@@ -37,9 +46,16 @@ _CUE = re.compile(
     r"(\d+):(\d{2}):(\d{2})\.(\d{3})\s+-->\s+(\d+):(\d{2}):(\d{2})\.(\d{3})[^\n]*\n([^\n]+)"
 )
 _XYWH = re.compile(r"^(.*)#xywh=(\d+),(\d+),(\d+),(\d+)$")
+_URI_ATTRIBUTE = re.compile(r'(?:^|,)URI="([^"]*)"')
 
 
 MAX_REDIRECTS = 5
+MAX_PLAYLIST_BYTES = 2 * 1024 * 1024
+"""A playlist larger than this is refused (2 MiB holds some 20,000 segments)."""
+MAX_VARIANTS = 32
+"""A master playlist naming more playlists than this is refused."""
+SEGMENT_SAMPLE = 30
+"""Segments HEAD-checked per media playlist, at most (every segment's host is checked)."""
 
 
 class OutputRefused(Exception):
@@ -72,6 +88,74 @@ async def url_duration(ffmpeg: FFmpeg, url: str) -> float:
     if "Input #0" not in result.stderr:
         raise ValueError(f"FFmpeg cannot read {url}: {result.stderr.strip()[-300:]}")
     return parse_probe(result.stderr, Path(url), 0).duration
+
+
+@dataclass(frozen=True)
+class Playlist:
+    """An HLS playlist's URIs, resolved against its URL."""
+
+    playlists: list[str]
+    """A master playlist's variant, rendition and I-frame playlists (empty for a media one)."""
+    segments: list[tuple[str, float]]
+    """A media playlist's segments and their ``#EXTINF`` durations."""
+    resources: list[str]
+    """Other ``URI="..."`` attributes: keys, initialization sections (``#EXT-X-MAP``), ..."""
+    ended: bool
+    """``#EXT-X-ENDLIST``: no segment will be added (a finished VOD)."""
+
+
+_PLAYLIST_TAGS = ("#EXT-X-MEDIA:", "#EXT-X-I-FRAME-STREAM-INF:")
+
+
+def is_hls(url: str) -> bool:
+    return urlsplit(url).path.lower().endswith((".m3u8", ".m3u"))
+
+
+def parse_playlist(text: str, base_url: str) -> Playlist:
+    """An HLS playlist's URIs. Every line that is not a tag or a comment, and every ``URI``
+    attribute of any tag (known or not), counts: a URI is never skipped for a tag not known."""
+    lines = [line.strip() for line in text.lstrip("\ufeff").splitlines()]
+    if not lines or lines[0] != "#EXTM3U":
+        raise ValueError("not an HLS playlist (it does not start with #EXTM3U)")
+    found = Playlist([], [], [], ended=False)
+    pending: str | float | None = (
+        None  # "variant" after #EXT-X-STREAM-INF, a duration after #EXTINF
+    )
+    for number, line in enumerate(lines[1:], start=2):
+        if line.startswith("#EXT"):
+            for uri in _URI_ATTRIBUTE.findall(line.split(":", 1)[-1]):
+                where = found.playlists if line.startswith(_PLAYLIST_TAGS) else found.resources
+                where.append(urljoin(base_url, uri))
+            if line.startswith("#EXT-X-STREAM-INF:"):
+                pending = "variant"
+            elif line.startswith("#EXTINF:"):
+                try:
+                    pending = float(line[len("#EXTINF:") :].split(",", 1)[0])
+                except ValueError:
+                    raise ValueError(f"line {number}: {line!r} has no duration") from None
+            elif line == "#EXT-X-ENDLIST":
+                found = Playlist(found.playlists, found.segments, found.resources, ended=True)
+        elif line and not line.startswith("#"):
+            if pending == "variant":
+                found.playlists.append(urljoin(base_url, line))
+            elif isinstance(pending, float):
+                found.segments.append((urljoin(base_url, line), pending))
+            else:
+                raise ValueError(
+                    f"line {number}: URI {line!r} follows no #EXTINF or #EXT-X-STREAM-INF"
+                )
+            pending = None
+    if found.playlists and found.segments:
+        raise ValueError("it lists both playlists and segments")
+    return found
+
+
+def sample(items: list[str], size: int) -> list[str]:
+    """``items`` when there are at most ``size``; else the first, the last and evenly spaced."""
+    if len(items) <= size:
+        return items
+    step = (len(items) - 1) / (size - 1)
+    return [items[round(i * step)] for i in range(size)]
 
 
 @dataclass(frozen=True)
@@ -187,12 +271,21 @@ class OutputChecker:
             target = reached.get(play_url, play_url)
             await self._vet(target)
             try:
-                got = await self.probe(target)
+                durations: Sequence[tuple[str, float]]
+                if is_hls(target) or is_hls(play_url):
+                    # FFmpeg would fetch what the playlist names, unchecked: read it here.
+                    durations = await self._hls_durations(target)
+                else:
+                    durations = [(target, await self.probe(target))]
+            except OutputRefused:
+                raise
             except Exception as exc:
                 return f"cannot read transcode {play_url}: {exc}"
             slack = max(self.minimum_slack, duration * self.tolerance)
-            if abs(got - duration) > slack:
-                return f"transcode {play_url} lasts {got:.2f}s but its input lasts {duration:.2f}s"
+            for playlist, got in durations:
+                if abs(got - duration) > slack:
+                    which = play_url if playlist == target else f"{play_url} (playlist {playlist})"
+                    return f"transcode {which} lasts {got:.2f}s but its input lasts {duration:.2f}s"
         for sprite in _items(outputs, "sprites"):
             problem = await self._check_sprite(sprite, duration)
             if problem:
@@ -209,18 +302,25 @@ class OutputChecker:
                 raise OutputRefused(f"output {url} refused: {exc}") from None
 
     async def _fetch(
-        self, method: str, url: str, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str] | None = None,
+        *,
+        stream: bool = False,
     ) -> httpx.Response:
-        """``method`` on ``url``, following up to MAX_REDIRECTS redirects, each hop checked."""
+        """``method`` on ``url``, following up to MAX_REDIRECTS redirects, each hop checked.
+        With ``stream``, the body is left unread (the caller closes the response)."""
         await self._vet(url)
         request = self.http.build_request(method, url, headers=headers)
         for _ in range(MAX_REDIRECTS + 1):
             try:
-                answer = await self.http.send(request, follow_redirects=False)
+                answer = await self.http.send(request, follow_redirects=False, stream=stream)
             except Refused as exc:
                 raise OutputRefused(f"output {request.url} refused: {exc}") from None
             if answer.next_request is None:
                 return answer
+            await answer.aclose()
             request = answer.next_request
             await self._vet(str(request.url))
         raise httpx.TooManyRedirects(f"more than {MAX_REDIRECTS} redirects", request=request)
@@ -236,6 +336,67 @@ class OutputChecker:
         if answer.status_code >= 400:
             return f"output {url} answered HTTP {answer.status_code}", url
         return None, str(answer.url)
+
+    async def _playlist(self, url: str) -> Playlist:
+        """The HLS playlist at ``url`` (relative URIs resolved against where it was found)."""
+        answer = await self._fetch("GET", url, stream=True)
+        try:
+            answer.raise_for_status()
+            body = b""
+            async for chunk in answer.aiter_bytes():
+                body += chunk
+                if len(body) > MAX_PLAYLIST_BYTES:
+                    raise ValueError(f"playlist {url} is larger than {MAX_PLAYLIST_BYTES} bytes")
+        finally:
+            await answer.aclose()
+        try:
+            return parse_playlist(body.decode("utf-8"), str(answer.url))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ValueError(f"playlist {url}: {exc}") from None
+
+    async def _vet_all(self, urls: list[str]) -> None:
+        """Refuse the lot if one of ``urls`` is refused: before any request is sent to one.
+        A host is vetted once for all its URLs (its addresses are what count)."""
+        origins: set[tuple[str, str]] = set()
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or (parts.scheme, parts.netloc) not in origins:
+                await self._vet(url)
+                origins.add((parts.scheme, parts.netloc))
+
+    async def _hls_durations(self, url: str) -> list[tuple[str, float]]:
+        """Each media playlist's duration for the HLS playlist at ``url`` (itself, or each
+        playlist a master names); every URI is vetted, nothing is fetched by FFmpeg."""
+        playlist = await self._playlist(url)
+        if not playlist.playlists:
+            return [(url, await self._media_duration(url, playlist))]
+        if len(playlist.playlists) > MAX_VARIANTS:
+            raise ValueError(f"playlist {url} names over {MAX_VARIANTS} playlists")
+        named = list(dict.fromkeys(playlist.playlists))
+        await self._vet_all(named + playlist.resources)
+        durations = []
+        for variant in named:
+            media = await self._playlist(variant)
+            if media.playlists:
+                raise ValueError(f"playlist {variant}, named by {url}, is a master playlist")
+            durations.append((variant, await self._media_duration(variant, media)))
+        return durations
+
+    async def _media_duration(self, url: str, playlist: Playlist) -> float:
+        """The sum of a finished media playlist's ``#EXTINF``; its keys, maps and (a sample of)
+        its segments must answer."""
+        if not playlist.ended:
+            raise ValueError(f"playlist {url} has no #EXT-X-ENDLIST (not a finished VOD)")
+        if not playlist.segments:
+            raise ValueError(f"playlist {url} lists no segments")
+        segments = [uri for uri, _ in playlist.segments]
+        resources = list(dict.fromkeys(playlist.resources))
+        await self._vet_all(resources + segments)
+        for uri in resources + sample(list(dict.fromkeys(segments)), SEGMENT_SAMPLE):
+            problem, _ = await self._reachable(uri)
+            if problem:
+                raise ValueError(problem)
+        return sum(seconds for _, seconds in playlist.segments)
 
     async def _input_duration(self, outputs: dict[str, JsonValue]) -> float | None:
         known = outputs.get("duration")

@@ -7,6 +7,7 @@ import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -16,8 +17,11 @@ from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from orchestrator import machine as m
+from orchestrator.actions import Actions
 from orchestrator.engine.ffmpeg import FFmpeg
 from orchestrator.engine.media import Media, SpriteTemplate, TranscodeTemplate
+from orchestrator.machine import ErrorClass
 from orchestrator.netguard import AddressPolicy, blocked_kind, guarded_client
 from orchestrator.verify import (
     Cue,
@@ -25,7 +29,9 @@ from orchestrator.verify import (
     OutputRefused,
     check_cues,
     image_size,
+    parse_playlist,
     parse_vtt,
+    sample,
     url_duration,
 )
 from tests.servers import serving
@@ -48,6 +54,7 @@ def media_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             TranscodeTemplate(definition=20, height=120, video_bitrate=200),
         )
         await media.clip(root / "src.mp4", root / "short.mp4", 0, 6)
+        await media.package_hls(root / "src.mp4", root / "hls", 4)
         await media.sprites(
             root / "src.mp4",
             root / "sprite",
@@ -284,6 +291,179 @@ async def test_ffmpeg_follows_no_redirect(redirects: str) -> None:
     with pytest.raises(ValueError, match="FFmpeg cannot read"):
         await url_duration(FFmpeg(), f"{redirects}/to/here/src.mp4")
     assert await url_duration(FFmpeg(), f"{redirects}/files/src.mp4") == pytest.approx(12, abs=0.1)
+
+
+# --- HLS outputs: every URI a playlist names is checked, FFmpeg fetches none -----------------
+
+
+@dataclass
+class HlsOrigin:
+    """vodflow's own origin serving the HLS output in ``/files/hls/`` and, at ``/p/NAME``, the
+    playlists a test writes into ``playlists``."""
+
+    base: str
+    playlists: dict[str, str]
+
+
+@pytest.fixture
+async def hls(media_dir: Path) -> AsyncIterator[HlsOrigin]:
+    playlists: dict[str, str] = {}
+
+    async def playlist(request: Request) -> Response:
+        text = playlists.get(request.path_params["name"])
+        if text is None:
+            return PlainTextResponse("no such playlist", 404)
+        return Response(text, media_type="application/vnd.apple.mpegurl")
+
+    app = Starlette(
+        routes=[
+            Route("/p/{name}", playlist, methods=["GET", "HEAD"]),
+            Mount("/files", StaticFiles(directory=media_dir)),
+        ]
+    )
+    async with serving(app) as base:
+        yield HlsOrigin(base, playlists)
+
+
+def media_playlist(media_dir: Path, base: str, *, header: str = "", last: str = "") -> str:
+    """The packaged HLS output's playlist with absolute segment URIs on ``base``, extra tags
+    after its header, and its last segment's URI replaced by ``last`` when given."""
+    text = (media_dir / "hls" / "index.m3u8").read_text()
+    text = re.sub(r"^(segment_\d+\.ts)$", rf"{base}/files/hls/\1", text, flags=re.M)
+    if last:
+        lines = text.splitlines()
+        uris = [i for i, line in enumerate(lines) if line and not line.startswith("#")]
+        lines[uris[-1]] = last
+        text = "\n".join(lines) + "\n"
+    return text.replace("#EXTM3U\n", f"#EXTM3U\n{header}", 1)
+
+
+async def test_an_hls_output_verifies_from_its_playlists_without_ffmpeg_fetching(
+    hls: HlsOrigin, media_dir: Path
+) -> None:
+    checker = guarded(hls.base)
+    play = {"fileId": "f1", "play": [{"url": f"{hls.base}/files/hls/index.m3u8"}]}
+    # relative segment URIs, resolved against the playlist's URL
+    assert "\nsegment_00000.ts\n" in (media_dir / "hls" / "index.m3u8").read_text()
+    assert await checker.check(play) is None
+    # a master playlist naming a media playlist with absolute URIs, both on an allowed host
+    hls.playlists["v.m3u8"] = media_playlist(media_dir, hls.base)
+    hls.playlists["master.m3u8"] = (
+        "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=300000,RESOLUTION=320x180\nv.m3u8\n"
+    )
+    master = {"play": [{"url": f"{hls.base}/p/master.m3u8"}], "duration": 12}
+    assert await checker.check(master) is None
+    assert checker.probed == []  # type: ignore[attr-defined]
+    # the duration is the playlist's: a 30 s input is not matched by a 12 s playlist
+    problem = await guarded(hls.base, duration=30.0).check(play)
+    assert problem == (
+        f"transcode {hls.base}/files/hls/index.m3u8 lasts 12.00s but its input lasts 30.00s"
+    )
+    # a missing segment, an unfinished playlist
+    hls.playlists["gone.m3u8"] = media_playlist(media_dir, hls.base, last="nope.ts")
+    problem = await checker.check({"play": [{"url": f"{hls.base}/p/gone.m3u8"}], "duration": 12})
+    assert problem == (
+        f"cannot read transcode {hls.base}/p/gone.m3u8: output {hls.base}/p/nope.ts answered "
+        "HTTP 404"
+    )
+    hls.playlists["live.m3u8"] = hls.playlists["v.m3u8"].replace("#EXT-X-ENDLIST", "")
+    problem = await checker.check({"play": [{"url": f"{hls.base}/p/live.m3u8"}], "duration": 12})
+    assert problem is not None
+    assert "has no #EXT-X-ENDLIST" in problem
+
+
+@pytest.mark.parametrize("where", ["segment", "variant", "key", "map"])
+async def test_an_hls_playlist_naming_a_uri_on_the_local_network_is_refused(
+    hls: HlsOrigin, media_dir: Path, internal: Internal, where: str
+) -> None:
+    target = {
+        "segment": f"{internal.base}/segment.ts",
+        "variant": f"{internal.base}/variant.m3u8",
+        "key": f"{internal.base}/key.bin",
+        "map": f"{internal.base}/init.mp4",
+    }[where]
+    if where == "segment":
+        hls.playlists["out.m3u8"] = media_playlist(media_dir, hls.base, last=target)
+    elif where == "variant":
+        hls.playlists["v.m3u8"] = media_playlist(media_dir, hls.base)
+        hls.playlists["out.m3u8"] = (
+            "#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=300000\nv.m3u8\n"
+            f"#EXT-X-STREAM-INF:BANDWIDTH=900000\n{target}\n"
+        )
+    else:
+        tag = (
+            f'#EXT-X-KEY:METHOD=AES-128,URI="{target}",IV=0x1\n'
+            if where == "key"
+            else f'#EXT-X-MAP:URI="{target}"\n'
+        )
+        hls.playlists["out.m3u8"] = media_playlist(media_dir, hls.base, header=tag)
+    checker = guarded(hls.base)
+    outputs = {"fileId": "f1", "play": [{"url": f"{hls.base}/p/out.m3u8"}]}
+    with pytest.raises(OutputRefused) as refused:
+        await checker.check(outputs)
+    assert str(refused.value) == (
+        f"output {target} refused: 127.0.0.1 is a loopback address, and output checks do not "
+        "fetch from the local network (allow it with VODFLOW_VERIFY_ALLOW_HOSTS)"
+    )
+    assert internal.hits == []
+    assert checker.probed == []  # type: ignore[attr-defined]
+
+    # the step fails at once: rejected, not retried
+    actions = Actions(cast(Any, None), checker.http, webhook_secret=None, checker=checker)
+    verify = m.Verify(
+        run_id="run_1", step="transcode", attempt=1, idempotency_key="k", outputs=outputs
+    )
+    failed = await actions.perform(verify, tries=1)
+    assert isinstance(failed, m.VerifyFailed)
+    assert failed.error_class is ErrorClass.REJECTED
+    assert failed.reason == str(refused.value)
+    assert internal.hits == []
+
+
+async def test_an_allowed_host_in_a_playlist_is_fetched(
+    hls: HlsOrigin, media_dir: Path, internal: Internal
+) -> None:
+    hls.playlists["out.m3u8"] = media_playlist(
+        media_dir, hls.base, last=f"{internal.base}/segment.ts"
+    )
+    checker = guarded(hls.base, (internal.base.removeprefix("http://"),))
+    assert (
+        await checker.check({"play": [{"url": f"{hls.base}/p/out.m3u8"}], "duration": 12}) is None
+    )
+    assert internal.hits == ["HEAD /segment.ts"]
+
+
+def test_playlist_parsing() -> None:
+    text = (
+        "#EXTM3U\n#EXT-X-VERSION:7\n# a comment\n"
+        '#EXT-X-MAP:URI="init.mp4",BYTERANGE="720@0"\n'
+        '#EXT-X-KEY:METHOD=SAMPLE-AES,KEYFORMAT="x",URI="/keys/1"\n'
+        '#EXT-X-FUTURE-TAG:NAME="x",URI="https://other.example/y"\n'
+        "#EXTINF:4.5,\n#EXT-X-BYTERANGE:100@720\na/1.m4s\n#EXTINF:2,title\n../2.m4s\n"
+        "#EXT-X-ENDLIST\n"
+    )
+    got = parse_playlist(text, "http://h/v/index.m3u8")
+    assert got.segments == [("http://h/v/a/1.m4s", 4.5), ("http://h/2.m4s", 2.0)]
+    assert got.resources == ["http://h/v/init.mp4", "http://h/keys/1", "https://other.example/y"]
+    assert got.ended
+    assert got.playlists == []
+    master = parse_playlist(
+        '#EXTM3U\n#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="a",NAME="en",URI="a.m3u8"\n'
+        '#EXT-X-STREAM-INF:BANDWIDTH=1,AUDIO="a"\nv.m3u8\n'
+        '#EXT-X-I-FRAME-STREAM-INF:BANDWIDTH=1,URI="i.m3u8"\n',
+        "http://h/m.m3u8",
+    )
+    assert master.playlists == ["http://h/a.m3u8", "http://h/v.m3u8", "http://h/i.m3u8"]
+    with pytest.raises(ValueError, match="does not start with #EXTM3U"):
+        parse_playlist("<html>", "http://h/")
+    with pytest.raises(ValueError, match="follows no #EXTINF"):
+        parse_playlist("#EXTM3U\nx.ts\n", "http://h/")
+    items = [str(i) for i in range(100)]
+    assert sample(items[:5], 30) == items[:5]
+    picked = sample(items, 30)
+    assert len(picked) == 30
+    assert picked[0] == "0"
+    assert picked[-1] == "99"
 
 
 @pytest.mark.parametrize(
