@@ -63,6 +63,7 @@ class OutputRefused(Exception):
 
 
 _HTTP_OPTIONS: dict[str, list[str]] = {}
+_FETCHING_DEMUXERS = {"hls", "applehttp", "dash", "concat", "imf", "webm_dash_manifest"}
 
 
 async def _http_options(ffmpeg: FFmpeg) -> list[str]:
@@ -76,6 +77,17 @@ async def _http_options(ffmpeg: FFmpeg) -> list[str]:
         )
         if "max_redirects" in result.stdout + result.stderr:
             options += ["-max_redirects", "0"]
+        # Every demuxer but those that open URLs their input names (HLS, DASH, ...): FFmpeg
+        # picks HLS for any URL served with an HLS Content-Type, whatever its name.
+        result = await ffmpeg.run(["-demuxers"], loglevel="error", check=False, capture_stdout=True)
+        names = {
+            name
+            for line in result.stdout.splitlines()
+            if re.match(r"^ [D ][E ]?d?\s", line) and line.split()[0].startswith("D")
+            for name in line.split()[1].split(",")
+        } - _FETCHING_DEMUXERS
+        if names:
+            options += ["-format_whitelist", ",".join(sorted(names))]
         _HTTP_OPTIONS[ffmpeg.exe] = options
     return _HTTP_OPTIONS[ffmpeg.exe]
 

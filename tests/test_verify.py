@@ -494,3 +494,25 @@ def test_playlist_parsing() -> None:
 )
 def test_blocked_addresses(address: str, kind: str | None) -> None:
     assert blocked_kind(ipaddress.ip_address(address)) == kind
+
+
+async def test_ffmpeg_reads_no_playlist_served_under_another_name(internal: Internal) -> None:
+    """A URL not ending in .m3u8 goes to FFmpeg; served as HLS, FFmpeg's HLS reader would
+    fetch the segments it names, unchecked: that reader is not allowed."""
+    playlist = (
+        f"#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\n{internal.base}/secret.ts\n#EXT-X-ENDLIST\n"
+    )
+    app = Starlette(
+        routes=[
+            Route(
+                "/x.mp4",
+                lambda _: Response(
+                    playlist.encode(), headers={"content-type": "application/vnd.apple.mpegurl"}
+                ),
+            )
+        ]
+    )
+    async with serving(app) as base:
+        with pytest.raises(ValueError, match="FFmpeg cannot read"):
+            await url_duration(FFmpeg(), f"{base}/x.mp4")
+    assert internal.hits == []
