@@ -51,7 +51,10 @@ _URI_ATTRIBUTE = re.compile(r'(?:^|,)URI="([^"]*)"')
 
 MAX_REDIRECTS = 5
 MAX_PLAYLIST_BYTES = 2 * 1024 * 1024
-"""A playlist larger than this is refused (2 MiB holds some 20,000 segments)."""
+"""A playlist (or a sprite's WebVTT) larger than this is refused (2 MiB holds some 20,000
+segments, or cues)."""
+MAX_IMAGE_BYTES = 32 * 1024 * 1024
+"""A sprite image larger than this is refused (a sheet of 10x10 1080p thumbnails is ~5 MiB)."""
 MAX_VARIANTS = 32
 """A master playlist naming more playlists than this is refused."""
 SEGMENT_SAMPLE = 30
@@ -349,20 +352,27 @@ class OutputChecker:
             return f"output {url} answered HTTP {answer.status_code}", url
         return None, str(answer.url)
 
-    async def _playlist(self, url: str) -> Playlist:
-        """The HLS playlist at ``url`` (relative URIs resolved against where it was found)."""
+    async def _read(self, url: str, limit: int, what: str) -> tuple[bytes, str]:
+        """The body at ``url`` and the URL it was found at, refused (ValueError) beyond
+        ``limit`` bytes: output checks hold what they fetch in memory, and the URLs come from
+        events."""
         answer = await self._fetch("GET", url, stream=True)
         try:
             answer.raise_for_status()
             body = b""
             async for chunk in answer.aiter_bytes():
                 body += chunk
-                if len(body) > MAX_PLAYLIST_BYTES:
-                    raise ValueError(f"playlist {url} is larger than {MAX_PLAYLIST_BYTES} bytes")
+                if len(body) > limit:
+                    raise ValueError(f"{what} {url} is larger than {limit} bytes")
         finally:
             await answer.aclose()
+        return body, str(answer.url)
+
+    async def _playlist(self, url: str) -> Playlist:
+        """The HLS playlist at ``url`` (relative URIs resolved against where it was found)."""
+        body, found_at = await self._read(url, MAX_PLAYLIST_BYTES, "playlist")
         try:
-            return parse_playlist(body.decode("utf-8"), str(answer.url))
+            return parse_playlist(body.decode("utf-8"), found_at)
         except (UnicodeDecodeError, ValueError) as exc:
             raise ValueError(f"playlist {url}: {exc}") from None
 
@@ -426,14 +436,14 @@ class OutputChecker:
         if not isinstance(vtt_url, str):
             return "an image sprite has no WebVTT"
         try:
-            text = (await self._fetch("GET", vtt_url)).raise_for_status().text
-            cues = parse_vtt(text, vtt_url)
+            body, _ = await self._read(vtt_url, MAX_PLAYLIST_BYTES, "WebVTT")
+            cues = parse_vtt(body.decode("utf-8", errors="replace"), vtt_url)
         except (httpx.HTTPError, ValueError) as exc:
             return f"sprite WebVTT {vtt_url}: {exc}"
         sizes: dict[str, tuple[int, int]] = {}
         for image in {cue.image for cue in cues}:
             try:
-                data = (await self._fetch("GET", image)).raise_for_status().content
+                data, _ = await self._read(image, MAX_IMAGE_BYTES, "image")
                 sizes[image] = image_size(data)
             except (httpx.HTTPError, ValueError) as exc:
                 return f"sprite image {image}: {exc}"

@@ -116,6 +116,26 @@ async def test_sprite_cues_must_cover_the_media(files: str) -> None:
     assert "the cues end at 12s but the media lasts 30s" in problem
 
 
+async def test_a_webvtt_or_sprite_image_beyond_its_size_limit_is_refused(
+    files: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checker holds what it fetches in memory, from URLs an event names: bounded."""
+    from orchestrator import verify
+
+    monkeypatch.setattr(verify, "MAX_PLAYLIST_BYTES", 16)
+    problem = await (await checker()).check({**outputs(files), "play": []})
+    assert problem == (
+        f"sprite WebVTT {files}/sprite/sprite.vtt: "
+        f"WebVTT {files}/sprite/sprite.vtt is larger than 16 bytes"
+    )
+    monkeypatch.setattr(verify, "MAX_PLAYLIST_BYTES", 2 * 1024 * 1024)
+    monkeypatch.setattr(verify, "MAX_IMAGE_BYTES", 16)
+    problem = await (await checker()).check({**outputs(files), "play": []})
+    assert problem is not None
+    assert problem.startswith(f"sprite image {files}/sprite/")
+    assert problem.endswith("is larger than 16 bytes")
+
+
 async def test_url_duration_reads_http(files: str) -> None:
     assert await url_duration(FFmpeg(), f"{files}/src.mp4") == pytest.approx(12, abs=0.1)
 
