@@ -208,9 +208,8 @@ class Settings(BaseSettings):
     @field_validator("verify_allow_hosts")
     @classmethod
     def _allow_hosts(cls, value: str) -> str:
-        for entry in value.split(","):
-            if entry.strip():
-                parse_allow_entry(entry)
+        for entry in _entries(value):
+            parse_allow_entry(entry)
         return value
 
     @field_validator("task_poll_after", "retention")
@@ -272,8 +271,7 @@ class Settings(BaseSettings):
         """What output checks may fetch: public addresses, this vodflow's own host:port and
         its VOD endpoint's (a self-hosted engine serves outputs where it answers), and
         VERIFY_ALLOW_HOSTS."""
-        allow = [e for e in self.verify_allow_hosts.split(",") if e.strip()]
-        return AddressPolicy.build([self.base_url, self.vod_url], allow)
+        return AddressPolicy.build([self.base_url, self.vod_url], _entries(self.verify_allow_hosts))
 
     @property
     def task_poll_after_seconds(self) -> float:
@@ -350,3 +348,8 @@ def load_settings(**overrides: Any) -> Settings:
         path, file = read_config_file()
         lines = [_problem(err, overrides, path, file) for err in exc.errors()]
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def _entries(value: str) -> list[str]:
+    """The entries of a comma-separated setting, blanks left out."""
+    return [entry for entry in value.split(",") if entry.strip()]

@@ -300,9 +300,10 @@ def register(app: typer.Typer, settings: Any) -> None:
             if not sep or not key:
                 err.print(f"vodflow: --param {key}: expected KEY=VALUE", highlight=False)
                 raise typer.Exit(1)
+        given: dict[str, list[str]] = {}
         for key, _, value in pairs:
-            values = [v for k, _, v in pairs if k == key]
-            fields[key] = values if len(values) > 1 else value
+            given.setdefault(key, []).append(value)
+        fields.update({key: v if len(v) > 1 else v[0] for key, v in given.items()})
         body = {"workflow": workflow, "params": fields, "idempotencyKey": idempotency_key}
         result = _call(settings(), direct, "POST", "/api/runs", json=body)
         how = "started" if result["created"] else "already started with this idempotency key"

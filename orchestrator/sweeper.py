@@ -202,18 +202,27 @@ class Sweeper:
     async def run_job(self, name: str) -> dict[str, int]:
         """Run one job now, recording its heartbeat and findings."""
         every, job = self.jobs[name]
-        mine = {"replica": self.replica}
+        replica = self.replica
         await self.db.write(
-            job_store.job_started, name, every, self.now, sweeper_started_at=self.started_at, **mine
+            job_store.job_started,
+            name,
+            every,
+            self.now,
+            replica=replica,
+            sweeper_started_at=self.started_at,
         )
         try:
             findings = await job()
         except Exception as exc:
             log.exception("sweeper job %s failed", name)
             error = f"{type(exc).__name__}: {exc}"
-            await self.db.write(job_store.job_finished, name, self.now, error=error, **mine)
+            await self.db.write(
+                job_store.job_finished, name, self.now, replica=replica, error=error
+            )
             return {}
-        await self.db.write(job_store.job_finished, name, self.now, findings=findings, **mine)
+        await self.db.write(
+            job_store.job_finished, name, self.now, replica=replica, findings=findings
+        )
         self.on_findings(name, findings)
         if any(findings.values()):
             log.info("sweep %s: %s", name, findings, extra={"job": name})
