@@ -50,7 +50,12 @@ from orchestrator.store.db import Database
 from orchestrator.store.queues import InboxStatus, NewInboxEvent
 from orchestrator.vod.client import PULL_EVENT_WAIT, VodClient
 from orchestrator.vod.errors import ErrorClass, MalformedEvent, VodError
-from orchestrator.vod.events import event_from_task_info, parse_event, pull_event_items
+from orchestrator.vod.events import (
+    event_from_task_info,
+    parse_event,
+    pull_event_items,
+    task_info_callback,
+)
 
 log = logging.getLogger("vodflow.sweeper")
 TASK_QUERY_WINDOW = timedelta(hours=72)
@@ -355,13 +360,13 @@ class Sweeper:
         status = (answer.status or "").upper()
         if answer.data and status in ("FINISH", "FINISHED", ""):
             try:
-                event = event_from_task_info(answer)
+                event = event_from_task_info(answer, task_id)
             except MalformedEvent as exc:
                 log.warning("VOD's answer about task %s is unreadable: %s", task_id, exc)
                 event = None
             if event is not None and event.terminal:
                 # Stored as the callback VOD would have sent, so it reads (and dedupes) like one.
-                callback = {"version": "4.0", "eventType": event.kind, "data": answer.data}
+                callback = task_info_callback(answer, task_id)
                 body = json.dumps(callback, ensure_ascii=False)
                 row = inbox_row(event, body, "query")
 

@@ -5,6 +5,7 @@ stream sessions. (tests/test_e2e.py runs the same service against the real embed
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from tests.harness import TOKEN, Service, running_service
 from tests.servers import serving
 
 pytestmark = pytest.mark.usefixtures("clean_env")
+DOCS = Path(__file__).parent / "fixtures" / "tencent_docs"
 
 TRANSCODE = """
 name: transcode
@@ -212,6 +214,25 @@ async def test_a_dropped_callback_is_recovered_by_the_sweepers_task_query(servic
     recovered = [e for e in run["events"] if e["source"] == "query"]
     assert len(recovered) == 1
     assert service.vod.calls_of("GetTaskInfo")
+
+
+async def test_a_dropped_callback_is_recovered_from_tencents_documented_task_info(
+    service: Service,
+) -> None:
+    """GetTaskInfo's documented answer has no vodTaskId and no status in its data."""
+    await service.callback(new_file_upload("f1"))
+    run_id = await service.one_run()
+    await service.submitted()
+    sent = service.vod.submitted[0]
+    await service.status_is(run_id, "awaiting_callback")
+    await service.callback(sprite_complete(sent.tasks["imageSprite"], "f1"))
+    answer = json.loads((DOCS / "v2-GetTaskInfo-transcode.json").read_bytes())
+    answer["status"] = "FINISH"  # Tencent's example shows the task still running
+    service.vod.task_info[sent.tasks["transcode"]] = answer
+    run = await service.status_is(run_id, "succeeded")
+    (recovered,) = [e for e in run["events"] if e["source"] == "query"]
+    assert recovered["taskId"] == sent.tasks["transcode"]
+    assert len(run["steps"][0]["outputs"]["play"]) == 6
 
 
 async def test_frequency_limit_backs_off_then_succeeds(service: Service) -> None:

@@ -42,6 +42,7 @@ from .events import (
     parse_event,
     parse_pull_event_response,
     pull_event_items,
+    task_info_callback,
     verify_lvb_sign,
 )
 from .params import (
@@ -154,6 +155,7 @@ __all__ = [
     "signed_params",
     "string_to_sign",
     "task_error_class",
+    "task_info_callback",
     "unflatten",
     "verify",
     "verify_lvb_sign",

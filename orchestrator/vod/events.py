@@ -93,6 +93,7 @@ TASK_TYPE_EVENTS: Mapping[str, str] = {
     "procedure": PROCEDURE_EVENT,
     "transcode": "TranscodeComplete",
     "clip": "ClipComplete",
+    "clipvideo": "ClipComplete",  # GetTaskInfo's documented type for a clip
     "concat": "ConcatComplete",
     "imagesprite": "CreateImageSpriteComplete",
     "createimagesprite": "CreateImageSpriteComplete",
@@ -298,24 +299,60 @@ def pull_event_items(
     return items
 
 
-def event_from_task_info(info: GetTaskInfoResponse | Body) -> VodEvent:
+def task_info_callback(
+    info: GetTaskInfoResponse | Body, task_id: str | None = None
+) -> dict[str, JsonValue] | None:
+    """The callback body (VOD 4.0) a GetTaskInfo answer stands for, or None without ``data``.
+
+    Tencent's GetTaskInfo documents ``data`` as "the same as the callback's data", yet its own
+    examples leave out what the envelope already says: a ``procedure``'s data has no
+    ``vodTaskId`` and no ``status`` (the flow status is the answer's ``status``), a
+    ``transcode``'s data has no ``vodTaskId`` and ``errCode`` instead of ``status``. So a field
+    the callback needs and ``data`` lacks is filled in: ``vodTaskId`` with ``task_id`` (the ID
+    that was asked about), a procedure's ``status`` with the answer's, a per-task ``status``
+    with ``errCode``. Fields that are present are never changed, so an answer that does carry
+    the callback's data whole still rebuilds that callback exactly.
+    """
+    if not isinstance(info, GetTaskInfoResponse):
+        info = GetTaskInfoResponse.parse(info)
+    if info.data is None:
+        return None
+    kind = _task_info_kind(info)
+    data = dict(info.data)
+    if task_id and not data.get("vodTaskId"):
+        data["vodTaskId"] = task_id
+    if data.get("status") is None:
+        if kind == PROCEDURE_EVENT:
+            if info.status:
+                data["status"] = info.status
+        elif data.get("errCode") is not None:
+            data["status"] = data["errCode"]
+    return {"version": "4.0", "eventType": kind, "data": data}
+
+
+def _task_info_kind(info: GetTaskInfoResponse) -> str:
+    task_type = info.type or ""
+    return TASK_TYPE_EVENTS.get(task_type.lower(), task_type or "TaskInfo")
+
+
+def event_from_task_info(info: GetTaskInfoResponse | Body, task_id: str | None = None) -> VodEvent:
     """The event the task's callback would have carried, rebuilt from a GetTaskInfo answer.
 
-    Same ``kind``, outcome and ``dedup_key`` as the matching callback when ``data`` is identical;
+    ``task_id`` is the ID that was asked about; see ``task_info_callback`` for what it fills in.
+    Same ``kind``, outcome and ``dedup_key`` as ``parse_event(task_info_callback(...))``;
     ``source`` is ``query``. A task that is not finished gives a non-terminal event. Raises the
     ``VodError`` of a failed answer, and ``MalformedEvent`` when a finished task's data is
     unreadable.
     """
     if not isinstance(info, GetTaskInfoResponse):
         info = GetTaskInfoResponse.parse(info)
-    task_type = info.type or ""
-    kind = TASK_TYPE_EVENTS.get(task_type.lower(), task_type or "TaskInfo")
+    kind = _task_info_kind(info)
     occurred = _timestamp(info.finish_time)
     finished = info.status is None or info.status.upper() in {"FINISH", "FINISHED"}
     raw: dict[str, JsonValue] = info.model_dump(mode="json", by_alias=True, exclude_none=True)
-    if info.data is not None and (finished or kind == "ProcedureStateChanged"):
+    body = task_info_callback(info, task_id)
+    if body is not None and (finished or kind == PROCEDURE_EVENT):
         # A running procedure's data already lists its sub-tasks' progress: worth reading.
-        body: dict[str, JsonValue] = {"version": "4.0", "eventType": kind, "data": info.data}
         try:
             event = _v4_event(body, "query", occurred_at=occurred)
         except ValidationError as exc:
@@ -331,7 +368,7 @@ def event_from_task_info(info: GetTaskInfoResponse | Body) -> VodEvent:
     return VodEvent(
         source="query",
         kind=kind,
-        task_id=data.vod_task_id,
+        task_id=data.vod_task_id or task_id,
         file_id=data.file_id,
         terminal=False,
         occurred_at=occurred,
@@ -1214,5 +1251,6 @@ __all__ = [
     "parse_event",
     "parse_pull_event_response",
     "pull_event_items",
+    "task_info_callback",
     "verify_lvb_sign",
 ]

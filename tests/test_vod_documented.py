@@ -1,0 +1,89 @@
+"""Tencent's documented bodies, verbatim (``tests/fixtures/tencent_docs``), through the real
+parsers, the real sweeper and the real HTTP receiver: what Tencent sends must be read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from orchestrator.vod.events import event_from_task_info, parse_event, task_info_callback
+
+DOCS = Path(__file__).parent / "fixtures" / "tencent_docs"
+
+
+def documented(name: str) -> Any:
+    return json.loads((DOCS / name).read_bytes())
+
+
+# --- GetTaskInfo (recovering a missed callback) ------------------------------------------------
+
+
+def test_a_documented_transcode_task_info_rebuilds_its_callback() -> None:
+    # Tencent's example leaves vodTaskId and status out of data (the envelope has them).
+    answer = documented("v2-GetTaskInfo-transcode.json")
+    answer["status"] = "FINISH"  # the example shows a task still running; the words are documented
+    queried = event_from_task_info(answer, "transcode-7a2229a8f1957bfce08ba733fbfd4a3c")
+    assert queried.kind == "TranscodeComplete"
+    assert queried.task_id == "transcode-7a2229a8f1957bfce08ba733fbfd4a3c"
+    assert (queried.terminal, queried.success) == (True, True)
+    assert len(queried.outputs.play) == 6
+    # What the sweeper stores reads back as the same event, with the same dedup key.
+    callback = task_info_callback(answer, "transcode-7a2229a8f1957bfce08ba733fbfd4a3c")
+    stored = parse_event(json.dumps(callback), source="query")
+    assert (stored.task_id, stored.dedup_key) == (queried.task_id, queried.dedup_key)
+
+
+def test_a_documented_procedure_task_info_is_read_with_the_envelope_status() -> None:
+    answer = documented("v2-GetTaskInfo-procedure.json")
+    running = event_from_task_info(answer, "1251989944-Procedure-d7c9631c15ecf653b1ff67e34cb04692")
+    assert running.kind == "ProcedureStateChanged"
+    assert running.task_id == "1251989944-Procedure-d7c9631c15ecf653b1ff67e34cb04692"
+    assert running.terminal is False
+    assert [task.status for task in running.sub_tasks] == [
+        "PROCESSING",
+        "SUCCESS",
+        "SUCCESS",
+        "SUCCESS",
+    ]
+    answer["status"] = "FINISH"
+    answer["data"]["processTaskList"][0]["status"] = "SUCCESS"
+    done = event_from_task_info(answer, "1251989944-Procedure-d7c9631c15ecf653b1ff67e34cb04692")
+    assert (done.terminal, done.success) == (True, True)
+    assert done.outputs.cover_url is not None
+
+
+def test_fields_a_task_info_does_carry_are_kept() -> None:
+    answer = documented("v2-GetTaskInfo-transcode.json")
+    answer["status"] = "FINISH"
+    answer["data"]["vodTaskId"] = "transcode-given"
+    answer["data"]["status"] = -43001
+    callback = task_info_callback(answer, "transcode-asked")
+    assert callback is not None
+    assert callback["data"]["vodTaskId"] == "transcode-given"  # type: ignore[index,call-overload]
+    assert event_from_task_info(answer, "transcode-asked").success is False
+
+
+def test_a_clip_task_info_is_read_as_a_clip_complete() -> None:
+    # GetTaskInfo documents the type "clipVideo" for a clip.
+    answer = {
+        "code": 0,
+        "type": "clipVideo",
+        "status": "FINISH",
+        "data": {
+            "srcFileId": "16092504232103571364",
+            "fileInfo": {
+                "fileType": "mp4",
+                "status": 0,
+                "message": "",
+                "fileId": "14508071098244929440",
+                "fileUrl": "http://125676836723.vod2.myqcloud.com/xxx/xxx/f0.mp4",
+            },
+        },
+    }
+    queried = event_from_task_info(answer, "clipVideo-0a78cf44c4285026a4c")
+    assert (queried.kind, queried.task_id, queried.success) == (
+        "ClipComplete",
+        "clipVideo-0a78cf44c4285026a4c",
+        True,
+    )
