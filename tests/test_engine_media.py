@@ -687,6 +687,30 @@ async def test_sprites_without_the_packet_filter_pick_the_same_frames(
         assert mean_difference(crop(a, 192, (k % 3) * 64, (k // 3) * 36, 64, 36), expected) < 4
 
 
+async def rotated(src: Path, dst: Path, degrees: int) -> Path:
+    """``src`` with a display matrix turning it ``degrees`` counter-clockwise (as phones
+    record portrait: the picture is coded landscape)."""
+    await ffmpeg_out("-display_rotation", str(degrees), "-i", str(src), "-c", "copy", str(dst))
+    return dst
+
+
+@pytest.mark.parametrize("degrees", [90, 180, 270])
+async def test_sprites_of_a_rotated_recording_are_upright(
+    media: Media, recordings: Recordings, tmp_path: Path, degrees: int
+) -> None:
+    source = await rotated(recordings.silent, tmp_path / "rotated.mp4", degrees)
+    width, height = (64, 36) if degrees == 180 else (36, 64)
+    template = SpriteTemplate(10, interval=2, rows=1, columns=2, width=width, height=height)
+    result = await media.sprites(source, tmp_path / "sprite", template)
+    assert (result.width, result.height) == (width, height)
+    picture = await gray("-i", str(result.sheets[0]))
+    for k in range(2):
+        cell = crop(picture, 2 * width, k * width, 0, width, height)
+        # FFmpeg turns the picture upright itself when it decodes the file.
+        upright = await gray("-ss", str(2 * k), "-i", str(source), "-vf", f"scale={width}:{height}")
+        assert mean_difference(cell, upright) < 4
+
+
 async def test_sprites_need_video(media: Media, tmp_path: Path) -> None:
     audio = tmp_path / "tone.m4a"
     await ffmpeg_out("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(audio))

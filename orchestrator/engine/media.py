@@ -595,6 +595,9 @@ class Media:
         ]
         if await self._packet_expressions():
             keep = first_of_interval.replace("TIME", "pts*tb")
+            # NUT carries no display matrix: the decoder of the piped packets is told how to
+            # turn the picture upright, as FFmpeg does by itself when it reads the file.
+            upright = _upright_filter(info.video.rotation)
             await self.ffmpeg.run_piped(
                 [
                     *("-copyts", "-i", str(src_p), "-map", "0:V:0", "-c", "copy"),
@@ -602,7 +605,8 @@ class Media:
                 ],
                 [
                     *self.ffmpeg.thread_args,
-                    *("-copyts", "-f", "nut", "-i", "pipe:0", "-vf", tiles, *output),
+                    *("-copyts", "-f", "nut", "-i", "pipe:0"),
+                    *("-vf", ",".join([*upright, tiles]), *output),
                 ],
             )
         else:
@@ -953,6 +957,14 @@ def _thumbnail_size(video: VideoStream, width: int, height: int) -> tuple[int, i
     if height:
         return max(2, _even_near(height * src_w / src_h, 1 << 16)), height
     return _even(src_w), _even(src_h)
+
+
+def _upright_filter(rotation: int) -> list[str]:
+    """The filters FFmpeg's autorotation applies for a stream displayed ``rotation`` degrees
+    clockwise from how it is coded (see :attr:`VideoStream.rotation`)."""
+    return {90: ["transpose=clock"], 180: ["hflip", "vflip"], 270: ["transpose=cclock"]}.get(
+        rotation, []
+    )
 
 
 def _fit_filter(width: int, height: int) -> str:
