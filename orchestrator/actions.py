@@ -31,6 +31,14 @@ CLOCK_SKEW = timedelta(seconds=30)
 """How far VOD's clock may be behind ours when comparing a job's ``createTime`` with ours."""
 
 
+Unwanted = Callable[[], Awaitable[str | None]]
+"""Why a command should no longer be carried out (its run ended, its step moved on), or None."""
+
+
+class NotSent(Exception):
+    """A command found unwanted just before it went out; it was not sent."""
+
+
 class Actions:
     def __init__(
         self,
@@ -51,14 +59,25 @@ class Actions:
         self.clock = clock
 
     async def perform(
-        self, command: m.Command, *, tries: int, since: datetime | None = None
+        self,
+        command: m.Command,
+        *,
+        tries: int,
+        since: datetime | None = None,
+        unwanted: Unwanted | None = None,
     ) -> m.Input:
         """Carry out one outbox command; ``tries`` > 1 means an earlier try may have got through.
 
         ``since`` is when the command was written: a job VOD started before then cannot be an
-        earlier try's, so a resent submit does not take it for its own."""
+        earlier try's, so a resent submit does not take it for its own. ``unwanted`` is asked
+        first, and again once VOD's quota lets a submit go: a command whose run was cancelled (or
+        ended) meanwhile is not carried out, and its outcome says so (see :func:`not_sent`)."""
+        if unwanted is not None:
+            reason = await unwanted()
+            if reason is not None:
+                return not_sent(command, reason)
         if isinstance(command, m.Submit):
-            return await self._submit(command, tries, since)
+            return await self._submit(command, tries, since, unwanted)
         handlers: dict[type, Callable[[Any, int], Awaitable[m.Input]]] = {
             m.Recover: self._recover,
             m.Notify: self._notify,
@@ -68,7 +87,9 @@ class Actions:
 
     # --- submit / recover ---------------------------------------------------------------
 
-    async def _submit(self, command: m.Submit, tries: int, since: datetime | None) -> m.Input:
+    async def _submit(
+        self, command: m.Submit, tries: int, since: datetime | None, unwanted: Unwanted | None
+    ) -> m.Input:
         try:
             request = ProcessFileByProcedureRequest.from_params(flatten(command.request))
         except InvalidRequestParams as exc:
@@ -83,10 +104,18 @@ class Actions:
                 return m.SubmitSucceeded(
                     step=command.step, attempt=command.attempt, tasks=found, recovered=True
                 )
+
+        async def before_send() -> None:
+            reason = None if unwanted is None else await unwanted()
+            if reason is not None:
+                raise NotSent(reason)
+
         try:
-            answer = await self.client.process_file(request)
+            answer = await self.client.process_file(request, before_send=before_send)
         except VodError as exc:
             return _failed(command, exc)
+        except NotSent as exc:
+            return not_sent(command, str(exc))
         return m.SubmitSucceeded(step=command.step, attempt=command.attempt, tasks=answer.tasks)
 
     async def _recover(self, command: m.Recover, tries: int) -> m.Input:
@@ -199,6 +228,23 @@ class Actions:
         if problem is None:
             return m.VerifySucceeded(step=command.step, attempt=command.attempt)
         return m.VerifyFailed(step=command.step, attempt=command.attempt, reason=problem)
+
+
+def not_sent(command: m.Command, reason: str) -> m.Input:
+    """The outcome of a command that was not carried out because ``reason``. Given to the
+    machine like any outcome: it ignores it (the run ended, or the step is on a later attempt)
+    and, for a send, notes the step is free to send again (so a cancelled run can be retried)."""
+    assert isinstance(command, m.OUTBOUND)
+    if isinstance(command, m.Verify):
+        return m.VerifyFailed(
+            step=command.step, attempt=command.attempt, reason=f"not checked: {reason}"
+        )
+    return m.SubmitFailed(
+        step=command.step,
+        attempt=command.attempt,
+        error_class=ErrorClass.INTERNAL,
+        message=f"not sent: {reason}",
+    )
 
 
 def _same_request(echoed: object, request: dict[str, JsonValue]) -> bool:

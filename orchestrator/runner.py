@@ -49,7 +49,14 @@ from orchestrator.spec import LoadedWorkflow, Manual, StreamSession
 from orchestrator.store import driver, queues, views, windows
 from orchestrator.store.db import Database
 from orchestrator.store.queues import InboxStatus, NewInboxEvent
-from orchestrator.store.runs import Changes, create_run, load_run, load_runs, save_decision
+from orchestrator.store.runs import (
+    Changes,
+    create_run,
+    load_run,
+    load_runs,
+    save_decision,
+    step_progress,
+)
 from orchestrator.store.tasks import TaskOwner, find_tasks
 from orchestrator.vod.errors import ErrorClass, MalformedEvent
 from orchestrator.vod.events import PROCEDURE_EVENT, VodEvent, parse_event
@@ -634,7 +641,10 @@ class Runner:
         try:
             command = COMMANDS.validate_python(row["payload"])
             outcome = await self.actions.perform(
-                command, tries=row["tries"], since=row["created_at"]
+                command,
+                tries=row["tries"],
+                since=row["created_at"],
+                unwanted=lambda: self.db.query(_unwanted, row["run_id"], command),
             )
             batch = Batch()
 
@@ -677,6 +687,25 @@ class Runner:
         """Wait until every command this runner started has been recorded (tests, shutdown)."""
         while self._inflight:
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
+
+
+def _unwanted(conn: sa.Connection, run_id: str, command: m.Command) -> str | None:
+    """Why an outbox command is no longer worth carrying out, or None while it is.
+
+    A command waits in the outbox (behind others, or for VOD's quota) after the transition that
+    wrote it; if its run was cancelled, or ended otherwise, meanwhile, sending it would start a
+    VOD job (or a webhook, or a check) nobody waits for, as a workflow engine does not start the
+    activities of a cancelled workflow."""
+    assert isinstance(command, m.OUTBOUND)
+    found = step_progress(conn, run_id, command.step)
+    if found is None:
+        return f"run {run_id} has no step {command.step}"
+    status, attempt = m.RunStatus(found[0]), found[1]
+    if status.terminal:
+        return f"the run had already ended ({status})"
+    if attempt != command.attempt:
+        return f"step {command.step} is on attempt {attempt}, this was attempt {command.attempt}"
+    return None
 
 
 def _not_anothers(conn: sa.Connection, run_id: str, outcome: m.Input) -> m.Input:

@@ -326,6 +326,41 @@ async def test_a_stream_session_of_three_segments_is_one_run(service: Service) -
     assert params["gen.clip.streamInfo.endTime"] == "1190"
 
 
+async def test_a_run_cancelled_while_its_submit_waits_for_the_quota_sends_nothing(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A workflow engine starts no activity of a cancelled workflow: a submit that was still
+    waiting for VOD's quota when its run was cancelled is not sent, and the run can be retried."""
+    workflows = {"transcode": TRANSCODE % {"timeout": "1h"}}
+    paced = {"vod_rate_per_minute": 30, "vod_burst": 1}  # one call every 2 s
+    async with running_service(tmp_path, database_url, workflows, **paced) as service:
+        url = f"{service.base}/api/runs"
+        await service.http.post(url, json={"workflow": "transcode", "params": {"fileId": "a"}})
+        await service.submitted()
+        created = await service.http.post(
+            url, json={"workflow": "transcode", "params": {"fileId": "b"}}
+        )
+        run_id = created.json()["runId"]
+        cancel = await service.http.post(f"{url}/{run_id}/cancel", json={"reason": "wrong file"})
+        assert cancel.json()["status"] == "cancelled"
+
+        async def answered() -> dict[str, Any] | None:
+            run = await service.run(run_id)
+            inputs = ("submit_failed", "submit_succeeded")
+            return run if run["history"][-1]["input"] in inputs else None
+
+        run = await service.wait(answered)
+        assert len(service.vod.calls_of("ProcessFileByProcedure")) == 1
+        last = run["history"][-1]
+        assert last["detail"]["message"] == "not sent: the run had already ended (cancelled)"
+        assert last["reason"] == "ignored: the run already cancelled"
+
+        retried = await service.http.post(f"{url}/{run_id}/retry", json={})
+        assert retried.json()["changed"] is True
+        await service.submitted(2)
+        assert service.vod.submitted[1].params["fileId"] == "b"
+
+
 async def test_manual_trigger_with_idempotency_key(service: Service) -> None:
     url = f"{service.base}/api/runs"
     body = {"workflow": "transcode", "params": {"fileId": "f9"}, "idempotencyKey": "k1"}

@@ -22,7 +22,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Literal, TypeVar
 from urllib.parse import urlsplit
 
@@ -138,9 +138,15 @@ class VodClient:
     # --- the calls the orchestrator makes ----------------------------------------------------
 
     async def process_file(
-        self, request: ProcessFileByProcedureRequest
+        self,
+        request: ProcessFileByProcedureRequest,
+        *,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> ProcessFileByProcedureResponse:
-        return await self.call(request, ProcessFileByProcedureResponse)
+        """``before_send`` is awaited once the quota grants each send, right before it goes out;
+        an exception it raises stops the call unsent (the run it was for may have ended while
+        the call waited for the quota)."""
+        return await self.call(request, ProcessFileByProcedureResponse, before_send=before_send)
 
     async def get_task_info(self, vod_task_id: str) -> GetTaskInfoResponse:
         return await self.call(GetTaskInfoRequest(vod_task_id=vod_task_id), GetTaskInfoResponse)
@@ -173,7 +179,14 @@ class VodClient:
 
     # --- the machinery -------------------------------------------------------------------------
 
-    async def call(self, request: VodRequest, response: type[R], *, wait: float | None = None) -> R:
+    async def call(
+        self,
+        request: VodRequest,
+        response: type[R],
+        *,
+        wait: float | None = None,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+    ) -> R:
         """Send one request (retrying what can be retried) and parse its answer."""
         action = response.ACTION
         params = request.to_params()
@@ -185,7 +198,7 @@ class VodClient:
         )
         async for attempt in retrying:
             with attempt:
-                body = await self._send(action, params, wait or self.timeout)
+                body = await self._send(action, params, wait or self.timeout, before_send)
                 try:
                     return response.parse(body)
                 except FrequencyLimit as exc:
@@ -196,10 +209,18 @@ class VodClient:
                     raise
         raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
 
-    async def _send(self, action: str, params: Mapping[str, str], wait: float) -> bytes:
+    async def _send(
+        self,
+        action: str,
+        params: Mapping[str, str],
+        wait: float,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+    ) -> bytes:
         waited = 0.0
         if self.limiter is not None:
             waited = (await self.limiter.acquire(action)).wait
+        if before_send is not None:
+            await before_send()
         try:
             body = await self._post(action, params, wait)
         except VodError:
