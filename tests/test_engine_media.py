@@ -711,6 +711,26 @@ async def test_sprites_of_a_rotated_recording_are_upright(
         assert mean_difference(cell, upright) < 4
 
 
+async def test_thumbnails_may_have_sides_of_odd_length(
+    media: Media, recordings: Recordings, tmp_path: Path
+) -> None:
+    """VOD's templates take any width and height; 4:2:0 pictures have even sides."""
+    template = SpriteTemplate(10, interval=4, rows=1, columns=1, width=81, height=45)
+    result = await media.sprites(recordings.silent, tmp_path / "sprite", template)
+    sheet = await media.probe(result.sheets[0])
+    assert sheet.video is not None
+    assert (sheet.video.width, sheet.video.height) == (81, 45)
+    picture = await gray("-i", str(result.sheets[0]))
+    expected = await gray("-i", str(recordings.silent), "-vf", "scale=80:45,pad=81:45:-1:-1")
+    assert mean_difference(picture, expected) < 4
+    snaps = await media.snapshots(
+        recordings.silent, tmp_path / "snap", [1000], SnapshotTemplate(10, width=81, height=45)
+    )
+    snap = await media.probe(snaps[0].path)
+    assert snap.video is not None
+    assert (snap.video.width, snap.video.height) == (81, 45)
+
+
 async def test_sprites_need_video(media: Media, tmp_path: Path) -> None:
     audio = tmp_path / "tone.m4a"
     await ffmpeg_out("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(audio))

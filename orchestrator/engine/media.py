@@ -968,8 +968,11 @@ def _upright_filter(rotation: int) -> list[str]:
 
 
 def _fit_filter(width: int, height: int) -> str:
+    # `pad` rounds its size down to whole chroma samples: a 4:2:0 picture cannot be padded to
+    # an odd side, so a picture of odd size is made 4:4:4 first (JPEG takes either).
+    full_chroma = "format=yuv444p," if width % 2 or height % 2 else ""
     return (
-        f"scale={width}:{height}:force_original_aspect_ratio=decrease,"
+        f"{full_chroma}scale={width}:{height}:force_original_aspect_ratio=decrease,"
         f"pad={width}:{height}:-1:-1,setsar=1"
     )
 
