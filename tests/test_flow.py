@@ -281,6 +281,21 @@ async def test_a_failed_task_is_retried_per_policy(service: Service) -> None:
     assert run["steps"][0]["attempt"] == 2
 
 
+async def test_a_task_failing_on_its_source_file_is_not_retried(service: Service) -> None:
+    """Tencent's documented failed TranscodeComplete (-43001: FFmpeg reports the file corrupt)."""
+    await service.callback(new_file_upload("f1"))
+    run_id = await service.one_run()
+    await service.submitted()
+    await service.status_is(run_id, "awaiting_callback")
+    failed = json.loads((DOCS / "v2-TranscodeComplete-failed.json").read_bytes())
+    failed["data"]["vodTaskId"] = service.vod.submitted[0].tasks["transcode"]
+    assert (await service.callback(failed)).status_code == 200
+    run = await service.status_is(run_id, "failed")
+    assert run["steps"][0]["attempt"] == 1
+    assert run["steps"][0]["errorClass"] == "media"
+    assert len(service.vod.submitted) == 1
+
+
 @pytest.mark.step_timeout("1s")
 async def test_a_step_timing_out_is_retried_then_fails(service: Service) -> None:
     await service.callback(new_file_upload("f1"))

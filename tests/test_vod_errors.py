@@ -155,7 +155,29 @@ def test_task_error_classes() -> None:
     assert TASK_ERROR_CLASSES[30009] is ErrorClass.MEDIA
     assert TASK_ERROR_CLASSES[30010] is ErrorClass.INTERNAL
     assert task_error_class(30009) is ErrorClass.MEDIA
-    assert task_error_class(-43001) is ErrorClass.INTERNAL
+    assert task_error_class(12345) is ErrorClass.INTERNAL
+    assert task_error_class(-1) is ErrorClass.INTERNAL  # ConcatComplete's bare "failure"
+
+
+@pytest.mark.parametrize(
+    ("code", "expected"),
+    [
+        # v2: Tencent's table of video processing error codes (decode failed, metadata missing,
+        # source not meeting requirements); the first and last of each block.
+        (-43001, ErrorClass.MEDIA),
+        (-44199, ErrorClass.MEDIA),
+        (-45001, ErrorClass.MEDIA),
+        (-47100, ErrorClass.MEDIA),
+        (-47403, ErrorClass.MEDIA),
+        (-49199, ErrorClass.MEDIA),
+        # v3 (MediaProcessTaskTranscodeResult.ErrCode in Tencent's SDKs).
+        (40000, ErrorClass.INVALID_PARAMS),
+        (60000, ErrorClass.MEDIA),
+        (70000, ErrorClass.INTERNAL),
+    ],
+)
+def test_documented_task_error_codes(code: int, expected: ErrorClass) -> None:
+    assert task_error_class(code) is expected
 
 
 def test_malformed_event_is_a_value_error_with_field_and_reason() -> None:

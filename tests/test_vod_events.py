@@ -371,23 +371,26 @@ def test_task_query_of_an_unfinished_task_is_not_terminal() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "success", "code"),
+    ("status", "success", "code", "error_class"),
     [
-        (0, True, None),
-        ("0", True, None),
-        ("SUCCESS", True, None),
-        (-43001, False, -43001),
-        ("-43001", False, -43001),
-        ("FAIL", False, None),
+        (0, True, None, None),
+        ("0", True, None, None),
+        ("SUCCESS", True, None, None),
+        (-43001, False, -43001, ErrorClass.MEDIA),  # a documented source-file failure
+        ("-43001", False, -43001, ErrorClass.MEDIA),
+        (-2, False, -2, ErrorClass.INTERNAL),
+        ("FAIL", False, None, ErrorClass.INTERNAL),
     ],
 )
-def test_task_status_int_or_string(status: object, success: bool, code: int | None) -> None:
+def test_task_status_int_or_string(
+    status: object, success: bool, code: int | None, error_class: ErrorClass | None
+) -> None:
     body = payload("v2-TranscodeComplete.json")
     body["data"]["status"] = status
     event = parse_event(body)
     assert event.success is success
     assert event.error_code == code
-    assert event.error_class is (None if success else ErrorClass.INTERNAL)
+    assert event.error_class is error_class
 
 
 def test_transcode_failure_from_the_documentation() -> None:

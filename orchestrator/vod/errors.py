@@ -18,7 +18,8 @@ machine decides retries and run outcomes from the class alone, never from codes.
     ├── TransportError             transport          connection failed, no answer          retry
     │   ├── MalformedResponse      transport          an answer that is not a VOD envelope  retry
     │   └── VodTimeout             timeout            no answer in time                     retry
-    ├── MediaError                 media              bad source media (task errCode 30009) no retry
+    ├── MediaError                 media              bad source media (task errCode 30009,
+    │                                                 60000, -43001 ... -49199)            no retry
     ├── TemplateError              template           a workflow template did not resolve   no retry
     ├── VerificationError          verification       outputs failed a usability check      no retry
     └── WebhookRejected            rejected           a webhook receiver answered 4xx       no retry
@@ -298,12 +299,29 @@ def error_for_code(
 #: VOD task errCodes (processTaskList[].errCode, per-task event status) and their class.
 TASK_ERROR_CLASSES: Mapping[int, ErrorClass] = MappingProxyType(
     {
-        30009: ErrorClass.MEDIA,  # "source file abnormal"
-        30010: ErrorClass.INTERNAL,  # "system failure or unknown"
+        30009: ErrorClass.MEDIA,  # v2 sub-task: "source file abnormal"
+        30010: ErrorClass.INTERNAL,  # v2 sub-task: "system failure or unknown"
+        40000: ErrorClass.INVALID_PARAMS,  # v3 task: "input parameters invalid"
+        60000: ErrorClass.MEDIA,  # v3 task: "source file error (e.g. corrupt video data)"
+        70000: ErrorClass.INTERNAL,  # v3 task: "internal service error, retry"
     }
 )
 
+MEDIA_TASK_CODES = range(-49999, -42999)
+"""The v2 per-task event codes Tencent documents ("视频处理类操作错误码": -43001 ... -49199), all
+FFmpeg failing to decode or probe the source, or the source not meeting requirements (no audio
+for an audio transcode, resolutions that differ in a concat, ...): the same file fails again."""
+
 
 def task_error_class(err_code: int) -> ErrorClass:
-    """The class of a failed VOD task's errCode; undocumented codes count as VOD-side failures."""
-    return TASK_ERROR_CLASSES.get(err_code, ErrorClass.INTERNAL)
+    """The class of a failed VOD task's errCode (or per-task event status).
+
+    Documented source-file failures are ``media`` and not retried; undocumented codes (and the
+    ConcatComplete statuses -1 and 4, documented only as "failure") count as VOD-side failures.
+    """
+    known = TASK_ERROR_CLASSES.get(err_code)
+    if known is not None:
+        return known
+    if err_code in MEDIA_TASK_CODES:
+        return ErrorClass.MEDIA
+    return ErrorClass.INTERNAL
