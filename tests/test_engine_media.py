@@ -536,6 +536,25 @@ async def test_concat_of_unlike_recordings_re_encodes(
     assert abs(info.duration - 12.0) <= 2 * FRAME
 
 
+async def test_concat_of_a_rotated_and_an_upright_recording_re_encodes_both_upright(
+    media: Media, recordings: Recordings, tmp_path: Path
+) -> None:
+    portrait = await rotated(recordings.silent, tmp_path / "portrait.mp4", 90)
+    result = await media.concat([portrait, recordings.silent], tmp_path / "joined.mp4")
+    assert not result.stream_copy
+    assert result.reason == "input 1 (silent.mp4) video rotation 0 differs from 270"
+    info = await media.probe(result.path)
+    assert info.video is not None
+    # The first input's upright size; the landscape one is fitted inside it.
+    assert (info.video.width, info.video.height, info.video.rotation) == (180, 320, 0)
+    assert abs(info.duration - 8.0) <= 2 * FRAME
+    letterboxed = "scale=180:320:force_original_aspect_ratio=decrease,pad=180:320:-1:-1"
+    for at, source, fit in [(1, portrait, "null"), (5, recordings.silent, letterboxed)]:
+        expected = await gray("-ss", str(at % 4), "-i", str(source), "-vf", fit)
+        picture = await gray("-ss", str(at), "-i", str(result.path))
+        assert mean_difference(picture, expected) < 6
+
+
 async def test_concat_fills_a_missing_audio_track_with_silence(
     media: Media, recordings: Recordings, tmp_path: Path
 ) -> None:

@@ -441,7 +441,9 @@ class Media:
     async def _concat_encode(self, infos: list[MediaInfo], dst: Path, fmt: str) -> None:
         video = next((i.video for i in infos if i.video is not None), None)
         audio = next((i.audio for i in infos if i.audio is not None), None)
-        width, height = (_even(video.width), _even(video.height)) if video else (0, 0)
+        # FFmpeg turns each input upright as it decodes it: the first one's upright size.
+        width, height = _displayed_size(video) if video else (0, 0)
+        width, height = _even(width), _even(height)
         fps = _rate(video.fps or 30.0) if video else "30"
         rate = audio.sample_rate if audio and audio.sample_rate else 48000
         inputs: list[str] = []
@@ -828,13 +830,22 @@ def sprite_webvtt(
 def _incompatibility(infos: list[MediaInfo]) -> str | None:
     """Why ``infos`` cannot be joined by stream copy, or None when they can."""
     fields: dict[str, tuple[str, ...]] = {
-        "video": ("codec", "profile", "resolution", "fps", "pixel format"),
+        "video": ("codec", "profile", "resolution", "fps", "pixel format", "rotation"),
         "audio": ("codec", "profile", "sample rate", "channels"),
     }
 
     def key(info: MediaInfo, kind: str) -> tuple[object, ...] | None:
         if kind == "video" and (v := info.video) is not None:
-            return v.codec, v.profile, f"{v.width}x{v.height}", round(v.fps, 2), v.pix_fmt
+            # A file's rotation is one display matrix for the whole stream: a copy would show
+            # every input turned as the first one is.
+            return (
+                v.codec,
+                v.profile,
+                f"{v.width}x{v.height}",
+                round(v.fps, 2),
+                v.pix_fmt,
+                v.rotation,
+            )
         if kind == "audio" and (a := info.audio) is not None:
             return a.codec, a.profile, a.sample_rate, a.channels
         return None
@@ -946,10 +957,15 @@ def _x264_profile(video: VideoStream) -> list[str]:
     return ["-profile:v", profile] if profile in {"baseline", "main", "high"} else []
 
 
-def _thumbnail_size(video: VideoStream, width: int, height: int) -> tuple[int, int]:
-    src_w, src_h = video.width, video.height
+def _displayed_size(video: VideoStream) -> tuple[int, int]:
+    """``video``'s picture size once turned upright."""
     if video.rotation in (90, 270):
-        src_w, src_h = src_h, src_w
+        return video.height, video.width
+    return video.width, video.height
+
+
+def _thumbnail_size(video: VideoStream, width: int, height: int) -> tuple[int, int]:
+    src_w, src_h = _displayed_size(video)
     if width and height:
         return width, height
     if width:
