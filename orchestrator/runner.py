@@ -6,7 +6,9 @@ their task ID and fed to the machine, and the machine's commands become outbox a
 the same transaction. An event whose task is not known yet waits as an orphan; the transaction
 that records a task ID makes its orphans pending again, so they are applied right after. A
 procedure's event that no run recorded the ID of is matched by its sub-tasks' IDs instead, and
-recorded on their run without being applied (``procedure_of_tasks`` says why).
+recorded on their run without being applied (``procedure_of_tasks`` says why); one naming no
+sub-task IDs, and a sub-task's event of a procedure a run recorded by the procedure's ID, are tied
+to their run by fileId and recorded there, not applied (``correlate`` says how).
 
 Outbox: due commands are claimed with a lease, carried out (VOD calls, webhooks, output checks)
 outside any transaction, and their outcome is applied to the machine in the transaction that
@@ -41,8 +43,8 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import JsonValue, TypeAdapter
 
+from orchestrator import correlate, triggers
 from orchestrator import machine as m
-from orchestrator import triggers
 from orchestrator.actions import Actions
 from orchestrator.registry import Registry
 from orchestrator.spec import LoadedWorkflow, Manual, StreamSession
@@ -475,6 +477,8 @@ class Runner:
         states = load_runs(conn, {o.run_id for o in owners.values()}, for_update=True)
         unowned = [e for _, e in items if e.task_id not in owners and e.kind == PROCEDURE_EVENT]
         members = find_tasks(conn, {i for e in unowned for i in e.sub_task_ids}) if unowned else {}
+        strays = [stray_of(e) for _, e in items if e.task_id not in owners]
+        ties = correlate.by_file(conn, strays) if strays else {}
         changes = Changes()
         decided: list[m.Decision] = []
         outcomes: list[tuple[int, str, str | None, str | None]] = []
@@ -485,6 +489,10 @@ class Runner:
                 known = procedure_of_tasks(event, members)
                 if known is not None:
                     outcomes.append((event_id, InboxStatus.IGNORED, *known))
+                    continue
+                tie = ties.get(event.task_id)
+                if tie is not None:
+                    outcomes.append((event_id, InboxStatus.IGNORED, tie.run_id, tie.note))
                     continue
                 note = f"no run has recorded task {event.task_id} yet"
                 if event.kind == PROCEDURE_EVENT and event.sub_task_ids:
@@ -753,6 +761,11 @@ def procedure_of_tasks(event: VodEvent, members: Mapping[str, TaskOwner]) -> tup
         "(each task's own event applies its result)"
     )
     return run_id, note
+
+
+def stray_of(event: VodEvent) -> correlate.Stray:
+    """An event whose task ID no run recorded, for correlating by its file."""
+    return correlate.Stray(event.task_id or "", event.kind, event.file_id, event.sub_task_ids)
 
 
 def _event_status(decision: m.Decision) -> str:

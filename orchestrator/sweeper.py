@@ -40,8 +40,8 @@ from typing import Any
 import sqlalchemy as sa
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from orchestrator import correlate, triggers
 from orchestrator import machine as m
-from orchestrator import triggers
 from orchestrator.receiver import inbox_row
 from orchestrator.runner import Batch, Runner
 from orchestrator.store import driver, queues, tasks, windows
@@ -460,21 +460,27 @@ class Sweeper:
         """Orphans whose task is known by now go back to the runner; old ones expire.
 
         An orphan procedure event also matches by its sub-tasks' IDs (see
-        ``runner.procedure_of_tasks``). The runner wakes an orphan in the transaction that records
-        its task ID. On PostgreSQL
-        that transaction can commit while another is still deciding the same event is an orphan
-        (neither sees the other's write), so the sweep looks again: no event waits longer than
-        one sweep interval for a task that exists.
+        ``runner.procedure_of_tasks``), and a procedure's events whose IDs no run recorded by
+        their fileId once their run's other events came in (see ``correlate``). The runner wakes
+        an orphan in the transaction that records its task ID. On PostgreSQL that transaction
+        can commit while another is still deciding the same event is an orphan (neither sees the
+        other's write), so the sweep looks again: no event waits longer than one sweep interval
+        for a task that exists, or for the event that ties it to its run by its file.
         """
 
         def rematch(conn: sa.Connection) -> tuple[int, int]:
-            waiting = {
-                o.id: (o.task_id, *_sub_task_ids(o)) for o in queues.orphans(conn, self.batch)
-            }
+            orphans = queues.orphans(conn, self.batch)
+            waiting = {o.id: (o.task_id, *_sub_task_ids(o)) for o in orphans}
             known = tasks.find_tasks(conn, {i for ids in waiting.values() for i in ids})
-            found = queues.requeue(
-                conn, [o for o, ids in waiting.items() if any(i in known for i in ids)]
-            )
+            ready = {o for o, ids in waiting.items() if any(i in known for i in ids)}
+            strays = [
+                correlate.Stray(o.task_id, o.event_type, o.file_id, waiting[o.id][1:])
+                for o in orphans
+                if o.id not in ready
+            ]
+            ties = correlate.by_file(conn, strays)
+            ready |= {o.id for o in orphans if o.id not in ready and o.task_id in ties}
+            found = queues.requeue(conn, sorted(ready))
             expired = queues.expire_orphans(conn, self.now - self.orphan_ttl, self.now)
             return found, expired
 

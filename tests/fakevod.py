@@ -40,6 +40,9 @@ class FakeVod:
     script: list[Callable[[dict[str, str]], dict[str, Any] | None]] = field(default_factory=list)
     """Answers for the next ProcessFileByProcedure calls (None: the normal answer)."""
     delay: float = 0.0
+    gate: asyncio.Event | None = None
+    """When given, ProcessFileByProcedure's answers wait for it once the job was accepted (VOD
+    runs the job, and sends its events, before vodflow stores the answer)."""
     task_info: dict[str, dict[str, Any]] = field(default_factory=dict)
     """GetTaskInfo answers by task ID (the default: still processing)."""
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
@@ -65,7 +68,10 @@ class FakeVod:
             scripted = self.script.pop(0)(params) if self.script else None
             if scripted is not None:
                 return JSONResponse(scripted)
-            return JSONResponse(self.accept(params))
+            answer = self.accept(params)
+            if self.gate is not None:
+                await self.gate.wait()
+            return JSONResponse(answer)
         if action == "GetTaskInfo":
             answer = self.task_info.get(params["vodTaskId"])
             if answer is None:
@@ -163,10 +169,18 @@ def new_file_upload(file_id: str, stream_id: str = "lecture_1") -> dict[str, Any
 
 
 def procedure_state_changed(
-    procedure_id: str, file_id: str, sub_task_ids: dict[str, str]
+    procedure_id: str, file_id: str, sub_task_ids: dict[str, str], *, named: bool = True
 ) -> dict[str, Any]:
     """A finished procedure whose processTaskList names its sub-tasks' IDs (as the embedded
-    engine's does); ``sub_task_ids`` maps taskType (Transcode, ImageSprites) to task ID."""
+    engine's does); ``sub_task_ids`` maps taskType (Transcode, ImageSprites) to task ID. With
+    ``named=False`` the entries carry no ID, as in Tencent's documented bodies."""
+    entries = [
+        {"taskType": kind, "vodTaskId": task_id, "status": "SUCCESS", "errCode": 0}
+        for kind, task_id in sub_task_ids.items()
+    ]
+    if not named:
+        for entry in entries:
+            del entry["vodTaskId"]
     return {
         "version": "4.0",
         "eventType": "ProcedureStateChanged",
@@ -176,9 +190,6 @@ def procedure_state_changed(
             "errCode": 0,
             "message": "",
             "fileId": file_id,
-            "processTaskList": [
-                {"taskType": kind, "vodTaskId": task_id, "status": "SUCCESS", "errCode": 0}
-                for kind, task_id in sub_task_ids.items()
-            ],
+            "processTaskList": entries,
         },
     }

@@ -265,6 +265,135 @@ async def test_duplicate_task_recovers_without_a_second_job(service: Service) ->
     assert len(service.vod.calls_of("ProcessFileByProcedure")) == 1
 
 
+async def _recovered_by_procedure_id(service: Service) -> tuple[str, Any]:
+    """A run of file f1 whose submit VOD answered 50005 and that recovered the job by the
+    procedure's ID (not its tasks'): the run's ID and what VOD had accepted."""
+
+    def already_running(params: dict[str, str]) -> dict[str, Any]:
+        service.vod.accept(params)
+        return {"code": 50005, "message": "procedure task already exists"}
+
+    service.vod.script.append(already_running)
+    await service.callback(new_file_upload("f1"))
+    run_id = await service.one_run()
+
+    async def recovered() -> bool:
+        return bool((await service.run(run_id))["steps"][0]["tasks"])
+
+    await service.wait(recovered)
+    return run_id, service.vod.submitted[0]
+
+
+async def _events_of(service: Service, run_id: str, count: int) -> list[dict[str, Any]]:
+    """The run's task events once ``count`` of them are recorded against it."""
+
+    async def recorded() -> list[dict[str, Any]] | None:
+        run = await service.run(run_id)
+        found = [e for e in run["events"] if e["eventType"] != "NewFileUpload"]
+        return found if len(found) >= count else None
+
+    found: list[dict[str, Any]] = await service.wait(recorded)
+    return found
+
+
+async def _orphans(service: Service) -> list[dict[str, Any]]:
+    inbox = (await service.http.get(f"{service.base}/api/inbox?status=orphan")).json()
+    events: list[dict[str, Any]] = inbox["events"]
+    return events
+
+
+@pytest.mark.parametrize("named", [True, False], ids=["ids-named", "tencent-body"])
+async def test_sub_task_events_of_a_job_recovered_by_its_procedure_id_join_its_run(
+    service: Service, named: bool
+) -> None:
+    # The run knows the procedure's ID only; VOD still sends each sub-task's own event, with an
+    # ID no run recorded. They used to wait as orphans and expire a day later as unmatched.
+    run_id, sent = await _recovered_by_procedure_id(service)
+    transcode = transcode_complete(sent.tasks["transcode"], "f1")
+    sprite = sprite_complete(sent.tasks["imageSprite"], "f1")
+    subs = {"Transcode": sent.tasks["transcode"], "ImageSprites": sent.tasks["imageSprite"]}
+    await service.callback(transcode)  # before the procedure's event: waits as an orphan
+    await service.callback(procedure_state_changed(sent.procedure_id, "f1", subs, named=named))
+    await service.status_is(run_id, "succeeded")
+    await service.callback(sprite)  # after it: tied at once
+    events = await _events_of(service, run_id, 3)
+    by_task = {e["taskId"]: e for e in events}
+    assert by_task[sent.procedure_id]["status"] == "applied"
+    how = "named by" if named else "matched by fileId to"
+    for task_id in subs.values():
+        assert by_task[task_id]["status"] == "ignored", by_task[task_id]
+        assert f"{how} step transcode's procedure {sent.procedure_id}" in by_task[task_id]["note"]
+        assert (
+            "recorded, not applied (the procedure's event applies its result)"
+            in (by_task[task_id]["note"])
+        )
+    run = await service.run(run_id)
+    assert [h["input"] for h in run["history"]].count("task_event") == 1  # applied once
+    assert await _orphans(service) == []
+
+
+@pytest.mark.parametrize("order", ["procedure-last", "procedure-first"])
+async def test_a_procedure_event_naming_no_task_ids_joins_the_run_of_its_tasks(
+    service: Service, order: str
+) -> None:
+    # The answer named the tasks (transcodeTaskId, ...); the procedure's own event names only
+    # its fileId, as Tencent's documented bodies do.
+    await service.callback(new_file_upload("f1"))
+    run_id = await service.one_run()
+    await service.submitted()
+    await service.status_is(run_id, "awaiting_callback")
+    sent = service.vod.submitted[0]
+    subs = {"Transcode": sent.tasks["transcode"], "ImageSprites": sent.tasks["imageSprite"]}
+    procedure = procedure_state_changed(sent.procedure_id, "f1", subs, named=False)
+    bodies = [
+        transcode_complete(sent.tasks["transcode"], "f1"),
+        sprite_complete(sent.tasks["imageSprite"], "f1"),
+    ]
+    bodies.insert(0 if order == "procedure-first" else 2, procedure)
+    for body in bodies:
+        assert (await service.callback(body)).status_code == 200
+    await service.status_is(run_id, "succeeded")
+    events = await _events_of(service, run_id, 3)
+    (event,) = [e for e in events if e["taskId"] == sent.procedure_id]
+    assert event["status"] == "ignored"
+    assert f"procedure {sent.procedure_id} of file f1, matched by fileId" in event["note"]
+    assert "recorded, not applied (each task's own event applies its result)" in event["note"]
+    run = await service.run(run_id)
+    assert [h["input"] for h in run["history"]].count("task_event") == 2
+    assert await _orphans(service) == []
+
+
+async def test_an_event_tied_by_file_goes_to_the_run_that_records_its_id_later(
+    service: Service,
+) -> None:
+    # Run 1 recovered its job by the procedure's ID; run 2 of the same file is submitted, and
+    # VOD sends its task's event before vodflow stored the answer. The file ties that event to
+    # run 1 for now; once run 2 records the ID, it is run 2's and is applied there.
+    first, sent = await _recovered_by_procedure_id(service)
+    subs = {"Transcode": sent.tasks["transcode"]}
+    await service.callback(procedure_state_changed(sent.procedure_id, "f1", subs, named=False))
+    await service.status_is(first, "succeeded")
+    service.vod.gate = asyncio.Event()
+    created = await service.http.post(
+        f"{service.base}/api/runs", json={"workflow": "transcode", "params": {"fileId": "f1"}}
+    )
+    second = created.json()["runId"]
+    await service.submitted(2)
+    other = service.vod.submitted[1]
+    await service.callback(transcode_complete(other.tasks["transcode"], "f1"))
+    (tied,) = [e for e in await _events_of(service, first, 2) if e["taskId"] != sent.procedure_id]
+    assert (tied["taskId"], tied["status"]) == (other.tasks["transcode"], "ignored")
+    service.vod.gate.set()
+    await service.status_is(second, "awaiting_callback")
+    await service.callback(sprite_complete(other.tasks["imageSprite"], "f1"))
+    run = await service.status_is(second, "succeeded")
+    assert [h["input"] for h in run["history"]].count("task_event") == 2
+    assert {e["taskId"]: e["status"] for e in run["events"] if e["taskId"]} == {
+        other.tasks["transcode"]: "applied",
+        other.tasks["imageSprite"]: "applied",
+    }
+
+
 async def test_a_failed_task_is_retried_per_policy(service: Service) -> None:
     await service.callback(new_file_upload("f1"))
     run_id = await service.one_run()

@@ -164,7 +164,18 @@ def wake_orphans(conn: sa.Connection, task_ids: Sequence[str]) -> int:
         )
         .values(status=InboxStatus.PENDING)
     )
-    return int(result.rowcount or 0)
+    # Events recorded (not applied) against a run that their fileId tied them to, while no run
+    # knew their ID (``orchestrator.correlate``): the run recording it now is theirs.
+    tied = conn.execute(
+        inbox.update()
+        .where(
+            inbox.c.task_id.in_(list(task_ids)),
+            inbox.c.status == lit(InboxStatus.IGNORED),
+            sa.or_(inbox.c.run_id.is_not(None), inbox.c.event_type == lit(PROCEDURE_EVENT)),
+        )
+        .values(status=InboxStatus.PENDING)
+    )
+    return int(result.rowcount or 0) + int(tied.rowcount or 0)
 
 
 @dataclass(frozen=True)
@@ -174,6 +185,7 @@ class Orphan:
     event_type: str
     body: str | None
     """Only for procedure events, whose sub-tasks' IDs are in it."""
+    file_id: str | None = None
 
 
 def orphans(conn: sa.Connection, limit: int) -> list[Orphan]:
@@ -185,12 +197,13 @@ def orphans(conn: sa.Connection, limit: int) -> list[Orphan]:
             inbox.c.task_id,
             inbox.c.event_type,
             sa.case((procedure, inbox.c.body), else_=sa.null()).label("body"),
+            inbox.c.file_id,
         )
         .where(inbox.c.status == lit(InboxStatus.ORPHAN), inbox.c.task_id.is_not(None))
         .order_by(inbox.c.id)
         .limit(limit)
     )
-    return [Orphan(int(r.id), str(r.task_id), str(r.event_type), r.body) for r in rows]
+    return [Orphan(int(r.id), str(r.task_id), str(r.event_type), r.body, r.file_id) for r in rows]
 
 
 def requeue(conn: sa.Connection, event_ids: Sequence[int]) -> int:

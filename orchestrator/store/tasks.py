@@ -10,11 +10,13 @@ from typing import Any
 import sqlalchemy as sa
 
 from orchestrator.store import driver
-from orchestrator.store.tables import Run, TaskRow
-from orchestrator.vod.events import normalize_task_id
+from orchestrator.store.sql import lit
+from orchestrator.store.tables import InboxEvent, Run, TaskRow
+from orchestrator.vod.events import PROCEDURE_EVENT, normalize_task_id
 
 tasks = TaskRow.__table__  # type: ignore[attr-defined]
 runs = Run.__table__  # type: ignore[attr-defined]
+inbox = InboxEvent.__table__  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,59 @@ def find_tasks(conn: sa.Connection, task_ids: Collection[str]) -> dict[str, Task
             owner = TaskOwner(row["task_id"], row["run_id"], row["step"], exact=False)
             found.setdefault(asked, owner)
     return found
+
+
+@dataclass(frozen=True)
+class FileEvent:
+    """An event of a file that was recorded against the run that recorded its task ID."""
+
+    file_id: str
+    event_type: str
+    task_id: str
+    """The ID as vodflow stored it."""
+    run_id: str
+    step: str
+    kind: str
+    """The kind of the task vodflow recorded (``procedure`` for a procedure's own ID)."""
+    body: str | None
+    """Only for procedure events, whose sub-tasks' IDs are in it."""
+
+
+def recorded_events_of_files(conn: sa.Connection, file_ids: Collection[str]) -> list[FileEvent]:
+    """The task events of these files that reached the run owning their task (applied, late or
+    ignored as duplicates), for correlating by fileId what no run recorded the ID of."""
+    if not file_ids:
+        return []
+    procedure = inbox.c.event_type == lit(PROCEDURE_EVENT)
+    rows = conn.execute(
+        sa.select(
+            inbox.c.file_id,
+            inbox.c.event_type,
+            tasks.c.task_id,
+            tasks.c.run_id,
+            tasks.c.step,
+            tasks.c.kind,
+            sa.case((procedure, inbox.c.body), else_=sa.null()).label("body"),
+        )
+        .join(tasks, tasks.c.task_id == inbox.c.task_id)
+        .where(
+            inbox.c.file_id.in_(list(file_ids)),
+            inbox.c.status.in_([lit("applied"), lit("late"), lit("ignored")]),
+        )
+        .order_by(inbox.c.id)
+    )
+    return [
+        FileEvent(
+            str(r.file_id),
+            str(r.event_type),
+            str(r.task_id),
+            str(r.run_id),
+            str(r.step),
+            str(r.kind),
+            r.body,
+        )
+        for r in rows
+    ]
 
 
 def claim_due_polls(
