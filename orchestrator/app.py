@@ -44,6 +44,7 @@ from orchestrator.registry import Registry
 from orchestrator.runner import Runner
 from orchestrator.store import views
 from orchestrator.store.db import Database
+from orchestrator.store.migrate import redact
 from orchestrator.sweeper import Sweeper
 from orchestrator.verify import OutputChecker, url_duration
 from orchestrator.vod.client import VodClient
@@ -73,6 +74,7 @@ class Services:
     live: LiveHub
     verify_http: httpx.AsyncClient | None = None
     engine: Any = None
+    database_health: DatabaseHealth = field(default_factory=lambda: DatabaseHealth())
     background: list[asyncio.Task[None]] = field(default_factory=list)
     started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -217,12 +219,35 @@ class UnsafeBinding(Exception):
     """The dashboard API would be open to the network."""
 
 
+@dataclass
+class DatabaseHealth:
+    """Whether /healthz last reached the database. The driver's reason (host, port, user, ...)
+    goes to the log, once when the database stops answering and once when it answers again, not
+    to whoever asks /healthz, and not once per probe."""
+
+    down: bool = False
+
+    def failed(self, url: str, exc: Exception) -> None:
+        if not self.down:
+            log.error("/healthz: the database %s does not answer: %s", redact(url), exc)
+        self.down = True
+
+    def answered(self, url: str) -> None:
+        if self.down:
+            log.warning("/healthz: the database %s answers again", redact(url))
+        self.down = False
+
+
 async def healthz(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
+    url = services.settings.sqlalchemy_url
     try:
         await services.db.query(lambda conn: conn.execute(sa.text("SELECT 1")))
     except Exception as exc:
-        return JSONResponse({"status": "unavailable", "database": str(exc)}, status_code=503)
+        services.database_health.failed(url, exc)
+        reason = "not answering (the log has the reason)"
+        return JSONResponse({"status": "unavailable", "database": reason}, status_code=503)
+    services.database_health.answered(url)
     sweeps = await services.sweeper.health()
     stalled = [job.name for job in sweeps if job.stalled]
     body: dict[str, object] = {"status": "degraded" if stalled else "ok", "version": __version__}
