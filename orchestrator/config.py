@@ -9,11 +9,13 @@ from it name the file and the key. No other module reads the environment.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     AnyHttpUrl,
@@ -264,7 +266,17 @@ class Settings(BaseSettings):
         """Whether the VOD vodflow calls is its own embedded engine: the engine is served here
         and the VOD endpoint is this vodflow's ``/v2/index.php`` (the default). Otherwise VOD
         is elsewhere: Tencent Cloud, or an engine serving alone with its own procedures."""
-        return self.engine and self.vod_url == f"{self.base_url}/v2/index.php"
+        if not self.engine:
+            return False
+        # This vodflow answers at its public URL, and at the address it listens on.
+        listening = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host  # noqa: S104
+        if ":" in listening:
+            listening = f"[{listening}]"
+        own = {
+            f"{base}/v2/index.php" for base in (self.base_url, f"http://{listening}:{self.port}")
+        }
+        called = endpoint_key(self.vod_url)
+        return any(endpoint_key(url) == called for url in own)
 
     @property
     def verify_policy(self) -> AddressPolicy:
@@ -280,6 +292,35 @@ class Settings(BaseSettings):
     @property
     def retention_seconds(self) -> float:
         return parse_duration(self.retention).total_seconds()
+
+
+def endpoint_key(url: str) -> tuple[str, str, int | None, str]:
+    """What identifies the server and path a URL reaches: (scheme, host, port, path) with every
+    loopback name and address (``localhost``, ``127.0.0.1``, ``[::1]``, ...) as one host, the
+    scheme's default port written out, and the path without repeated or trailing slashes."""
+    parts = urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if port is None:
+        port = {"http": 80, "https": 443}.get(scheme)
+    path = re.sub("/+", "/", parts.path).rstrip("/")
+    return scheme, "loopback" if _is_loopback(host) else host, port, path
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True  # RFC 6761: names under localhost are the loopback
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
 
 
 def read_config_file() -> tuple[Path, dict[str, Any]]:

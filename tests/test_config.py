@@ -50,6 +50,55 @@ def test_the_vod_is_the_embedded_engine_only_when_served_here_and_called_here() 
     assert not load_settings(public_url=public, vod_endpoint=elsewhere).uses_embedded_engine
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://localhost:8080/v2/index.php",
+        "http://[::1]:8080/v2/index.php",
+        "http://127.0.0.2:8080/v2/index.php",
+        "http://LocalHost.:8080/v2/index.php",
+        "http://[::ffff:127.0.0.1]:8080/v2/index.php",
+        "http://127.0.0.1:8080/v2/index.php/",
+        "http://127.0.0.1:8080//v2//index.php",
+    ],
+)
+def test_this_vodflow_is_recognised_under_any_loopback_name(endpoint: str) -> None:
+    assert load_settings(vod_endpoint=endpoint).uses_embedded_engine
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://vodflow.example.com:443/v2/index.php",
+        "https://VODFLOW.example.com/v2/index.php/",
+        "https://vodflow.example.com./v2/index.php",
+        # the address it listens on, from the same machine
+        "http://localhost:8080/v2/index.php",
+    ],
+)
+def test_this_vodflow_is_recognised_at_its_public_url_default_port_and_listening_address(
+    endpoint: str,
+) -> None:
+    settings = load_settings(
+        host="0.0.0.0", public_url="https://vodflow.example.com/", vod_endpoint=endpoint
+    )
+    assert settings.uses_embedded_engine
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://localhost:8081/v2/index.php",  # another port
+        "https://localhost:8080/v2/index.php",  # another scheme
+        "http://localhost:8080/v3/index.php",  # another path
+        "http://localhost/v2/index.php",  # port 80
+        "http://10.0.0.7:8080/v2/index.php",  # another machine
+    ],
+)
+def test_another_vod_is_not_taken_for_the_embedded_engine(endpoint: str) -> None:
+    assert not load_settings(vod_endpoint=endpoint).uses_embedded_engine
+
+
 def test_bad_values_name_the_setting_and_the_expectation(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VODFLOW_PORT", "eighty")
     monkeypatch.setenv("VODFLOW_VOD_SIGNATURE_METHOD", "MD5")
