@@ -84,6 +84,9 @@ def contexts_for(event: VodEvent) -> list[TriggerContext]:
             recording = dict(fields)
             if meta is not None and meta.duration is not None:
                 recording["duration"] = meta.duration
+            rec = event.recording  # v3's NewFileUpload says when it was recorded; v2's does not
+            if rec is not None and rec.start_time is not None and rec.end_time is not None:
+                recording |= {"startTime": rec.start_time, "endTime": rec.end_time}
             contexts.insert(0, TriggerContext("recording.finished", recording, event.file_id))
         return contexts
     return []

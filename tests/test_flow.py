@@ -26,6 +26,7 @@ from tests.fakevod import (
 )
 from tests.harness import TOKEN, Service, running_service
 from tests.servers import serving
+from tests.test_vod_documented import live_recording
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 DOCS = Path(__file__).parent / "fixtures" / "tencent_docs"
@@ -503,6 +504,27 @@ async def test_a_run_cancelled_while_its_submit_waits_for_the_quota_sends_nothin
         assert retried.json()["changed"] is True
         await service.submitted(2)
         assert service.vod.submitted[1].params["fileId"] == "b"
+
+
+async def test_v3_recording_uploads_make_a_timed_stream_session(service: Service) -> None:
+    """VOD's v3 NewFileUpload of a live recording names the stream and when it was recorded."""
+    for n, (start, end) in enumerate([("10:00:00", "10:30:00"), ("10:31:00", "10:45:00")]):
+        body = live_recording(
+            "talk_9", f"2026-11-20T{start}Z", f"2026-11-20T{end}Z", file_id=f"v3seg{n}"
+        )
+        assert (await service.callback(body)).status_code == 200
+
+    def session_calls() -> list[dict[str, str]]:
+        return [c.params for c in service.vod.submitted if "gen.concat.dstType" in c.params]
+
+    async def submitted() -> bool:
+        return bool(session_calls())
+
+    await service.wait(submitted)
+    (params,) = session_calls()
+    assert params["gen.clip.streamInfo.streamId"] == "talk_9"
+    assert params["gen.clip.streamInfo.startTime"] == "1795168800"  # 2026-11-20T10:00:00Z
+    assert params["gen.clip.streamInfo.endTime"] == "1795171500"  # 10:45:00Z
 
 
 async def test_manual_trigger_with_idempotency_key(service: Service) -> None:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from orchestrator.triggers import contexts_for
 from orchestrator.vod.events import event_from_task_info, parse_event, task_info_callback
 
 DOCS = Path(__file__).parent / "fixtures" / "tencent_docs"
@@ -87,3 +88,41 @@ def test_a_clip_task_info_is_read_as_a_clip_complete() -> None:
         "clipVideo-0a78cf44c4285026a4c",
         True,
     )
+
+
+# --- v3 NewFileUpload --------------------------------------------------------------------------
+
+
+def live_recording(stream_id: str, start: str, end: str, file_id: str) -> dict[str, Any]:
+    """The documented v3 NewFileUpload, as a live recording's (see the fixtures' README)."""
+    body: dict[str, Any] = documented("v3-NewFileUpload.json")
+    event = body["FileUploadEvent"]
+    event["FileId"] = event["MediaBasicInfo"]["Vid"] = file_id
+    event["MediaBasicInfo"]["SourceInfo"] = {
+        "SourceType": "Record",
+        "SourceContext": "",
+        "LiveRecordInfo": {"StreamId": stream_id, "RecordStartTime": start, "RecordEndTime": end},
+    }
+    return body
+
+
+def test_the_documented_v3_upload_is_a_file_upload() -> None:
+    event = parse_event(json.dumps(documented("v3-NewFileUpload.json")))
+    assert (event.kind, event.file_id, event.source_type) == (
+        "NewFileUpload",
+        "5285890784273533167",
+        "Upload",
+    )
+    assert (event.stream_id, event.recording) == (None, None)
+
+
+def test_a_v3_live_recording_upload_names_its_stream_and_recording_times() -> None:
+    body = live_recording("talk_9", "2019-01-09T16:00:00Z", "2019-01-09T16:30:00Z", "f9")
+    event = parse_event(json.dumps(body))
+    assert event.stream_id == "talk_9"
+    assert event.recording is not None
+    assert (event.recording.start_time, event.recording.end_time) == (1547049600, 1547051400)
+    (recording, _upload) = contexts_for(event)
+    assert recording.type == "recording.finished"
+    assert recording.fields["streamId"] == "talk_9"
+    assert (recording.fields["startTime"], recording.fields["endTime"]) == (1547049600, 1547051400)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, JsonValue
@@ -360,15 +361,43 @@ class ProcedureEventV3(V3Body):
     ] = ()
 
 
+def _iso_seconds(value: object) -> int | None:
+    """Unix seconds of an ISO 8601 time ("2019-01-09T16:36:22Z", v3's format); else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        moment = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:  # Tencent writes UTC with a Z; a bare time is taken as UTC too
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp())
+
+
+IsoSeconds = Annotated[int | None, BeforeValidator(_iso_seconds)]
+
+
+class LiveRecordInfoV3(V3Body):
+    """``SourceInfo.LiveRecordInfo`` of a live recording (SourceType ``Record``)."""
+
+    stream_id: OptStr = None
+    record_start_time: IsoSeconds = None
+    record_end_time: IsoSeconds = None
+
+
 class SourceInfoV3(V3Body):
     source_type: OptStr = None
     source_context: OptStr = None
+    live_record_info: Annotated[LiveRecordInfoV3 | None, BeforeValidator(_object)] = None
 
 
 class MediaBasicInfoV3(V3Body):
     name: OptStr = None
     cover_url: OptStr = None
     media_url: OptStr = None
+    type: OptStr = None  # the container, e.g. mp4
     source_info: Annotated[SourceInfoV3 | None, BeforeValidator(_object)] = None
 
 

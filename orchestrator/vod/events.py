@@ -991,9 +991,23 @@ def _v3_file_upload(event: JsonValue, where: str) -> dict[str, object]:
     body = _read(FileUploadEventV3, event, where)
     info = body.media_basic_info
     source_info = info.source_info if info else None
+    live = source_info.live_record_info if source_info else None
+    recording = None
+    if live is not None:
+        meta = body.meta_data
+        recording = Recording(
+            start_time=live.record_start_time,
+            end_time=live.record_end_time,
+            duration=meta.duration if meta else None,
+            file_url=info.media_url if info else None,
+            file_format=info.type if info else None,
+            file_size=meta.size if meta else None,
+        )
     return {
         "file_id": body.file_id,
         "file_name": info.name if info else None,
+        "stream_id": live.stream_id if live else None,
+        "recording": recording,
         "success": True,
         "procedure_task_id": body.procedure_task_id,
         "source_type": source_info.source_type if source_info else None,
