@@ -56,6 +56,7 @@ class Recordings:
     large: Path  # 6 s, 640x360: does not
     silent: Path  # 4 s, 320x180, no audio
     marked: Path  # 8 s, 160x90: a white frame and a 30 ms beep at every whole second
+    ts: Path  # `long` as MPEG-TS, its clock starting at 10 s as a live recorder's does
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +64,8 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> Recordings:
     root = tmp_path_factory.mktemp("recordings")
     media = Media(FFmpeg(threads=2))
     rec = Recordings(
-        *(root / f"{name}.mp4" for name in ("long", "short", "large", "silent", "marked"))
+        *(root / f"{name}.mp4" for name in ("long", "short", "large", "silent", "marked")),
+        ts=root / "long.ts",
     )
     small: dict[str, Any] = {"width": 320, "height": 180, "fps": FPS, "gop_seconds": GOP}
 
@@ -75,6 +77,7 @@ def recordings(tmp_path_factory: pytest.TempPathFactory) -> Recordings:
             media.make_test_media(rec.silent, 4, audio=False, **small),
             make_marked(rec.marked, 8),
         )
+        await ffmpeg_out("-i", str(rec.long), "-c", "copy", "-output_ts_offset", "10", str(rec.ts))
 
     asyncio.run(make())
     return rec
@@ -135,6 +138,15 @@ async def keyframe_times(path: Path) -> list[float]:
     tb = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("#tb 0"))
     num, den = (int(x) for x in tb.split("/"))
     return [int(line.split(",")[2]) * num / den for line in lines if not line.startswith("#")]
+
+
+async def key_crcs(path: Path) -> list[str]:
+    """The CRC of each video keyframe packet of ``path``, in order."""
+    text = await ffmpeg_out(
+        "-i", str(path), "-map", "0:v:0", "-c", "copy", "-bsf:v", "noise=drop=not(key)",
+        "-f", "framecrc", "-",
+    )  # fmt: skip
+    return [line.split(",")[5].strip() for line in text.decode().splitlines() if line[0] != "#"]
 
 
 async def gray(*args: str) -> bytes:
@@ -429,6 +441,22 @@ async def test_clip_writes_other_containers(
     assert info.container == container
     # From the keyframe at 2 s; a stream copy stops by decoding order, a few frames late.
     assert 4 * FPS <= len(await frame_hashes(result.path)) <= 4 * FPS + 3
+
+
+async def test_clip_of_an_mpeg_ts_copies_from_the_keyframe_before_start(
+    media: Media, recordings: Recordings, tmp_path: Path
+) -> None:
+    """FFmpeg seeks an MPEG-TS (no index) to a packet near the time, seldom a keyframe."""
+    times, crcs = await keyframe_times(recordings.long), await key_crcs(recordings.ts)
+    keyframes = dict(zip(times, crcs, strict=True))
+    for start, end, keyframe in [(3, 9, 2.0), (0.5, 4, 0.0), (11, None, 10.0), (-1.5, None, 10.0)]:
+        result = await media.clip(recordings.ts, tmp_path / f"{start}.ts", start, end)
+        assert result.stream_copy
+        first = await key_crcs(result.path)
+        assert first[:1] == [keyframes[keyframe]], (start, end)
+        stop = 12.0 if end is None else end
+        frames = len(await frame_hashes(result.path))
+        assert (stop - keyframe) * FPS <= frames <= (stop - keyframe) * FPS + 3, (start, end)
 
 
 async def test_clip_rejects_ranges_outside_the_file(
@@ -789,6 +817,20 @@ async def test_snapshots_show_the_exact_frame_at_each_offset(
     info = await media.probe(small[0].path)
     assert info.video is not None
     assert (info.video.width, info.video.height) == (100, 56)
+
+
+async def test_snapshots_of_an_mpeg_ts_show_the_exact_frame_at_each_offset(
+    media: Media, recordings: Recordings, tmp_path: Path
+) -> None:
+    """At any offset, however far from the keyframe before it, and after the last one."""
+    offsets = [1000, 5100, 10500, 11900]
+    snaps = await media.snapshots(recordings.ts, tmp_path / "snap", offsets, SnapshotTemplate(10))
+    for offset, snap in zip(offsets, snaps, strict=True):
+        picture = await gray("-i", str(snap.path))
+        exact = await gray("-ss", str(offset / 1000), "-i", str(recordings.long))
+        earlier = await gray("-ss", str(offset / 1000 - 0.1), "-i", str(recordings.long))
+        difference = mean_difference(picture, exact)
+        assert difference < 2 < mean_difference(picture, earlier), (offset, difference)
 
 
 # --- cancellation and timeouts -----------------------------------------------------------------

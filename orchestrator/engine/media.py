@@ -228,7 +228,7 @@ class Media:
         start, end = _resolve_range(src_p, duration, start, end)
         if info is not None and accurate:
             return await self._clip_accurate(info, dst_p, start, end, fmt, moov)
-        await self._clip_copy(src_p, dst_p, start, end, fmt, moov)
+        await self._clip_copy(src_p, dst_p, start, end, fmt, moov, info)
         return ClipResult(dst_p, "copy")
 
     async def _clip_copy(
@@ -239,10 +239,13 @@ class Media:
         end: float | None,
         fmt: str,
         moov: tuple[int, float] | None,
+        info: MediaInfo | None,
     ) -> None:
-        args = [*self.ffmpeg.thread_args, *("-ss", _ts(start), "-i", str(src)), *_copy_av(0)]
+        # An MP4 (no `info`) seeks to the keyframe before `start` by its index.
+        seek = await self._seek_point(info, start) if info else start if start > 0 else None
+        args = [*self.ffmpeg.thread_args, *_seek_args(seek), "-i", str(src), *_copy_av(0)]
         if end is not None:
-            args += ["-t", _ts(end - start)]
+            args += ["-t", _ts(end - (seek or 0.0))]
         args += ["-avoid_negative_ts", "make_zero"]
         await self._write(args, dst, fmt, moov_reserve=_moov_reserve([(moov, start, end)]))
 
@@ -258,7 +261,7 @@ class Media:
         video = info.video
         if video is None:
             # Audio packets are ~20 ms long: a stream copy is already accurate to the frame.
-            await self._clip_copy(info.path, dst, start, end, fmt, moov)
+            await self._clip_copy(info.path, dst, start, end, fmt, moov, info)
             return ClipResult(dst, "copy")
         half = 0.5 / (video.fps or 25.0)  # half a frame: the tolerance for "on a keyframe"
         if end is not None and end >= info.duration - half:
@@ -286,6 +289,48 @@ class Media:
             return ClipResult(dst, "encode")
         return ClipResult(dst, "smart" if encoded else "copy")
 
+    async def _seek_point(self, info: MediaInfo, t: float) -> float | None:
+        """Where to seek ``info``'s file (``-ss``) to read it from the video keyframe shown at
+        or before ``t``; None to read it from the start.
+
+        FFmpeg seeks most files to that keyframe itself: for them this is ``t``. An MPEG-TS
+        has no index, and FFmpeg seeks it to a packet near ``t`` that is seldom a keyframe:
+        decoding or copying from there starts at the next keyframe, up to a GOP late, or
+        finds none after the last one. For it the keyframe is looked up among the packets
+        before ``t`` (no decoding), and the file sought by that keyframe's decoding time, at
+        which FFmpeg lands on it or on a packet just before it.
+        """
+        if t <= 0:
+            return None
+        if (
+            info.video is None
+            or info.format_name not in _UNINDEXED
+            or not await self._packet_expressions()
+        ):
+            return t
+        window = 10.0
+        while True:
+            since = max(0.0, t - window)
+            result = await self.ffmpeg.run(
+                [
+                    *("-copyts", *_seek_args(since or None), "-t", _ts(t - since + 1.0)),
+                    *("-i", str(info.path), "-map", "0:V:0", "-c", "copy"),
+                    *("-bsf:v", "noise=drop=not(key)", "-f", "framecrc", "-"),
+                ],
+                capture_stdout=True,
+            )
+            shown = [
+                (pts, dts)
+                for dts, pts in _packet_times(result.stdout, info)
+                if pts <= t + _SEEK_SLACK
+            ]
+            if shown:
+                at = max(shown)[1] + _SEEK_SLACK
+                return at if at > 0 else None
+            if since == 0:
+                return None  # no keyframe shown before t: it is read from the start
+            window *= 4
+
     async def _keyframes(self, info: MediaInfo, t: float) -> list[float]:
         """Times (s from the file's start) of the video keyframe at or before ``t`` and of the
         two after it."""
@@ -298,12 +343,7 @@ class Media:
             ],
             capture_stdout=True,
         )
-        lines = result.stdout.splitlines()
-        tb = next((line[6:].strip() for line in lines if line.startswith("#tb 0:")), None)
-        if tb is None:
-            raise MediaError(f"keyframes of {info.path}: FFmpeg listed no time base")
-        packets = (line.split(",") for line in lines if not line.startswith("#"))
-        return [float(int(p[2]) * Fraction(tb)) - info.start_time for p in packets if len(p) > 2]
+        return [pts for _, pts in _packet_times(result.stdout, info)]
 
     async def _clip_splice(
         self,
@@ -675,9 +715,13 @@ class Media:
             inputs: list[str] = []
             outputs: list[str] = []
             for k, snap in enumerate(results[batch_start : batch_start + 16]):
-                at = _ts(min(snap.offset_ms / 1000, last))
-                inputs += [*self.ffmpeg.thread_args, "-ss", at, "-i", str(src_p)]
-                outputs += ["-map", f"{k}:V:0", "-frames:v", "1", *scale]
+                at = min(snap.offset_ms / 1000, last)
+                seek = await self._seek_point(info, at)
+                inputs += [*self.ffmpeg.thread_args, *_seek_args(seek), "-i", str(src_p)]
+                outputs += ["-map", f"{k}:V:0"]
+                if seek != at:  # decoded from the keyframe before: skip to the frame at `at`
+                    outputs += ["-ss", _ts(at - (seek or 0.0))]
+                outputs += ["-frames:v", "1", *scale]
                 outputs += ["-update", "1", "-q:v", "2", "-y", str(snap.path)]
             await self.ffmpeg.run([*inputs, *outputs])
         return results
@@ -944,6 +988,31 @@ def _mvhd_duration(moov: bytes) -> float:
 
 
 # --- small helpers -----------------------------------------------------------------------------
+
+_UNINDEXED = {"mpegts"}
+"""Demuxers (FFmpeg's names) whose seeking does not land on a keyframe."""
+_SEEK_SLACK = 0.0005
+"""Half a millisecond: less than any frame's duration, more than the rounding of times."""
+
+
+def _seek_args(seek: float | None) -> list[str]:
+    return [] if seek is None else ["-ss", _ts(seek)]
+
+
+def _packet_times(framecrc: str, info: MediaInfo) -> list[tuple[float, float]]:
+    """(decoding, presentation) time of each packet of a ``-copyts`` framecrc listing of
+    ``info``'s file's first stream, in seconds from the file's start."""
+    lines = framecrc.splitlines()
+    tb = next((line[6:].strip() for line in lines if line.startswith("#tb 0:")), None)
+    if tb is None:
+        raise MediaError(f"packets of {info.path}: FFmpeg listed no time base")
+    unit = Fraction(tb)
+    packets = (line.split(",") for line in lines if not line.startswith("#"))
+    return [
+        (float(int(p[1]) * unit) - info.start_time, float(int(p[2]) * unit) - info.start_time)
+        for p in packets
+        if len(p) > 2
+    ]
 
 
 def _copy_av(index: int) -> list[str]:
