@@ -459,6 +459,20 @@ async def test_clip_of_an_mpeg_ts_copies_from_the_keyframe_before_start(
         assert (stop - keyframe) * FPS <= frames <= (stop - keyframe) * FPS + 3, (start, end)
 
 
+async def test_clip_from_the_start_does_not_seek(media: Media, tmp_path: Path) -> None:
+    """A recorder that dropped frames (here 2 s to 3.5 s) with B-frames on leaves a keyframe
+    decoded long before it is shown; an FLV seeks by decoding time, so seeking to 0 landed
+    on that keyframe and the clip lost the first GOP."""
+    source = tmp_path / "dropped.flv"
+    await ffmpeg_out(
+        "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=30", "-t", "8",
+        "-vf", "select='not(between(t,2,3.5))'", "-fps_mode", "vfr",
+        "-c:v", "libx264", "-preset", "veryfast", "-g", "60", "-pix_fmt", "yuv420p", str(source),
+    )  # fmt: skip
+    result = await media.clip(source, tmp_path / "clip.flv", 0, None)
+    assert await frame_hashes(result.path) == await frame_hashes(source)
+
+
 async def test_clip_rejects_ranges_outside_the_file(
     media: Media, recordings: Recordings, tmp_path: Path
 ) -> None:
