@@ -2,8 +2,8 @@
 
 Checks, in order: every output URL answers (HEAD, or a one-byte GET where HEAD is not allowed);
 each transcode lasts as long as its input, within a tolerance; each image sprite's WebVTT has cues
-that cover the whole media without gaps and point inside the sprite images they name. The first
-failed check is the reason the step's attempt fails.
+that cover the whole media without gaps and no further than its last interval, and point inside
+the sprite images they name. The first failed check is the reason the step's attempt fails.
 
 The URLs come from VOD's events, so from whoever can send one: with a ``policy`` (as ``vodflow
 serve`` builds it) the checker fetches only http(s) URLs whose hosts are public or allowed (see
@@ -236,11 +236,18 @@ def check_cues(cues: list[Cue], duration: float, sizes: dict[str, tuple[int, int
         return "the WebVTT has no cues"
     if cues[0].start > 0.001:
         return f"the first cue starts at {cues[0].start:g}s, not at 0"
+    for cue in cues:
+        if cue.end <= cue.start:
+            return f"the cue at {cue.start:g}s ends at {cue.end:g}s, not after it starts"
     for before, after in itertools.pairwise(cues):
         if abs(after.start - before.end) > 0.001:
             return f"cues leave a gap or overlap at {before.end:g}s..{after.start:g}s"
     if cues[-1].end + 1.0 < duration:
         return f"the cues end at {cues[-1].end:g}s but the media lasts {duration:g}s"
+    # The last cue may end at its interval's end rather than the media's; it may not start
+    # after the media ends (thumbnails of another, longer file).
+    if cues[-1].start > duration + 1.0:
+        return f"a cue starts at {cues[-1].start:g}s but the media lasts {duration:g}s"
     for cue in cues:
         width, height = sizes[cue.image]
         if cue.x + cue.w > width or cue.y + cue.h > height or min(cue.w, cue.h) <= 0:

@@ -116,6 +116,16 @@ async def test_sprite_cues_must_cover_the_media(files: str) -> None:
     assert "the cues end at 12s but the media lasts 30s" in problem
 
 
+async def test_sprite_cues_must_not_run_past_the_media(files: str) -> None:
+    """A WebVTT made for a longer file (the sprites here are of 12 s)."""
+    problem = await (await checker(duration=6.0)).check({**outputs(files), "play": []})
+    assert problem == (
+        f"sprite WebVTT {files}/sprite/sprite.vtt: a cue starts at 10s but the media lasts 6s"
+    )
+    # Within one interval of the end is how a sheet's last cue may end.
+    assert await (await checker(duration=10.5)).check({**outputs(files), "play": []}) is None
+
+
 async def test_a_webvtt_or_sprite_image_beyond_its_size_limit_is_refused(
     files: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -153,6 +163,8 @@ def test_vtt_parsing_and_cue_checks(media_dir: Path) -> None:
     assert check_cues(cues, 12.0, sizes) is None
     outside = [*cues[:-1], Cue(cues[-1].start, cues[-1].end, cues[-1].image, 100, 0, 64, 36)]
     assert "outside" in (check_cues(outside, 12.0, sizes) or "")
+    backwards = [cues[0], Cue(cues[1].start, cues[1].start, cues[1].image, 0, 0, 64, 36)]
+    assert check_cues(backwards, 4.0, sizes) == "the cue at 2s ends at 2s, not after it starts"
     gap = [cues[0], Cue(cues[1].start + 1, cues[1].end, cues[1].image, 0, 0, 64, 36)]
     assert "gap" in (check_cues(gap, 4.0, sizes) or "")
     with pytest.raises(ValueError, match="not a WebVTT"):
