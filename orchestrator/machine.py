@@ -1142,18 +1142,19 @@ def _task_error(event: TaskEvent) -> str:
 
 
 def backoff_delay(policy: RetryPolicy, run_id: str, step: str, attempt: int) -> timedelta:
-    """Delay before retry number ``attempt``: exponential, capped, with deterministic jitter.
+    """Delay before retry number ``attempt``: exponential, with deterministic jitter, capped.
 
     The jitter spreads retries of many runs apart without a random number generator: it is
     derived from the run, the step and the attempt, so the same decision is always the same.
+    ``max`` caps the delay with its jitter, as a retry policy's maximum interval does elsewhere
+    (Temporal, Step Functions): no retry waits longer than it.
     """
     b = policy.backoff
-    base = min(
-        b.initial.total_seconds() * b.multiplier ** max(attempt - 1, 0), b.max.total_seconds()
-    )
+    cap = b.max.total_seconds()
+    base = min(b.initial.total_seconds() * b.multiplier ** max(attempt - 1, 0), cap)
     digest = hashlib.sha256(f"{run_id}/{step}/{attempt}".encode()).digest()
     unit = int.from_bytes(digest[:8], "big") / 2**64 * 2 - 1  # in [-1, 1)
-    return timedelta(seconds=max(base * (1 + b.jitter * unit), 0.0))
+    return timedelta(seconds=min(max(base * (1 + b.jitter * unit), 0.0), cap))
 
 
 def _fmt(delta: timedelta | None) -> str:

@@ -122,7 +122,8 @@ class _Model(BaseModel):
 
 
 class Backoff(_Model):
-    """Exponential backoff between attempts: initial × multiplier^(n-1), capped, with jitter."""
+    """Exponential backoff between attempts: initial × multiplier^(n-1) with jitter, capped
+    by ``max`` (jitter included)."""
 
     initial: Duration = timedelta(seconds=30)
     multiplier: float = Field(2.0, ge=1.0, le=10.0)

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 
 import pydantic
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from orchestrator import machine as m
 from orchestrator.spec import Workflow, parse_workflow
@@ -539,6 +541,28 @@ def test_backoff_is_exponential_capped_and_deterministic() -> None:
     assert timedelta(seconds=50) <= a <= timedelta(seconds=150)
     spread = {m.backoff_delay(jittered, f"r{i}", "s", 1) for i in range(20)}
     assert len(spread) > 10
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    initial=st.integers(1, 3600),
+    multiplier=st.floats(1.0, 10.0),
+    cap=st.integers(1, 7200),
+    jitter=st.floats(0.0, 1.0),
+    attempt=st.integers(1, 100),
+    run_id=st.text(min_size=1, max_size=8),
+)
+def test_backoff_never_exceeds_its_max_jitter_included(
+    initial: int, multiplier: float, cap: int, jitter: float, attempt: int, run_id: str
+) -> None:
+    policy = parse_workflow(
+        "name: x\ntriggers: [{type: manual}]\nsteps: [{name: a, notify: {url: /u}}]\n"
+        f"retry: {{backoff: {{initial: {initial}s, multiplier: {multiplier!r}, max: {cap}s, "
+        f"jitter: {jitter!r}}}}}\n"
+    ).retry
+    delay = m.backoff_delay(policy, run_id, "a", attempt).total_seconds()
+    base = min(initial * multiplier ** (attempt - 1), cap)
+    assert base * (1 - jitter) - 1e-6 <= delay <= cap
 
 
 def test_state_round_trips_through_json() -> None:

@@ -25,7 +25,7 @@ WORKFLOW = parse_workflow(
 name: wf
 triggers: [{type: recording.finished}]
 timeout: 2h
-retry: {max_attempts: 3, backoff: {initial: 10s, max: 1m}}
+retry: {max_attempts: 3, backoff: {initial: 45s, max: 1m, jitter: 0.5}}
 steps:
   - name: clip
     process: {fileId: "{{ trigger.fileId }}", procedure: P1}
@@ -48,7 +48,7 @@ class RunMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.now = datetime(2026, 11, 26, tzinfo=UTC)
-        self.state = m.new_run("r", WORKFLOW, "v", {"fileId": "f0"}, self.now)
+        self.state = m.new_run("r2", WORKFLOW, "v", {"fileId": "f0"}, self.now)
         self.pending: list[m.Command] = []
         self.answered: list[m.Command] = []
         self.timers: list[m.ScheduleTimer] = []
@@ -78,6 +78,12 @@ class RunMachine(RuleBasedStateMachine):
                 self.pending.append(command)
             if isinstance(command, m.ScheduleTimer):
                 self.timers.append(command)
+                # A failed attempt's retry waits at most the policy's max, jitter included (a
+                # throttled one waits as long as VOD or the limiter asks).
+                step = command.step
+                if command.timer == "retry" and step and not after.step(step).throttled:
+                    policy = WORKFLOW.retry_for(WORKFLOW.step(step))
+                    assert command.due - self.now <= policy.backoff.max
         self.state = after
 
     def check_transition(
