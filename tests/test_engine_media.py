@@ -11,6 +11,7 @@ import itertools
 import math
 import os
 import re
+import shutil
 import signal
 import struct
 from collections.abc import Iterator
@@ -845,6 +846,30 @@ async def test_snapshots_of_an_mpeg_ts_show_the_exact_frame_at_each_offset(
         earlier = await gray("-ss", str(offset / 1000 - 0.1), "-i", str(recordings.long))
         difference = mean_difference(picture, exact)
         assert difference < 2 < mean_difference(picture, earlier), (offset, difference)
+
+
+async def test_outputs_in_a_folder_named_with_spaces_quotes_percent_and_non_ascii(
+    media: Media, recordings: Recordings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FFmpeg reads a '%' anywhere in an image sequence's or HLS segment's path as part of
+    its pattern ('%d' as a number)."""
+    monkeypatch.chdir(tmp_path)
+    folder = Path("媒体 it's 100%done")  # relative, as a media directory of ./data/vod is
+    source = folder / "in put.mp4"
+    await asyncio.to_thread(folder.mkdir)
+    await asyncio.to_thread(shutil.copy, recordings.silent, source)
+    template = SpriteTemplate(10, interval=2, rows=1, columns=2, width=64, height=36)
+    sprites = await media.sprites(source, folder / "sprite", template)
+    assert sorted(os.listdir(folder / "sprite")) == ["1.jpg", "sprite.vtt"]
+    assert sprites.sheets == [folder / "sprite" / "1.jpg"]
+    hls = TranscodeTemplate(210, container="hls", height=90, video_bitrate=100, segment_seconds=2)
+    info = await media.transcode(source, folder / "hls", hls)
+    assert abs(info.duration - 4.0) <= 2 * FRAME
+    packaged = await media.package_hls(source, folder / "packaged", 2)
+    for name in ("hls", "packaged"):
+        names = sorted(os.listdir(folder / name))
+        assert names == ["index.m3u8", "segment_00000.ts", "segment_00001.ts"], name
+    assert packaged.segments == [folder / "packaged" / n for n in names[1:]]
 
 
 # --- cancellation and timeouts -----------------------------------------------------------------

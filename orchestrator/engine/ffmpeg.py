@@ -196,8 +196,9 @@ class FFmpeg:
         loglevel: str = "error",
         check: bool = True,
         capture_stdout: bool = False,
+        cwd: StrPath | None = None,
     ) -> Completed:
-        """Run FFmpeg with ``args`` and wait for it.
+        """Run FFmpeg with ``args`` (in the folder ``cwd``) and wait for it.
 
         The process is killed when the awaiting task is cancelled or the timeout passes; a non-zero
         exit raises :class:`MediaError` unless ``check`` is false.
@@ -206,6 +207,7 @@ class FFmpeg:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *cmd,
+                cwd=cwd,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE if capture_stdout else asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
@@ -226,9 +228,12 @@ class FFmpeg:
             )
         return result
 
-    async def run_piped(self, first: Sequence[str], second: Sequence[str]) -> None:
+    async def run_piped(
+        self, first: Sequence[str], second: Sequence[str], *, cwd: StrPath | None = None
+    ) -> None:
         """Run ``ffmpeg first | ffmpeg second`` (the first writes to ``pipe:1``, the second reads
-        ``pipe:0``). Both are killed if either fails, the task is cancelled or the timeout passes.
+        ``pipe:0``), both in the folder ``cwd``. Both are killed if either fails, the task is
+        cancelled or the timeout passes.
         """
         cmd1, cmd2 = self.command(first), self.command(second)
         read_fd, write_fd = os.pipe()
@@ -237,6 +242,7 @@ class FFmpeg:
             procs.append(
                 await asyncio.create_subprocess_exec(
                     *cmd1,
+                    cwd=cwd,
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=write_fd,
                     stderr=asyncio.subprocess.PIPE,
@@ -245,6 +251,7 @@ class FFmpeg:
             procs.append(
                 await asyncio.create_subprocess_exec(
                     *cmd2,
+                    cwd=cwd,
                     stdin=read_fd,
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.PIPE,

@@ -534,7 +534,8 @@ class Media:
         For ``container="mp4"``, ``dst`` is the file; for ``"hls"`` it is a directory that
         receives ``index.m3u8`` and its ``segment_NNNNN.ts`` files.
         """
-        src_p, dst_p = Path(src), Path(dst)
+        # Absolute: HLS is written from inside its folder.
+        src_p, dst_p = await _absolute(src), Path(dst)
         info = await self.probe(src_p)
         args = [*self.ffmpeg.thread_args, "-i", str(src_p), *transcode_options(info, template)]
         args += self.ffmpeg.thread_args
@@ -551,7 +552,7 @@ class Media:
         they last ``segment_seconds`` rounded up to the source's GOP."""
         _positive(f"HLS packaging of {src}", segment_seconds=segment_seconds)
         out = Path(dst_dir)
-        args = [*self.ffmpeg.thread_args, "-i", str(src), *_copy_av(0)]
+        args = [*self.ffmpeg.thread_args, "-i", str(await _absolute(src)), *_copy_av(0)]
         await self._write_hls(args, out, segment_seconds)
         segments = await asyncio.to_thread(read_playlist, out / _PLAYLIST)
         return HlsResult(
@@ -561,15 +562,17 @@ class Media:
         )
 
     async def _write_hls(self, args: list[str], out: Path, segment_seconds: float) -> None:
+        """Write HLS into ``out``; ``args`` name the input by an absolute path."""
         await asyncio.to_thread(out.mkdir, parents=True, exist_ok=True)
+        # Run inside the folder: FFmpeg reads a '%' anywhere in a segment path as a pattern.
         await self.ffmpeg.run(
             [
                 *args,
                 *("-f", "hls", "-hls_time", _ts(segment_seconds), "-hls_playlist_type", "vod"),
                 *("-hls_list_size", "0", "-hls_flags", "independent_segments"),
-                *("-hls_segment_filename", str(out / _SEGMENT_PATTERN)),
-                *("-y", str(out / _PLAYLIST)),
-            ]
+                *("-hls_segment_filename", _SEGMENT_PATTERN, "-y", _PLAYLIST),
+            ],
+            cwd=out,
         )
 
     # sprites and snapshots ----------------------------------------------------------------------
@@ -591,7 +594,9 @@ class Media:
         copies the video packets through a bitstream filter that keeps them, a second decodes,
         scales and tiles. (FFmpeg < 5.0 lacks the filter: it decodes every keyframe instead.)
         """
-        src_p, out = Path(src), Path(out_dir)
+        # Absolute: FFmpeg runs inside `out`, as it reads a '%' anywhere in an image path as
+        # part of the image sequence's pattern.
+        src_p, out = await _absolute(src), Path(out_dir)
         info = await self.probe(src_p)
         if info.video is None:
             raise MediaError(f"image sprites of {src_p}: no video stream")
@@ -633,7 +638,7 @@ class Media:
                 "-q:v",
                 str(template.quality),
             ),
-            *("-f", "image2", "-start_number", "1", "-y", str(out / "%d.jpg")),
+            *("-f", "image2", "-start_number", "1", "-y", "%d.jpg"),
         ]
         if await self._packet_expressions():
             keep = first_of_interval.replace("TIME", "pts*tb")
@@ -650,6 +655,7 @@ class Media:
                     *("-copyts", "-f", "nut", "-i", "pipe:0"),
                     *("-vf", ",".join([*upright, tiles]), *output),
                 ],
+                cwd=out,
             )
         else:
             select = first_of_interval.replace("TIME", "t").replace("key*", "")
@@ -658,7 +664,8 @@ class Media:
                     *self.ffmpeg.thread_args,
                     *("-copyts", "-skip_frame", "nokey", "-i", str(src_p), "-map", "0:V:0"),
                     *("-vf", f"select={select},{tiles}", *output),
-                ]
+                ],
+                cwd=out,
             )
         sheets = [out / f"{n}.jpg" for n in range(1, n_sheets + 1)]
         missing = [s.name for s in sheets if not await asyncio.to_thread(s.is_file)]
@@ -993,6 +1000,10 @@ _UNINDEXED = {"mpegts"}
 """Demuxers (FFmpeg's names) whose seeking does not land on a keyframe."""
 _SEEK_SLACK = 0.0005
 """Half a millisecond: less than any frame's duration, more than the rounding of times."""
+
+
+async def _absolute(path: StrPath) -> Path:
+    return await asyncio.to_thread(Path(path).absolute)
 
 
 def _seek_args(seek: float | None) -> list[str]:
