@@ -249,9 +249,10 @@ def register(app: typer.Typer, settings: Any) -> None:
         step: Annotated[str | None, typer.Option(help="Retry from this step.")] = None,
         direct: Direct = False,
     ) -> None:
-        """Retry a failed run (or a step waiting to retry) now."""
+        """Retry a failed or cancelled run (or a step waiting to retry) now. Exits 1 when the
+        run cannot be retried now (the reason is printed)."""
         result = _call(settings(), direct, "POST", f"/api/runs/{run_id}/retry", json={"step": step})
-        console.print(f"{result['runId']}: {_status(result['status'])} — {result['reason']}")
+        _print_action(result, done=bool(result["changed"]))
 
     @app.command("cancel")
     def cancel(
@@ -259,11 +260,12 @@ def register(app: typer.Typer, settings: Any) -> None:
         reason: Annotated[str, typer.Option(help="Recorded in the run's history.")] = "",
         direct: Direct = False,
     ) -> None:
-        """Cancel a run."""
+        """Cancel a run. Exits 1 when the run had already ended otherwise (succeeded or failed);
+        cancelling a cancelled run again exits 0."""
         result = _call(
             settings(), direct, "POST", f"/api/runs/{run_id}/cancel", json={"reason": reason}
         )
-        console.print(f"{result['runId']}: {_status(result['status'])} — {result['reason']}")
+        _print_action(result, done=result["status"] == "cancelled")
 
     @app.command("trigger")
     def trigger(
@@ -404,6 +406,17 @@ def register(app: typer.Typer, settings: Any) -> None:
             err.print(f"timer {timer_id} of run {timer['runId']} failed again: {timer['error']}")
             raise typer.Exit(1)
         console.print(f"timer {timer_id} of run {timer['runId']}: {timer['status']}")
+
+
+def _print_action(result: dict[str, Any], *, done: bool) -> None:
+    """An operator's action's answer; exit 1 when the run is not as asked (a script must not
+    take an ignored retry or cancel for one that happened)."""
+    line = f"{result['runId']}: {_status(result['status'])} — {result['reason']}"
+    if done:
+        console.print(line)
+        return
+    err.print(line)
+    raise typer.Exit(1)
 
 
 def exit_unless_migrated(settings: Settings) -> None:

@@ -272,6 +272,11 @@ async def test_retrying_a_step_the_run_does_not_have_is_refused(
         service, tmp_path, sqlite_url, "retry", run_id, "--step", "nosuch", returncode=1
     )
     assert f"vodflow: run {run_id} has no step 'nosuch'; its steps: transcode" in out
+    # An action the run ignores is not success for a script: the reason, and exit 1.
+    out = await _vodflow(service, tmp_path, sqlite_url, "retry", run_id, returncode=1)
+    assert "ignored: the run succeeded (start a new run instead)" in out
+    out = await _vodflow(service, tmp_path, sqlite_url, "cancel", run_id, returncode=1)
+    assert "ignored: the run already succeeded" in out
 
 
 async def test_a_timer_that_could_not_be_applied_is_shown_and_replayed(
@@ -670,3 +675,5 @@ async def test_cli_talks_to_the_server_or_the_database(
     assert "cancelled" in cancelled
     run = await service.run(created.json()["runId"])
     assert run["history"][-1]["reason"] == "cancelled by api:cli: test"
+    again = await _vodflow(service, tmp_path, sqlite_url, "cancel", created.json()["runId"])
+    assert "ignored: the run already cancelled" in again  # as asked: exit 0
