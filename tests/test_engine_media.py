@@ -518,6 +518,15 @@ async def test_accurate_clip_keeps_sound_and_picture_in_sync(
     assert all(abs(b - f) <= 0.025 for b, f in zip(beeps, flashes, strict=True))
 
 
+async def test_accurate_clip_to_a_relative_path_is_spliced(
+    media: Media, recordings: Recordings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = await media.clip(recordings.long, Path("exact.mp4"), 3.1, 8.9, accurate=True)
+    assert result.method == "smart"  # not the whole clip re-encoded after a failed splice
+    assert len(await frame_hashes(tmp_path / "exact.mp4")) == 174  # 5.8 s
+
+
 async def test_accurate_clip_inside_one_gop_is_re_encoded(
     media: Media, recordings: Recordings, tmp_path: Path
 ) -> None:

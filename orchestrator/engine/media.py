@@ -380,7 +380,8 @@ class Media:
             seek = ("-ss", _ts(at), "-i", str(info.path), "-map", "0:V:0")
             return [*self.ffmpeg.thread_args, *seek, "-t", _ts(length - half)]
 
-        work = _work_dir(dst)
+        # Absolute: the concat demuxer reads a relative name from its listing's folder.
+        work = await _absolute(_work_dir(dst))
         await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
         parts: list[tuple[Path, float]] = []  # (file, duration)
         try:
