@@ -527,6 +527,23 @@ async def test_accurate_clip_to_a_relative_path_is_spliced(
     assert len(await frame_hashes(tmp_path / "exact.mp4")) == 174  # 5.8 s
 
 
+async def test_accurate_clip_of_a_rotated_recording_is_upright_throughout(
+    media: Media, recordings: Recordings, tmp_path: Path
+) -> None:
+    portrait = await rotated(recordings.long, tmp_path / "portrait.mp4", 90)
+    result = await media.clip(portrait, tmp_path / "exact.mp4", 3.1, 8.9, accurate=True)
+    assert result.method == "encode"
+    info = await media.probe(result.path)
+    assert info.video is not None
+    assert (info.video.width, info.video.height, info.video.rotation) == (180, 320, 0)
+    # Every frame the same size: no copied GOP left lying on its side.
+    text = await ffmpeg_out("-i", str(result.path), "-map", "0:v:0", "-f", "framemd5", "-")
+    assert "#dimensions 0: 180x320" in text.decode()
+    shown = await gray("-ss", "3", "-i", str(result.path))
+    expected = await gray("-ss", "6.1", "-i", str(portrait))
+    assert mean_difference(shown, expected) < 4
+
+
 async def test_accurate_clip_inside_one_gop_is_re_encoded(
     media: Media, recordings: Recordings, tmp_path: Path
 ) -> None:

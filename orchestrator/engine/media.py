@@ -266,9 +266,15 @@ class Media:
         half = 0.5 / (video.fps or 25.0)  # half a frame: the tolerance for "on a keyframe"
         if end is not None and end >= info.duration - half:
             end = None
-        if video.codec != "h264" or fmt == "flv" or not await self._packet_expressions():
+        if (
+            video.codec != "h264"
+            or fmt == "flv"
+            or video.rotation
+            or not await self._packet_expressions()
+        ):
             # The splice relies on H.264 carrying its parameter sets in-band (FLV cannot) and
-            # on selecting packets by expression.
+            # on selecting packets by expression; its parts lose a rotation's display matrix,
+            # and the encoded ones would be turned upright while the copied ones are not.
             await self._clip_encode(info, dst, start, end, fmt)
             return ClipResult(dst, "encode")
         first = next((k for k in await self._keyframes(info, start) if k >= start - half), None)
