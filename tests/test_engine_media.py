@@ -335,6 +335,7 @@ def test_parse_probe_reads_rotation_ntsc_rates_and_surround_audio() -> None:
     assert info.audio is not None
     assert (info.video.width, info.video.height, info.video.fps) == (1920, 1080, 29.97)
     assert (info.video.profile, info.video.rotation, info.video.bitrate) == ("Main", 90, None)
+    assert info.video.timescale == 90_000
     assert (info.audio.codec, info.audio.channels, info.audio.bitrate) == ("ac3", 6, 384_000)
 
 
@@ -603,6 +604,26 @@ async def test_concat_of_unlike_recordings_re_encodes(
     assert info.video is not None
     assert (info.video.width, info.video.height) == (320, 180)
     assert abs(info.duration - 12.0) <= 2 * FRAME
+
+
+async def test_concat_of_other_containers_or_clocks_re_encodes(
+    media: Media, recordings: Recordings, tmp_path: Path
+) -> None:
+    """FFmpeg's concat demuxer copies packets as they are: an MPEG-TS's H.264 and AAC are
+    framed otherwise than an MP4's, and timestamps count in each file's own clock."""
+    result = await media.concat([recordings.ts, recordings.short], tmp_path / "mixed.mp4")
+    assert result.reason == "input 1 (short.mp4) container mp4 differs from ts"
+    assert abs((await media.probe(result.path)).duration - 18.0) <= 2 * FRAME
+    assert len(await frame_hashes(result.path)) == 18 * FPS
+    other_clock = tmp_path / "short90k.mp4"
+    await ffmpeg_out(
+        "-i", str(recordings.short), "-c", "copy", "-video_track_timescale", "90000",
+        str(other_clock),
+    )  # fmt: skip
+    result = await media.concat([recordings.short, other_clock], tmp_path / "clocks.mp4")
+    assert result.reason == "input 1 (short90k.mp4) video time base 1/90000 differs from 1/15360"
+    assert abs((await media.probe(result.path)).duration - 12.0) <= 2 * FRAME
+    assert len(await frame_hashes(result.path)) == 12 * FPS
 
 
 async def test_concat_of_a_rotated_and_an_upright_recording_re_encodes_both_upright(

@@ -96,7 +96,8 @@ class Completed:
 
 @dataclass(frozen=True)
 class VideoStream:
-    """The first video stream of a file. Bitrates are in bit/s; fps 0.0 when FFmpeg shows none."""
+    """The first video stream of a file. Bitrates are in bit/s; fps 0.0 when FFmpeg shows none.
+    ``timescale`` is the stream's clock in ticks per second (FFmpeg's tbn), 0 when not shown."""
 
     codec: str
     width: int
@@ -106,6 +107,7 @@ class VideoStream:
     profile: str | None = None
     pix_fmt: str | None = None
     rotation: int = 0
+    timescale: int = 0
 
 
 @dataclass(frozen=True)
@@ -521,6 +523,7 @@ def _parse_video(rest: str, following: list[str]) -> VideoStream:
     codec, profile = _codec_and_profile(parts[0])
     width = height = 0
     fps = tbr = 0.0
+    timescale = 0
     bitrate: int | None = None
     pix_fmt: str | None = None
     for i, part in enumerate(parts[1:], start=1):
@@ -532,6 +535,8 @@ def _parse_video(rest: str, following: list[str]) -> VideoStream:
             fps = float(rate.group(1)) * (1000 if rate.group(2) else 1)
         elif rate := re.match(r"^([\d.]+)(k?) tbr$", part):
             tbr = float(rate.group(1)) * (1000 if rate.group(2) else 1)
+        elif clock := re.match(r"^([\d.]+)(k?) tbn\b", part):
+            timescale = round(float(clock.group(1)) * (1000 if clock.group(2) else 1))
         elif (kbps := _kbps(part)) is not None:
             bitrate = kbps
     rotation = 0
@@ -549,6 +554,7 @@ def _parse_video(rest: str, following: list[str]) -> VideoStream:
         profile=profile,
         pix_fmt=pix_fmt,
         rotation=rotation,
+        timescale=timescale,
     )
 
 

@@ -454,10 +454,11 @@ class Media:
     ) -> ConcatResult:
         """Join ``srcs`` in order into ``dst``.
 
-        Inputs with the same codecs, profiles, resolution, frame rate, pixel format, sample rate
-        and channels are stream-copied (concat demuxer); otherwise all are re-encoded (concat
-        filter) to the first input's picture size, frame rate and sample rate, silence or black
-        standing in for a missing track, and the result's ``reason`` says which input differed.
+        Inputs in the same container, with the same codecs, profiles, resolution, frame rate,
+        pixel format, rotation, time base, sample rate and channels are stream-copied (concat
+        demuxer); otherwise all are re-encoded (concat filter) to the first input's upright
+        picture size, frame rate and sample rate, silence or black standing in for a missing
+        track, and the result's ``reason`` says which input differed.
         """
         paths, dst_p = [Path(s) for s in srcs], Path(dst)
         if not paths:
@@ -886,9 +887,22 @@ def sprite_webvtt(
 
 
 def _incompatibility(infos: list[MediaInfo]) -> str | None:
-    """Why ``infos`` cannot be joined by stream copy, or None when they can."""
+    """Why ``infos`` cannot be joined by stream copy, or None when they can.
+
+    FFmpeg's concat demuxer hands on each file's packets as they are: they must share the
+    container (MPEG-TS carries H.264 and AAC framed otherwise than MP4 and FLV) and the
+    clock their timestamps count in, or the join has wrong times, lost frames or fails.
+    """
     fields: dict[str, tuple[str, ...]] = {
-        "video": ("codec", "profile", "resolution", "fps", "pixel format", "rotation"),
+        "video": (
+            "codec",
+            "profile",
+            "resolution",
+            "fps",
+            "pixel format",
+            "rotation",
+            "time base",
+        ),
         "audio": ("codec", "profile", "sample rate", "channels"),
     }
 
@@ -903,12 +917,18 @@ def _incompatibility(infos: list[MediaInfo]) -> str | None:
                 round(v.fps, 2),
                 v.pix_fmt,
                 v.rotation,
+                f"1/{v.timescale}",
             )
         if kind == "audio" and (a := info.audio) is not None:
             return a.codec, a.profile, a.sample_rate, a.channels
         return None
 
     for n, info in enumerate(infos[1:], start=1):
+        if info.format_name != infos[0].format_name:
+            return (
+                f"input {n} ({info.path.name}) container {info.container} differs from "
+                f"{infos[0].container}"
+            )
         for kind, labels in fields.items():
             ours, theirs = key(infos[0], kind), key(info, kind)
             if ours == theirs:
