@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
@@ -343,6 +344,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
+        exception_handlers={HTTPException: dashboard.http_error},
         middleware=[
             Middleware(ApiAuth, admin=admin, read=read),
             Middleware(

@@ -25,8 +25,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, Field, JsonValue, ValidationError
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -1118,6 +1119,27 @@ def _wrap(endpoint: Endpoint) -> Any:
 
     handle.__name__ = endpoint.handler.__name__
     return handle
+
+
+async def http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's answer for a path no route serves (404) or a method a route does not take
+    (405): under ``/api`` in the API's error shape, as its operations answer, so a client reads
+    every API error the same way; elsewhere as Starlette answers (plain text)."""
+    assert isinstance(exc, HTTPException)
+    path, method = request.url.path, request.method
+    if not (path == "/api" or path.startswith("/api/")):
+        if exc.status_code in (204, 304):
+            return Response(status_code=exc.status_code, headers=exc.headers)
+        return PlainTextResponse(exc.detail, status_code=exc.status_code, headers=exc.headers)
+    detail = exc.detail
+    if exc.status_code == 404:
+        detail = f"no API operation at {path} (the operations: /openapi.json)"
+    elif exc.status_code == 405:
+        allowed = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
+        detail = f"{method} is not an operation of {path}; it takes: {allowed}"
+    answer = problem(exc.status_code, detail)
+    answer.headers.update(exc.headers or {})
+    return answer
 
 
 async def openapi_json(request: Request) -> Response:

@@ -381,6 +381,26 @@ async def test_a_bad_body_is_refused_naming_the_field_once(service: Service) -> 
         assert answer.json()["error"].startswith(start), answer.json()
 
 
+async def test_unknown_api_paths_and_methods_answer_in_the_apis_error_shape(
+    service: Service,
+) -> None:
+    nowhere = await service.http.get(f"{service.base}/api/nope")
+    assert nowhere.status_code == 404
+    assert nowhere.json() == {
+        "error": "no API operation at /api/nope (the operations: /openapi.json)",
+        "status": 404,
+    }
+    wrong = await service.http.get(f"{service.base}/api/runs/r1/cancel")
+    assert wrong.status_code == 405
+    assert wrong.headers["allow"] == "POST"
+    assert wrong.json() == {
+        "error": "GET is not an operation of /api/runs/r1/cancel; it takes: POST",
+        "status": 405,
+    }
+    page = await service.http.get(f"{service.base}/nope")  # not the API: as Starlette answers
+    assert (page.status_code, page.text) == (404, "Not Found")
+
+
 class Stream:
     """One client of /api/events: the events it received, and whether it is connected."""
 
