@@ -721,6 +721,9 @@ def test_output_size_keeps_aspect_even_and_rotation() -> None:
     assert output_size(hd, 4000, 4000) == (1280, 720)
     portrait = VideoStream("h264", 1280, 720, 30.0, rotation=90)
     assert output_size(portrait, None, 640) == (360, 640)
+    odd = VideoStream("mpeg4", 853, 479, 25.0)  # rounding to even sides never goes up
+    assert output_size(odd, 854, 480) == (852, 478)
+    assert output_size(odd, None, None) == (852, 478)
 
 
 # --- sprites and snapshots ---------------------------------------------------------------------

@@ -853,9 +853,10 @@ def output_size(
         scale = min(scale, max_width / width)
     if max_height:
         scale = min(scale, max_height / height)
+    # Never above the source's own size either: 853x479 in an 854x480 box is 852x478.
     return (
-        _even_near(width * scale, max_width or width),
-        _even_near(height * scale, max_height or height),
+        _even_near(width * scale, min(max_width or width, width)),
+        _even_near(height * scale, min(max_height or height, height)),
     )
 
 
