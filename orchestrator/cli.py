@@ -15,6 +15,8 @@ from orchestrator.spec import WorkflowError, json_schema, load_workflows
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
+    from orchestrator.engine import Engine
+
 app = typer.Typer(
     name="vodflow",
     help="Turns 'a live recording finished' into finished media through Tencent Cloud VOD.",
@@ -166,8 +168,23 @@ def serve() -> None:
     except (ProceduresError, UnsafeBinding) as exc:
         typer.echo(f"vodflow: {exc}", err=True)
         raise typer.Exit(2) from None
+    _claim_engine(application.state.services.engine)
     typer.echo(f"vodflow {__version__}: dashboard at {settings.base_url}/")
     _run_server(application, settings)
+
+
+def _claim_engine(engine: Engine | None) -> None:
+    """Claim the database for the embedded engine before serving: a second engine on it stops
+    here with one line naming the first (see ``orchestrator.engine.claim``)."""
+    from orchestrator.engine.claim import EngineTaken
+
+    if engine is None or engine.claim is None:
+        return
+    try:
+        engine.claim.take_before_serving()
+    except EngineTaken as exc:
+        typer.echo(f"vodflow: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 vod_app = typer.Typer(help="The VOD service vodflow talks to.", no_args_is_help=True)
@@ -282,6 +299,7 @@ def engine_serve() -> None:
     except ProceduresError as exc:
         typer.echo(f"vodflow: {exc}", err=True)
         raise typer.Exit(2) from None
+    _claim_engine(application.state.engine)
     typer.echo(f"vodflow {__version__}: VOD engine at {settings.base_url}/v2/index.php")
     _run_server(application, settings)
 

@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     engine_media_dir: Path | None = Field(
         None, description="Where the embedded engine keeps files; default: DATA_DIR/vod."
     )
+    engine_shared_media: bool = Field(
+        False,
+        description="Every engine on this database sees the same media directory (a shared "
+        "volume), so several may run; otherwise the first engine claims the database and "
+        "another refuses to start.",
+    )
     engine_app_id: int = Field(
         1250000001,
         ge=1,

@@ -213,6 +213,79 @@ def test_serve_answers_healthz_and_lists_workflows(tmp_path: Path) -> None:
     assert f"dashboard at http://127.0.0.1:{port}/" in output
 
 
+def _serving(database_url: str, tmp_path: Path, port: int) -> dict[str, str]:
+    """The environment of a `vodflow serve` with the engine on, at ``port``."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VODFLOW_")},
+        "VODFLOW_DATA_DIR": str(tmp_path / f"data-{port}"),
+        "VODFLOW_DATABASE_URL": database_url,
+        "VODFLOW_PORT": str(port),
+        "VODFLOW_WORKFLOWS": str(ROOT / "workflows"),
+    }
+
+
+def _started(env: dict[str, str]) -> subprocess.Popen[str]:
+    """`vodflow serve` once it answers /healthz."""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 40
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{env['VODFLOW_PORT']}/healthz", timeout=2)
+            return server
+        except httpx.TransportError:
+            if server.poll() is not None:
+                output = server.stdout.read() if server.stdout else ""
+                pytest.fail(f"vodflow serve exited {server.returncode}: {output}")
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.2)
+
+
+def _refused(env: dict[str, str]) -> str:
+    """The one line a `vodflow serve` that may not start prints."""
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "serve"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    return line
+
+
+def test_a_second_engine_on_one_database_stops_with_one_line_until_the_first_is_gone(
+    tmp_path: Path, database_url: str
+) -> None:
+    migrate.upgrade(database_url)
+    first, second = free_port(), free_port()
+    holder = f"{socket.gethostname()}:{first}"
+    server = _started(_serving(database_url, tmp_path, first))
+    restarted: subprocess.Popen[str] | None = None
+    try:
+        line = _refused(_serving(database_url, tmp_path, second))
+        assert line.startswith("vodflow: the embedded VOD engine already runs on the database ")
+        assert f": {holder} holds it since " in line
+        assert "set VODFLOW_ENGINE=false here" in line
+        server.kill()  # kill -9: the claim is not given up
+        server.wait(timeout=15)
+        # Its lease (60 s) holds the claim against any other engine ...
+        assert f": {holder} holds it since " in _refused(_serving(database_url, tmp_path, second))
+        # ... but the engine restarted at the same host:port takes it over at once.
+        restarted = _started(_serving(database_url, tmp_path, first))
+    finally:
+        for process in (server, restarted):
+            if process is not None and process.poll() is None:
+                process.terminate()
+                process.communicate(timeout=15)
+
+
 def _serve() -> Result:
     """``vodflow serve`` in this process, for a start-up it refuses: one that gets as far as
     serving fails the test instead of serving for ever."""
@@ -244,7 +317,7 @@ def test_serve_refuses_a_database_that_was_never_migrated(
     assert result.exit_code == 1
     assert result.output == (
         f"vodflow: the database {url} is not migrated (revision none: no tables yet; "
-        "this vodflow needs 0005): run `vodflow db upgrade`\n"
+        "this vodflow needs 0006): run `vodflow db upgrade`\n"
     )
     assert not (tmp_path / "data" / "vodflow.db").exists()  # the check created nothing
 
@@ -260,7 +333,7 @@ def test_commands_on_the_database_refuse_one_behind_or_ahead_of_the_code(
     assert runner.invoke(app, ["db", "upgrade", "0003"]).exit_code == 0
     behind = runner.invoke(app, ["runs", "--direct"])
     assert behind.exit_code == 1
-    assert "(revision 0003; this vodflow needs 0005): run `vodflow db upgrade`" in behind.output
+    assert "(revision 0003; this vodflow needs 0006): run `vodflow db upgrade`" in behind.output
     with sqlite3.connect(tmp_path / "data" / "vodflow.db") as conn:
         conn.execute("UPDATE alembic_version SET version_num = '0099'")
     ahead = runner.invoke(app, ["serve"])

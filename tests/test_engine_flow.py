@@ -554,9 +554,10 @@ async def test_two_engines_on_one_database_run_each_task_once(
     """Scale-out: both engines' workers and callback senders share the queue through leases."""
     receiver = Receiver()
     folder = tmp_path / "vod"  # one media directory, as on a shared volume
+    shared: dict[str, Any] = {"engine_workers": 1, "engine_shared_media": True}
     async with (
-        running_engine(database_url, folder, receiver=receiver, engine_workers=1) as first,
-        running_engine(database_url, folder, receiver=receiver, engine_workers=1) as second,
+        running_engine(database_url, folder, receiver=receiver, **shared) as first,
+        running_engine(database_url, folder, receiver=receiver, **shared) as second,
     ):
         files = [await first.upload(recordings.six), await second.upload(recordings.segments[0])]
         procedures = []

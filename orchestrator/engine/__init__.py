@@ -4,9 +4,8 @@ implemented with FFmpeg on this machine, so vodflow runs end to end with no clou
 Its parts: ``api`` (``/v2/index.php``), ``auth`` (signatures, timestamps, nonces), ``planner``
 (a request into queued tasks), ``tasks`` (the worker pool), ``callbacks`` (events pushed to the
 callback URL), ``upload`` (``PUT /vod/upload``), ``storage`` (files at ``/vod/files/...``),
-``procedures`` (the templates each procedure name runs) and the media layer (``media``,
-``ffmpeg``). State lives in the ``engine_*`` tables: every process on one database serves the
-same files, tasks and events.
+``procedures`` (the templates each procedure name runs), ``claim`` (one engine per database)
+and the media layer (``media``, ``ffmpeg``). State lives in the ``engine_*`` tables.
 
 Wiring: ``Engine(settings, db)`` gives ``routes`` to mount and ``start()``/``stop()`` for the
 workers and the callback sender; ``create_engine_app(settings)`` is the engine alone
@@ -16,6 +15,7 @@ workers and the callback sender; ``create_engine_app(settings)`` is the engine a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -31,6 +31,7 @@ from orchestrator.config import Settings
 from orchestrator.engine.api import EngineApi
 from orchestrator.engine.auth import Authenticator
 from orchestrator.engine.callbacks import CallbackSender
+from orchestrator.engine.claim import EngineClaim
 from orchestrator.engine.ffmpeg import FFmpeg
 from orchestrator.engine.media import Media
 from orchestrator.engine.procedures import Procedures, load_procedures
@@ -145,6 +146,12 @@ class Engine:
             if push
             else None
         )
+        self.claim = (
+            None
+            if settings.engine_shared_media
+            else EngineClaim(db, settings, owner=self.owner, clock=clock)
+        )
+        self._heartbeat: asyncio.Task[None] | None = None
         self.routes: list[BaseRoute] = [
             Route("/v2/index.php", self.api.endpoint, methods=["GET", "POST"]),
             Route(UPLOAD_PATH, self.uploads.endpoint, methods=["PUT"]),
@@ -152,7 +159,13 @@ class Engine:
         ]
 
     async def start(self) -> None:
-        """Start the workers (they resume what was queued or left running) and the sender."""
+        """Claim the database (``EngineTaken`` when another engine holds it), then start the
+        workers (they resume what was queued or left running) and the sender."""
+        if self.claim is not None:
+            await self.claim.take()
+            self._heartbeat = asyncio.create_task(
+                self.claim.heartbeat(self.runner.stop), name="engine-claim"
+            )
         await asyncio.to_thread(self.storage.root.mkdir, parents=True, exist_ok=True)
         if self.alone and self.settings.engine_callback_url is None:
             log.warning(
@@ -166,10 +179,21 @@ class Engine:
             await self.sender.start()
 
     async def stop(self) -> None:
-        """Stop the workers, handing their running tasks back to the queue, and the sender."""
+        """Stop the workers, handing their running tasks back to the queue, and the sender;
+        then give the claim up, so the next engine starts at once."""
         await self.runner.stop()
         if self.sender is not None:
             await self.sender.stop()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+            self._heartbeat = None
+        if self.claim is not None:
+            try:
+                await self.claim.release()
+            except Exception:
+                log.exception("engine: giving its claim up failed; it lapses with its lease")
 
 
 def create_engine_app(settings: Settings) -> Starlette:

@@ -288,6 +288,21 @@ class SweeperJob(SQLModel, table=True):
     failures: int = 0
 
 
+class ClaimRow(SQLModel, table=True):
+    """A role only one process on the database may hold (the embedded engine), with a lease its
+    holder renews; a holder that stops renewing loses it when the lease runs out."""
+
+    __tablename__ = "claims"
+
+    name: str = Field(primary_key=True, max_length=64)
+    holder: str = Field(max_length=200)
+    """Where the holder serves (``host:port``), for people."""
+    lease_owner: str = Field(max_length=80)
+    """The holding process (``host:pid:random``): renewals and releases match on it."""
+    claimed_at: datetime = _time(nullable=False)
+    lease_until: datetime = _time(nullable=False)
+
+
 class RateBucket(SQLModel, table=True):
     """One VOD quota (account and action) shared by every process using this database."""
 
