@@ -734,7 +734,7 @@ class Media:
                 seek = await self._seek_point(info, at)
                 inputs += [*self.ffmpeg.thread_args, *_seek_args(seek), "-i", str(src_p)]
                 outputs += ["-map", f"{k}:V:0"]
-                if seek != at:  # decoded from the keyframe before: skip to the frame at `at`
+                if at > (seek or 0.0):  # decoded from the keyframe before: skip to `at`
                     outputs += ["-ss", _ts(at - (seek or 0.0))]
                 outputs += ["-frames:v", "1", *scale]
                 outputs += ["-update", "1", "-q:v", "2", "-y", str(snap.path)]
