@@ -843,11 +843,15 @@ async def test_thumbnails_may_have_sides_of_odd_length(
     assert (snap.video.width, snap.video.height) == (81, 45)
 
 
-async def test_sprites_need_video(media: Media, tmp_path: Path) -> None:
-    audio = tmp_path / "tone.m4a"
+async def test_sprites_need_video(
+    media: Media, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    audio = Path("tone.m4a")  # the path as given is the one named (events show it)
     await ffmpeg_out("-f", "lavfi", "-i", "sine=duration=1", "-c:a", "aac", str(audio))
-    with pytest.raises(MediaError, match="no video stream"):
+    with pytest.raises(MediaError) as failed:
         await media.sprites(audio, tmp_path / "s", SpriteTemplate(10))
+    assert failed.value.reason == "image sprites of tone.m4a: no video stream"
 
 
 def test_webvtt_last_cue_ends_at_the_duration() -> None:

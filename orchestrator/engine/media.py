@@ -542,10 +542,11 @@ class Media:
         For ``container="mp4"``, ``dst`` is the file; for ``"hls"`` it is a directory that
         receives ``index.m3u8`` and its ``segment_NNNNN.ts`` files.
         """
-        # Absolute: HLS is written from inside its folder.
-        src_p, dst_p = await _absolute(src), Path(dst)
+        src_p, dst_p = Path(src), Path(dst)
         info = await self.probe(src_p)
-        args = [*self.ffmpeg.thread_args, "-i", str(src_p), *transcode_options(info, template)]
+        # Absolute: HLS is written from inside its folder.
+        src_arg = str(await _absolute(src_p))
+        args = [*self.ffmpeg.thread_args, "-i", src_arg, *transcode_options(info, template)]
         args += self.ffmpeg.thread_args
         if template.container == "hls":
             await self._write_hls(args, dst_p, template.segment_seconds)
@@ -602,9 +603,10 @@ class Media:
         copies the video packets through a bitstream filter that keeps them, a second decodes,
         scales and tiles. (FFmpeg < 5.0 lacks the filter: it decodes every keyframe instead.)
         """
+        src_p, out = Path(src), Path(out_dir)
         # Absolute: FFmpeg runs inside `out`, as it reads a '%' anywhere in an image path as
         # part of the image sequence's pattern.
-        src_p, out = await _absolute(src), Path(out_dir)
+        src_arg = str(await _absolute(src_p))
         info = await self.probe(src_p)
         if info.video is None:
             raise MediaError(f"image sprites of {src_p}: no video stream")
@@ -655,7 +657,7 @@ class Media:
             upright = _upright_filter(info.video.rotation)
             await self.ffmpeg.run_piped(
                 [
-                    *("-copyts", "-i", str(src_p), "-map", "0:V:0", "-c", "copy"),
+                    *("-copyts", "-i", src_arg, "-map", "0:V:0", "-c", "copy"),
                     *("-bsf:v", f"noise=drop=not({keep})", "-f", "nut", "pipe:1"),
                 ],
                 [
@@ -670,7 +672,7 @@ class Media:
             await self.ffmpeg.run(
                 [
                     *self.ffmpeg.thread_args,
-                    *("-copyts", "-skip_frame", "nokey", "-i", str(src_p), "-map", "0:V:0"),
+                    *("-copyts", "-skip_frame", "nokey", "-i", src_arg, "-map", "0:V:0"),
                     *("-vf", f"select={select},{tiles}", *output),
                 ],
                 cwd=out,
