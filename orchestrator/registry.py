@@ -85,6 +85,26 @@ class Registry:
                 )
             )
 
+    def last_loaded(self, conn: sa.Connection, name: str) -> LoadedWorkflow | None:
+        """The version of workflow ``name`` loaded most recently (first loaded latest), from the
+        database: for a stream session that opened under a workflow no longer on disk."""
+        row = (
+            conn.execute(
+                sa.select(versions)
+                .where(versions.c.name == name)
+                .order_by(versions.c.loaded_at.desc(), versions.c.version)
+                .limit(1)
+            )
+            .mappings()
+            .first()
+        )
+        if row is None:
+            return None
+        spec = self.spec_for(conn, row["version"])
+        return LoadedWorkflow(
+            spec=spec, path=Path(row["path"]), source=row["source"], version=row["version"]
+        )
+
     def spec_for(self, conn: sa.Connection, version: str) -> Workflow:
         spec = self._by_version.get(version)
         if spec is not None:

@@ -44,6 +44,7 @@ from orchestrator import correlate, triggers
 from orchestrator import machine as m
 from orchestrator.receiver import inbox_row
 from orchestrator.runner import Batch, Runner
+from orchestrator.spec import LoadedWorkflow
 from orchestrator.store import driver, queues, tasks, windows
 from orchestrator.store import jobs as job_store
 from orchestrator.store.db import Database
@@ -423,7 +424,7 @@ class Sweeper:
             started = 0
             due = windows.claim_due_windows(conn, now, self.batch)
             for window in due:
-                workflow = self.runner.registry.current.get(window["workflow"])
+                workflow, started_by = self._session_workflow(conn, window)
                 run_id = None
                 if workflow is not None:
                     context = triggers.session_context(list(window["segments"]))
@@ -434,9 +435,7 @@ class Sweeper:
                         dedup_key=f"{workflow.spec.name}/stream.session/{window['id']}",
                         now=now,
                         batch=batch,
-                        started_by=f"stream {window['stream_id']} quiet since "
-                        f"{window['last_activity_at'].isoformat()} "
-                        f"({len(window['segments'])} recording(s))",
+                        started_by=started_by,
                     )
                     started += run_id is not None
                 windows.close_window(conn, window["id"], run_id)
@@ -445,6 +444,36 @@ class Sweeper:
         closed, started = await self.db.write(close)
         self.runner.announce(batch)
         return {"closed": closed, "runs_started": started}
+
+    def _session_workflow(
+        self, conn: sa.Connection, window: dict[str, Any]
+    ) -> tuple[LoadedWorkflow | None, str]:
+        """The workflow a closing session runs, and what the run's history says started it.
+
+        A workflow whose file went away while its session was open still runs the session, with
+        the version of it loaded last: the recordings were accepted under it, and runs in flight
+        keep their version too. Cancel the run if it is not wanted."""
+        name, stream_id = window["workflow"], window["stream_id"]
+        started_by = (
+            f"stream {stream_id} quiet since {window['last_activity_at'].isoformat()} "
+            f"({len(window['segments'])} recording(s))"
+        )
+        workflow = self.runner.registry.current.get(name)
+        if workflow is not None:
+            return workflow, started_by
+        gone = f"workflow {name} is no longer loaded"
+        workflow = self.runner.registry.last_loaded(conn, name)
+        if workflow is None:
+            log.error(
+                "%s and no version of it is recorded: session %s of stream %s closes without a run",
+                *(gone, window["id"], stream_id),
+            )
+            return None, started_by
+        log.warning(
+            "%s; session %s of stream %s runs its version %s",
+            *(gone, window["id"], stream_id, workflow.version),
+        )
+        return workflow, f"{started_by}; {gone}, so its version {workflow.version} runs it"
 
     async def prune(self) -> dict[str, int]:
         """Forget handled events, done commands and spent timers past the retention period."""

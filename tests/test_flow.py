@@ -527,6 +527,49 @@ async def test_v3_recording_uploads_make_a_timed_stream_session(service: Service
     assert params["gen.clip.streamInfo.endTime"] == "1795171500"  # 10:45:00Z
 
 
+async def test_a_session_whose_workflow_was_removed_still_runs_with_its_last_version(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Recordings accepted into a stream session are not dropped when the workflow's file is
+    removed (and vodflow restarted) before the session closes: its last version runs them."""
+    slow = SESSION.replace("quiet: 1s", "quiet: 3s")
+    body = {
+        "event_type": 100,
+        "stream_id": "talk_9",
+        "channel_id": "talk_9",
+        "file_id": "seg0",
+        "start_time": 1000,
+        "end_time": 1060,
+        "duration": 60,
+        "file_format": "mp4",
+        "video_url": "http://files.example/seg0.mp4",
+        "t": 4102444800,
+        "sign": "unchecked",
+    }
+    async with running_service(tmp_path, database_url, {"session": slow}) as service:
+        assert (await service.callback(body, "/callbacks/lvb")).status_code == 200
+
+        async def joined() -> bool:
+            events = (await service.http.get(f"{service.base}/api/inbox")).json()["events"]
+            return any(e["status"] == "applied" for e in events)
+
+        await service.wait(joined)
+        listed = (await service.http.get(f"{service.base}/api/workflows")).json()
+        (version,) = [w["version"] for w in listed["workflows"]]
+    (tmp_path / "workflows" / "session.yaml").unlink()
+    others = {"transcode": TRANSCODE % {"timeout": "1h"}}
+    async with running_service(tmp_path, database_url, others) as service:
+        run_id = await service.one_run()
+        run = await service.run(run_id)
+        assert (run["workflow"], run["version"]) == ("session", version)
+        assert run["context"]["fileIds"] == ["seg0"]
+        started = run["history"][0]["detail"]["event"]
+        gone = f"workflow session is no longer loaded, so its version {version} runs it"
+        assert started.endswith(gone)
+        await service.submitted()
+        assert service.vod.submitted[0].params["gen.clip.streamInfo.streamId"] == "talk_9"
+
+
 async def test_manual_trigger_with_idempotency_key(service: Service) -> None:
     url = f"{service.base}/api/runs"
     body = {"workflow": "transcode", "params": {"fileId": "f9"}, "idempotencyKey": "k1"}
