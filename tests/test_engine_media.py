@@ -519,6 +519,19 @@ async def test_accurate_clip_keeps_sound_and_picture_in_sync(
     assert all(abs(b - f) <= 0.025 for b, f in zip(beeps, flashes, strict=True))
 
 
+async def test_accurate_clip_ending_between_frames_keeps_the_last_frame_before_the_end(
+    media: Media, recordings: Recordings, tmp_path: Path
+) -> None:
+    # Frame 266 is at 8.8667 s, within half a frame of 8.88.
+    result = await media.clip(recordings.long, tmp_path / "exact.mp4", 3.1, 8.88, accurate=True)
+    assert result.method == "smart"
+    frames = await frame_hashes(result.path)
+    assert len(frames) == 174  # frames 93 to 266
+    last = await gray("-ss", str(173 * FRAME), "-i", str(result.path))
+    expected = await gray("-ss", str(266 * FRAME), "-i", str(recordings.long))
+    assert mean_difference(last, expected) < 2
+
+
 async def test_accurate_clip_to_a_relative_path_is_spliced(
     media: Media, recordings: Recordings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

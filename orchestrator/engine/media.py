@@ -382,9 +382,9 @@ class Media:
         ]
 
         def cut(at: float, length: float) -> list[str]:
-            # Frame-accurate input seeking; -t stops before the frame at `at + length`.
+            # Frame-accurate input seeking; -t stops before any frame at `at + length`.
             seek = ("-ss", _ts(at), "-i", str(info.path), "-map", "0:V:0")
-            return [*self.ffmpeg.thread_args, *seek, "-t", _ts(length - half)]
+            return [*self.ffmpeg.thread_args, *seek, "-t", _ts(length)]
 
         # Absolute: the concat demuxer reads a relative name from its listing's folder.
         work = await _absolute(_work_dir(dst))
@@ -392,7 +392,9 @@ class Media:
         parts: list[tuple[Path, float]] = []  # (file, duration)
         try:
             if first - start >= half:
-                await self.ffmpeg.run([*cut(start, first - start), *encode, str(work / "head.ts")])
+                # Up to the frame before the keyframe `first` (rounding may put it a hair early).
+                head = cut(start, first - start - half)
+                await self.ffmpeg.run([*head, *encode, str(work / "head.ts")])
                 parts.append((work / "head.ts", first - start))
             # Seek a hair past the keyframe so rounding cannot land on the keyframe before it.
             copy = ["-copyts", "-ss", _ts(first + 0.001), "-i", str(info.path)]
@@ -403,7 +405,9 @@ class Media:
             await self.ffmpeg.run([*copy, "-f", "mpegts", "-y", str(work / "middle.ts")])
             parts.append((work / "middle.ts", (info.duration if last is None else last) - first))
             if last is not None and end is not None and end - last >= half:
-                await self.ffmpeg.run([*cut(last, end - last), *encode, str(work / "tail.ts")])
+                # `end` is any time: the frame shown at it, up to a frame before it, belongs in.
+                tail = cut(last, end - last - _SEEK_SLACK)
+                await self.ffmpeg.run([*tail, *encode, str(work / "tail.ts")])
                 parts.append((work / "tail.ts", end - last))
             listing = work / "parts.txt"
             text = "".join(f"file {_quote(p)}\nduration {_ts(d)}\n" for p, d in parts)
