@@ -532,6 +532,21 @@ async def test_accurate_clip_ending_between_frames_keeps_the_last_frame_before_t
     assert mean_difference(last, expected) < 2
 
 
+async def test_accurate_clip_of_an_mpeg_ts_is_frame_exact(
+    media: Media, recordings: Recordings, tmp_path: Path
+) -> None:
+    """FFmpeg seeks an MPEG-TS to a packet near the time, seldom the keyframe before it."""
+    result = await media.clip(recordings.ts, tmp_path / "exact.mp4", 3.1, 8.5, accurate=True)
+    assert result.method == "smart"
+    # The TS's clock starts with its audio, 21 ms before the first frame: 3.1 s to 8.5 s
+    # holds the source's frames 93 to 254.
+    assert len(await frame_hashes(result.path)) == 162
+    for k, n in [(0, 93), (60, 153), (161, 254)]:  # the clip's frame k is the source's n
+        picture = await gray("-ss", str(k * FRAME), "-i", str(result.path))
+        expected = await gray("-ss", str(n * FRAME), "-i", str(recordings.long))
+        assert mean_difference(picture, expected) < 2, n
+
+
 async def test_accurate_clip_to_a_relative_path_is_spliced(
     media: Media, recordings: Recordings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -337,14 +337,23 @@ class Media:
                 return None  # no keyframe shown before t: it is read from the start
             window *= 4
 
+    async def _decode_from(self, info: MediaInfo, t: float) -> tuple[list[str], list[str]]:
+        """Input options (before ``-i``) and output options that decode ``info``'s file from
+        its frame at ``t``: FFmpeg's input seeking, or for a file it cannot seek to the
+        keyframe (MPEG-TS) a seek to that keyframe and the frames up to ``t`` skipped."""
+        seek = await self._seek_point(info, t)
+        skip = t - (seek or 0.0)
+        return _seek_args(seek), (["-ss", _ts(skip)] if skip > 0 else [])
+
     async def _keyframes(self, info: MediaInfo, t: float) -> list[float]:
         """Times (s from the file's start) of the video keyframe at or before ``t`` and of the
         two after it."""
         # Seeking lands on the keyframe at or before t; listing the next keyframe packets
         # (stream copy through a bitstream filter dropping the others) decodes nothing.
+        seek = _seek_args(await self._seek_point(info, t))
         result = await self.ffmpeg.run(
             [
-                *("-copyts", "-ss", _ts(t), "-i", str(info.path), "-map", "0:V:0", "-c", "copy"),
+                *("-copyts", *seek, "-i", str(info.path), "-map", "0:V:0", "-c", "copy"),
                 *("-bsf:v", "noise=drop=not(key)", "-frames:v", "3", "-f", "framecrc", "-"),
             ],
             capture_stdout=True,
@@ -381,9 +390,10 @@ class Media:
             *("-f", "mpegts", "-y"),
         ]
 
-        def cut(at: float, length: float) -> list[str]:
-            # Frame-accurate input seeking; -t stops before any frame at `at + length`.
-            seek = ("-ss", _ts(at), "-i", str(info.path), "-map", "0:V:0")
+        async def cut(at: float, length: float) -> list[str]:
+            # Frame-accurate seeking; -t stops before any frame at `at + length`.
+            before, after = await self._decode_from(info, at)
+            seek = (*before, "-i", str(info.path), *after, "-map", "0:V:0")
             return [*self.ffmpeg.thread_args, *seek, "-t", _ts(length)]
 
         # Absolute: the concat demuxer reads a relative name from its listing's folder.
@@ -393,11 +403,12 @@ class Media:
         try:
             if first - start >= half:
                 # Up to the frame before the keyframe `first` (rounding may put it a hair early).
-                head = cut(start, first - start - half)
+                head = await cut(start, first - start - half)
                 await self.ffmpeg.run([*head, *encode, str(work / "head.ts")])
                 parts.append((work / "head.ts", first - start))
             # Seek a hair past the keyframe so rounding cannot land on the keyframe before it.
-            copy = ["-copyts", "-ss", _ts(first + 0.001), "-i", str(info.path)]
+            from_first = await self._seek_point(info, first + 0.001)
+            copy = ["-copyts", *_seek_args(from_first), "-i", str(info.path)]
             copy += ["-map", "0:V:0", "-c", "copy"]
             if last is not None:
                 until = last + info.start_time - half
@@ -406,7 +417,7 @@ class Media:
             parts.append((work / "middle.ts", (info.duration if last is None else last) - first))
             if last is not None and end is not None and end - last >= half:
                 # `end` is any time: the frame shown at it, up to a frame before it, belongs in.
-                tail = cut(last, end - last - _SEEK_SLACK)
+                tail = await cut(last, end - last - _SEEK_SLACK)
                 await self.ffmpeg.run([*tail, *encode, str(work / "tail.ts")])
                 parts.append((work / "tail.ts", end - last))
             listing = work / "parts.txt"
@@ -431,7 +442,8 @@ class Media:
     async def _clip_encode(
         self, info: MediaInfo, dst: Path, start: float, end: float | None, fmt: str
     ) -> None:
-        args = [*self.ffmpeg.thread_args, *("-ss", _ts(start), "-i", str(info.path))]
+        before, after = await self._decode_from(info, start)
+        args = [*self.ffmpeg.thread_args, *before, "-i", str(info.path), *after]
         args += ["-map", "0:V:0?", "-map", "0:a?"]
         if end is not None:
             args += ["-t", _ts(end - start)]
