@@ -11,8 +11,8 @@ its column's type:
 - times (``UTCDateTime``): SQLite keeps naive UTC text in the very format SQLAlchemy writes
   (``2026-11-30 13:37:14.633262``), so rows written here read back identically through Core and
   vice versa; PostgreSQL takes and gives aware datetimes;
-- JSON: text through the json module on SQLite, ``Jsonb`` values on PostgreSQL (psycopg decodes
-  them on the way out);
+- JSON: text through orjson (``orchestrator/jsontext.py``) on SQLite, ``Jsonb`` values on
+  PostgreSQL (psycopg decodes them on the way out);
 - booleans: SQLite's 0/1 back to ``bool``.
 
 The statements are built from the tables' own columns (every identifier is looked up in the
@@ -22,7 +22,6 @@ table, so none comes from input), and a schema change reaches them as it reaches
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
@@ -31,6 +30,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from orchestrator import jsontext
 from orchestrator.store.tables import UTCDateTime
 
 Convert = Callable[[Any], Any]
@@ -65,11 +65,11 @@ def _pg_time_out(value: datetime | None) -> datetime | None:
 
 
 def _json_in(value: Any) -> str | None:
-    return None if value is None else json.dumps(value)
+    return None if value is None else jsontext.dumps(value)
 
 
 def _json_out(value: str | None) -> Any:
-    return None if value is None else json.loads(value)
+    return None if value is None else jsontext.loads(value)
 
 
 def _pg_json_in(value: Any) -> Any:

@@ -47,6 +47,8 @@ from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, JsonValue, SkipValidation, ValidationError
 
+from orchestrator import jsontext
+
 from ._bodies import (
     ClipDataV2,
     ClipEventV3,
@@ -423,7 +425,7 @@ def _load(body: Body) -> dict[str, JsonValue]:
     if not isinstance(body, bytes | str):
         raise MalformedEvent(f"expected a JSON body, got {type(body).__name__}")
     try:
-        parsed = json.loads(body)
+        parsed = jsontext.loads(body)
     except RecursionError:
         raise MalformedEvent("the body nests too deeply to read") from None
     except ValueError as exc:
@@ -454,7 +456,7 @@ def _read(model: type[_M], obj: JsonValue, where: str) -> _M:
 
 def _key(fmt: str, content: object) -> str:
     try:
-        text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        text = jsontext.canonical(content)
     except (ValueError, TypeError, RecursionError) as exc:
         raise MalformedEvent(f"the body cannot be read back as JSON ({exc})") from None
     return f"{fmt}:{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()}"

@@ -15,11 +15,12 @@ Choices where the reference is silent or unverified:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Annotated, ClassVar, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue, ValidationError
+
+from orchestrator import jsontext
 
 from ._bodies import (
     MetaDataV2,
@@ -58,7 +59,7 @@ def _json_object(body: Body, action: str) -> dict[str, JsonValue]:
     if isinstance(body, Mapping):
         return dict(body)
     try:
-        parsed = json.loads(body)
+        parsed = jsontext.loads(body)
     except (ValueError, RecursionError) as exc:
         raise MalformedResponse(f"answer is not JSON ({exc})", action=action) from None
     if not isinstance(parsed, dict):
