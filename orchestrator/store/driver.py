@@ -75,7 +75,7 @@ def _json_out(value: str | None) -> Any:
 def _pg_json_in(value: Any) -> Any:
     from psycopg.types.json import Jsonb
 
-    return None if value is None else Jsonb(value)
+    return None if value is None else Jsonb(value, dumps=jsontext.dumps)
 
 
 def _bool_out(value: int | None) -> bool | None:
