@@ -204,6 +204,10 @@ class Sweeper:
             # `stop` cancelled it: the service is shutting down, which is not the job failing
             # (APScheduler would log it as an error).
             log.debug("sweeper job %s cancelled by stop", name)
+        except Exception as exc:
+            # Its heartbeat could not be written (the database is down): one line per run, not
+            # a traceback from asyncio or APScheduler each time. /healthz reports the database.
+            log.warning("sweeper job %s did not run: %s: %s", name, type(exc).__name__, exc)
 
     async def run_job(self, name: str) -> dict[str, int]:
         """Run one job now, recording its heartbeat and findings."""

@@ -543,6 +543,42 @@ async def test_a_job_still_running_when_it_comes_due_again_is_not_logged_each_ti
     assert not health.stalled
 
 
+async def test_a_job_whose_heartbeat_cannot_be_written_logs_one_line_per_run(
+    db: Database,
+    parts: tuple[Runner, Sweeper, Clock],
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With the database down, the job's heartbeat write fails before the job runs: a warning
+    naming the job and the error, not a traceback from asyncio or APScheduler every time."""
+    _, sweeper, _ = parts
+    ran: list[int] = []
+
+    async def job() -> dict[str, int]:
+        ran.append(1)
+        return {}
+
+    real_write = db.write
+
+    async def write(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if fn is job_store.job_started:
+            raise sa.exc.OperationalError("INSERT", {}, Exception("database is locked"))
+        return await real_write(fn, *args, **kwargs)
+
+    monkeypatch.setattr(db, "write", write)
+    sweeper.jobs = {"expire": (0.1, job)}
+    caplog.set_level(logging.DEBUG)
+    sweeper.start()
+    await asyncio.sleep(0.5)
+    await sweeper.stop()
+    assert ran == []
+    warnings = [r.getMessage() for r in caplog.records if r.name == "vodflow.sweeper"]
+    assert warnings
+    assert all(w.startswith("sweeper job expire did not run: OperationalError:") for w in warnings)
+    assert [r for r in caplog.records if r.exc_info] == []
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
 async def test_prune_forgets_handled_rows_past_retention_and_keeps_pending_work(
     db: Database, parts: tuple[Runner, Sweeper, Clock]
 ) -> None:
