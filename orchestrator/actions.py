@@ -234,16 +234,27 @@ def not_sent(command: m.Command, reason: str) -> m.Input:
     """The outcome of a command that was not carried out because ``reason``. Given to the
     machine like any outcome: it ignores it (the run ended, or the step is on a later attempt)
     and, for a send, notes the step is free to send again (so a cancelled run can be retried)."""
+    if isinstance(command, m.Verify):
+        return failed(command, f"not checked: {reason}")
+    return failed(command, f"not sent: {reason}")
+
+
+def failed(command: m.Command, what: str) -> m.Input:
+    """An internal failure of a command, as the machine's input for its step's attempt (which
+    the step's retry policy then retries)."""
     assert isinstance(command, m.OUTBOUND)
     if isinstance(command, m.Verify):
         return m.VerifyFailed(
-            step=command.step, attempt=command.attempt, reason=f"not checked: {reason}"
+            step=command.step,
+            attempt=command.attempt,
+            reason=what,
+            error_class=ErrorClass.INTERNAL,
         )
     return m.SubmitFailed(
         step=command.step,
         attempt=command.attempt,
         error_class=ErrorClass.INTERNAL,
-        message=f"not sent: {reason}",
+        message=what,
     )
 
 

@@ -45,7 +45,7 @@ from pydantic import JsonValue, TypeAdapter
 
 from orchestrator import correlate, triggers
 from orchestrator import machine as m
-from orchestrator.actions import Actions
+from orchestrator.actions import Actions, failed
 from orchestrator.registry import Registry
 from orchestrator.spec import LoadedWorkflow, Manual, StreamSession
 from orchestrator.store import driver, queues, views, windows
@@ -79,6 +79,11 @@ EVENT_TASK_KINDS = {
 def _is_task_event(event: VodEvent) -> bool:
     """A task's result (applied in groups), not a trigger that happens to carry a task ID."""
     return bool(event.task_id) and not triggers.contexts_for(event)
+
+
+GIVE_UP_AFTER = 3
+"""Tries of an outbox command that raised (a fault in vodflow, not an answer from VOD or a
+webhook, which are outcomes) before its failure is given to the run as the attempt's outcome."""
 
 
 def utcnow() -> datetime:
@@ -646,6 +651,7 @@ class Runner:
                 log.exception("renewing outbox leases failed; trying again")
 
     async def _perform(self, row: dict[str, Any]) -> None:
+        command: m.Command | None = None
         try:
             command = COMMANDS.validate_python(row["payload"])
             outcome = await self.actions.perform(
@@ -654,42 +660,56 @@ class Runner:
                 since=row["created_at"],
                 unwanted=lambda: self.db.query(_unwanted, row["run_id"], command),
             )
-            batch = Batch()
-
-            def record(conn: sa.Connection) -> None:
-                now = self.clock()
-                result = _not_anothers(conn, row["run_id"], outcome)
-                mine = queues.finish_outbox(
-                    conn,
-                    row["id"],
-                    self.owner,
-                    now=now,
-                    result=result.model_dump(mode="json"),
-                    error=getattr(result, "message", None),
-                )
-                if mine:
-                    self.transition(conn, row["run_id"], result, now, batch)
-                else:
-                    log.warning(
-                        "outbox command %s: lease lost before its outcome was recorded",
-                        row["idempotency_key"],
-                    )
-
-            await self.db.write(record)
-            self.announce(batch)
+            await self._record(row, outcome)
         except Exception as exc:
             log.exception("outbox command %s failed", row["idempotency_key"])
+            error = f"{type(exc).__name__}: {exc}"
+            if command is not None and row["tries"] >= GIVE_UP_AFTER:
+                # Tried often enough: the failure goes to the run (its history, its retry policy)
+                # instead of the command being tried again forever, unseen, while the run waits.
+                what = f"{command.kind} failed {row['tries']} times in vodflow: {error}"
+                try:
+                    await self._record(row, failed(command, what))
+                    return
+                except Exception:
+                    log.exception("outbox command %s: recording its failure failed", row["id"])
             await self.db.write(
                 queues.release_outbox,
                 row["id"],
                 self.owner,
                 retry_at=self.clock() + timedelta(seconds=min(60, 2 ** row["tries"])),
-                error=f"{type(exc).__name__}: {exc}",
+                error=error,
             )
         finally:
             self._held.pop(row["id"], None)
             self._lost.discard(row["id"])
             self.outbox_wake.set()  # a slot is free: claim what waits
+
+    async def _record(self, row: dict[str, Any], outcome: m.Input) -> None:
+        """Mark the command done with its outcome and apply the outcome to its run, together."""
+        batch = Batch()
+
+        def record(conn: sa.Connection) -> None:
+            now = self.clock()
+            result = _not_anothers(conn, row["run_id"], outcome)
+            mine = queues.finish_outbox(
+                conn,
+                row["id"],
+                self.owner,
+                now=now,
+                result=result.model_dump(mode="json"),
+                error=getattr(result, "message", None),
+            )
+            if mine:
+                self.transition(conn, row["run_id"], result, now, batch)
+            else:
+                log.warning(
+                    "outbox command %s: lease lost before its outcome was recorded",
+                    row["idempotency_key"],
+                )
+
+        await self.db.write(record)
+        self.announce(batch)
 
     async def idle(self) -> None:
         """Wait until every command this runner started has been recorded (tests, shutdown)."""

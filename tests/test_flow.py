@@ -570,6 +570,32 @@ async def test_a_session_whose_workflow_was_removed_still_runs_with_its_last_ver
         assert service.vod.submitted[0].params["gen.clip.streamInfo.streamId"] == "talk_9"
 
 
+async def test_a_command_that_keeps_raising_fails_its_attempt_in_the_runs_history(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A fault in vodflow carrying out a command (here a webhook URL that is not a URL) is not
+    tried forever out of sight while the run waits: after a few tries it is the attempt's
+    failure, in the run's history, and the step's retry policy decides."""
+    hook = """
+name: hook
+triggers: [{type: manual, params: [host]}]
+retry: {max_attempts: 1}
+steps:
+  - name: tell
+    notify: {url: "http://{{ trigger.host }}/x"}
+"""
+    async with running_service(tmp_path, database_url, {"hook": hook}) as service:
+        created = await service.http.post(
+            f"{service.base}/api/runs", json={"workflow": "hook", "params": {"host": "[::1"}}
+        )
+        run = await service.status_is(created.json()["runId"], "failed")
+        assert run["error"] == (
+            "step tell failed: internal: notify failed 3 times in vodflow: "
+            "ValueError: Invalid IPv6 URL (attempt 1 of 1, none left)"
+        )
+        assert run["history"][-1]["input"] == "submit_failed"
+
+
 async def test_manual_trigger_with_idempotency_key(service: Service) -> None:
     url = f"{service.base}/api/runs"
     body = {"workflow": "transcode", "params": {"fileId": "f9"}, "idempotencyKey": "k1"}
