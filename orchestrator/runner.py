@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -84,6 +85,10 @@ def _is_task_event(event: VodEvent) -> bool:
 GIVE_UP_AFTER = 3
 """Tries of an outbox command that raised (a fault in vodflow, not an answer from VOD or a
 webhook, which are outcomes) before its failure is given to the run as the attempt's outcome."""
+
+
+INBOX_DEDUP_MAX = 200
+"""The length of ``inbox_events.dedup_key``."""
 
 
 def utcnow() -> datetime:
@@ -329,6 +334,12 @@ class Runner:
                 422, f"params do not match the manual trigger's match: {manual[0].match}"
             )
         dedup = f"{workflow_name}/manual/{idempotency_key}" if idempotency_key else None
+        # The inbox's dedup key column is shorter than a run's (200 against 300): a long key is
+        # kept there as its hash (the run's dedup key, in full, is what answers a repeat).
+        inbox_dedup = dedup
+        if dedup is not None and len(dedup) > INBOX_DEDUP_MAX:
+            digest = hashlib.sha256(dedup.encode()).hexdigest()
+            inbox_dedup = f"{workflow_name}/manual/sha256:{digest}"
         body = json.dumps(
             {
                 "workflow": workflow_name,
@@ -341,7 +352,7 @@ class Runner:
         row = NewInboxEvent(
             source="manual",
             event_type="manual",
-            dedup_key=dedup,
+            dedup_key=inbox_dedup,
             body=body,
             status=InboxStatus.APPLIED,
         )
