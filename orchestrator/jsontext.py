@@ -9,8 +9,9 @@ The results are the standard library's:
 - ``loads`` gives what ``json.loads`` gives. orjson reads strict RFC 8259 JSON; what it refuses
   (``NaN``, lone surrogate escapes, and everything malformed) is read again by ``json.loads``,
   which accepts the first two and raises its own, familiar ``ValueError`` for the rest. orjson
-  reads an integer beyond 64 bits as a float, silently: text with a run of 20 digits or more
-  anywhere (one of those, or a long number in a string) is read by ``json.loads`` alone.
+  reads an integer beyond 64 bits as a float, silently: text with a number of 20 digits or
+  more (at the start, or after ``:``, ``,`` or ``[``; in a string too, rarely) is read by
+  ``json.loads`` alone.
 - ``dumps`` and ``canonical`` give text ``json.loads`` reads back to equal values. Values orjson
   will not write (integers beyond 64 bits, non-string dictionary keys other than numbers, types
   JSON has no form for) go through ``json.dumps``, which writes or refuses them as before.
@@ -35,8 +36,8 @@ _WRITE = (
     orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 )
 _CANONICAL = _WRITE | orjson.OPT_SORT_KEYS
-_LONG_BYTES = re.compile(rb"\d{20}")
-_LONG_TEXT = re.compile(r"\d{20}", re.ASCII)
+_LONG_BYTES = re.compile(rb"(?:^|[:,\[])\s*-?\d{20}")
+_LONG_TEXT = re.compile(r"(?:^|[:,\[])\s*-?\d{20}", re.ASCII)
 
 
 def loads(text: bytes | str) -> Any:

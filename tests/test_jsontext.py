@@ -80,3 +80,18 @@ def test_text_is_read_as_the_json_module_reads_it(value: object) -> None:
     for text in (json.dumps(value), json.dumps(value, ensure_ascii=False, indent=1)):
         assert jsontext.loads(text) == json.loads(text)
         assert jsontext.loads(text.encode()) == json.loads(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "123456789012345678901",
+        " -123456789012345678901",
+        '{"a":123456789012345678901}',
+        '{"a": [1,\n 123456789012345678901]}',
+        "[-123456789012345678901.5]",
+    ],
+)
+def test_long_numbers_anywhere_a_number_starts_keep_every_digit(text: str) -> None:
+    assert jsontext.loads(text) == json.loads(text)
+    assert jsontext.loads(text.encode()) == json.loads(text)
