@@ -1033,29 +1033,51 @@ def _check_step_done(ctx: _Ctx, step: StepState) -> str:
 _LIST_OUTPUTS = ("play", "sprites", "snapshots", "files")
 
 
-_GEN_FIRST = {"clip": 0, "concat": 1}
+_ORDER = {"clip": 0, "concat": 1, "procedure": 3}
 
 
 def _merge_outputs(step: StepState) -> dict[str, JsonValue]:
     """One step's outputs from its current attempt's tasks.
 
-    Lists (play, sprites, ...) are joined in task order. For single values the procedure's own
-    tasks win over gen's clip and concat: ``fileId`` is the file the procedure ran on.
+    Lists (play, sprites, ...) are joined in task order: gen's clip and concat first, the
+    procedure's own tasks, then the procedure itself. An entry naming what an earlier one named
+    (the same ``url``, ``webVttUrl`` or ``fileId``) is left out: when VOD answers both the tasks'
+    IDs and the procedure's, the procedure's event lists again every output its tasks reported.
+    For single values the later tasks win over gen's clip and concat: ``fileId`` is the file the
+    procedure ran on.
     """
     merged: dict[str, JsonValue] = {}
     lists: dict[str, list[JsonValue]] = {key: [] for key in _LIST_OUTPUTS}
+    named: set[tuple[str, str]] = set()
     task_ids: dict[str, JsonValue] = {}
     done = [t for t in step.current_tasks() if t.status is TaskStatus.SUCCEEDED]
-    for task in sorted(done, key=lambda t: _GEN_FIRST.get(t.kind, 2)):
+    for task in sorted(done, key=lambda t: _ORDER.get(t.kind, 2)):
         task_ids[task.kind] = task.task_id
         for key, value in task.outputs.items():
             if key in lists and isinstance(value, list):
-                lists[key].extend(value)
+                for item in value:
+                    name = _output_name(key, item)
+                    if name is not None and name in named:
+                        continue
+                    if name is not None:
+                        named.add(name)
+                    lists[key].append(item)
             elif value not in (None, ""):
                 merged[key] = value
     merged.update(lists)
     merged["taskIds"] = task_ids
     return merged
+
+
+def _output_name(kind: str, item: JsonValue) -> tuple[str, str] | None:
+    """What a listed output is, for leaving out a second entry of it: its URL or file ID."""
+    if not isinstance(item, dict):
+        return None
+    for field in ("url", "webVttUrl", "fileId"):
+        value = item.get(field)
+        if isinstance(value, str) and value:
+            return kind, value
+    return None
 
 
 def _succeed_step(ctx: _Ctx, step: StepState, why: str) -> str:

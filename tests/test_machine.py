@@ -189,6 +189,22 @@ def test_procedure_shape_single_vod_task_id() -> None:
     assert run.step().status is m.StepStatus.VERIFYING
 
 
+def test_an_answer_with_task_and_procedure_ids_lists_each_output_once() -> None:
+    """VOD may answer the tasks' IDs and the procedure's (``engine_answer_shape: both``): the
+    procedure's event repeats its tasks' outputs, which the step lists once."""
+    run = Run().start().submitted(1, ("proc1", "procedure"), ("tr1", "transcode"), ("sp1", "x"))
+    play = {"url": "http://x/f20.mp4", "definition": 20}
+    sprite = {"webVttUrl": "http://x/s.vtt", "imageUrls": ["http://x/s.jpg"]}
+    run.event("proc1", outputs={"fileId": "f1", "play": [{**play, "size": 1}], "sprites": [sprite]})
+    run.event("tr1", outputs={"fileId": "f1", "play": [play]})
+    run.event("sp1", outputs={"sprites": [sprite], "snapshots": [{"url": "http://x/1.jpg"}]})
+    (verify,) = run.commands(m.Verify)
+    assert verify.outputs["play"] == [play]  # the task's own entry, not the procedure's copy
+    assert verify.outputs["sprites"] == [sprite]
+    assert verify.outputs["snapshots"] == [{"url": "http://x/1.jpg"}]
+    assert verify.outputs["fileId"] == "f1"
+
+
 @pytest.mark.parametrize(
     "error_class",
     [
