@@ -172,9 +172,13 @@ class Actions:
 
     async def _notify(self, command: m.Notify, tries: int) -> m.Input:
         url = self.base_url + command.url if command.url.startswith("/") else command.url
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            httpx.URL(url)  # what the client will send it to, or its reason not to
+        except (ValueError, httpx.InvalidURL) as exc:
+            # a templated URL that rendered into something no try will ever reach
+            return _notify_failed(command, ErrorClass.REJECTED, f"is not a usable URL: {exc}")
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            # a templated URL that rendered into something else: no try will ever reach it
             return _notify_failed(
                 command, ErrorClass.REJECTED, "is not an http(s) URL or a path on this vodflow"
             )

@@ -573,27 +573,54 @@ async def test_a_session_whose_workflow_was_removed_still_runs_with_its_last_ver
 async def test_a_command_that_keeps_raising_fails_its_attempt_in_the_runs_history(
     tmp_path: Path, database_url: str
 ) -> None:
-    """A fault in vodflow carrying out a command (here a webhook URL that is not a URL) is not
+    """A fault in vodflow carrying out a command (here its webhook client breaking) is not
     tried forever out of sight while the run waits: after a few tries it is the attempt's
     failure, in the run's history, and the step's retry policy decides."""
     hook = """
 name: hook
-triggers: [{type: manual, params: [host]}]
+triggers: [{type: manual}]
 retry: {max_attempts: 1}
+steps:
+  - name: tell
+    notify: {url: "http://hooks.example/x"}
+"""
+    async with running_service(tmp_path, database_url, {"hook": hook}) as service:
+
+        async def broken(*_args: Any, **_kwargs: Any) -> httpx.Response:
+            raise RuntimeError("the webhook client broke")
+
+        service.app.state.services.http.post = broken
+        created = await service.http.post(f"{service.base}/api/runs", json={"workflow": "hook"})
+        run = await service.status_is(created.json()["runId"], "failed")
+        assert run["error"] == (
+            "step tell failed: internal: notify failed 3 times in vodflow: "
+            "RuntimeError: the webhook client broke (attempt 1 of 1, none left)"
+        )
+        assert run["history"][-1]["input"] == "submit_failed"
+
+
+@pytest.mark.parametrize("host", ["[::1", "example.com:port"])
+async def test_a_webhook_url_that_is_no_url_fails_its_step_at_once(
+    tmp_path: Path, sqlite_url: str, host: str
+) -> None:
+    """A notify URL its template rendered into something unusable is refused on the first try
+    (``rejected``, not retried): no later try could reach it."""
+    hook = """
+name: hook
+triggers: [{type: manual, params: [host]}]
+retry: {max_attempts: 3}
 steps:
   - name: tell
     notify: {url: "http://{{ trigger.host }}/x"}
 """
-    async with running_service(tmp_path, database_url, {"hook": hook}) as service:
+    async with running_service(tmp_path, sqlite_url, {"hook": hook}) as service:
         created = await service.http.post(
-            f"{service.base}/api/runs", json={"workflow": "hook", "params": {"host": "[::1"}}
+            f"{service.base}/api/runs", json={"workflow": "hook", "params": {"host": host}}
         )
         run = await service.status_is(created.json()["runId"], "failed")
-        assert run["error"] == (
-            "step tell failed: internal: notify failed 3 times in vodflow: "
-            "ValueError: Invalid IPv6 URL (attempt 1 of 1, none left)"
-        )
-        assert run["history"][-1]["input"] == "submit_failed"
+        assert run["error"].startswith("step tell failed: rejected: ")
+        assert "is not a usable URL" in run["error"]
+        assert [h["input"] for h in run["history"]].count("submit_failed") == 1
 
 
 async def test_manual_trigger_with_idempotency_key(service: Service) -> None:
