@@ -9,9 +9,12 @@ The results are the standard library's:
 - ``loads`` gives what ``json.loads`` gives. orjson reads strict RFC 8259 JSON; what it refuses
   (``NaN``, lone surrogate escapes, and everything malformed) is read again by ``json.loads``,
   which accepts the first two and raises its own, familiar ``ValueError`` for the rest. orjson
-  reads an integer beyond 64 bits as a float, silently: text with a number of 20 digits or
-  more (at the start, or after ``:``, ``,`` or ``[``; in a string too, rarely) is read by
-  ``json.loads`` alone.
+  reads an integer beyond 64 bits as a float, silently: text holding a number of 20 digits or
+  more, or a negative one of 19 or more, is read by ``json.loads`` alone. Such a number is found
+  without a regular expression (one cost several times what orjson's reading did): the text is
+  mapped byte for byte, every digit to ``0`` and every byte a number may follow (``:``, ``,``,
+  ``[``, whitespace) to ``|``, and searched for ``|`` then that many ``0``. A long number inside
+  a string can match too (after a ``:`` or a comma in it); it is then only read more slowly.
 - ``dumps`` and ``canonical`` give text ``json.loads`` reads back to equal values. Values orjson
   will not write (integers beyond 64 bits, non-string dictionary keys other than numbers, types
   JSON has no form for) go through ``json.dumps``, which writes or refuses them as before.
@@ -27,7 +30,6 @@ The results are the standard library's:
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import orjson
@@ -36,13 +38,32 @@ _WRITE = (
     orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
 )
 _CANONICAL = _WRITE | orjson.OPT_SORT_KEYS
-_LONG_BYTES = re.compile(rb"(?:^|[:,\[])\s*-?\d{20}")
-_LONG_TEXT = re.compile(r"(?:^|[:,\[])\s*-?\d{20}", re.ASCII)
+
+
+def _number_map() -> bytes:
+    table = bytearray(range(256))
+    table[ord("|")] = ord("x")
+    for byte in b"0123456789":
+        table[byte] = ord("0")
+    for byte in b":,[ \t\n\r":
+        table[byte] = ord("|")
+    return bytes(table)
+
+
+_NUMBER_MAP = _number_map()
+_LONG_POSITIVE = b"|" + b"0" * 20  # beyond 2**64 - 1 at 20 digits or more
+_LONG_NEGATIVE = b"|-" + b"0" * 19  # beyond -2**63 at 19 digits or more
+
+
+def _has_long_number(text: bytes | str) -> bool:
+    data = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    mapped = b"|" + data.translate(_NUMBER_MAP)
+    return _LONG_POSITIVE in mapped or _LONG_NEGATIVE in mapped
 
 
 def loads(text: bytes | str) -> Any:
     """``json.loads(text)``, several times faster for what orjson reads."""
-    if (_LONG_BYTES if isinstance(text, bytes) else _LONG_TEXT).search(text):  # type: ignore[arg-type]
+    if _has_long_number(text):
         return json.loads(text)
     try:
         return orjson.loads(text)

@@ -90,6 +90,9 @@ def test_text_is_read_as_the_json_module_reads_it(value: object) -> None:
         '{"a":123456789012345678901}',
         '{"a": [1,\n 123456789012345678901]}',
         "[-123456789012345678901.5]",
+        "-9223372036854775809",
+        '{"a":\t-9223372036854775809}',
+        '{"id": "x", "n": 18446744073709551616}',
     ],
 )
 def test_long_numbers_anywhere_a_number_starts_keep_every_digit(text: str) -> None:
