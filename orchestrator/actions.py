@@ -75,7 +75,7 @@ class Actions:
         if unwanted is not None:
             reason = await unwanted()
             if reason is not None:
-                return not_sent(command, reason)
+                return await self._unwanted(command, reason, tries, since)
         if isinstance(command, m.Submit):
             return await self._submit(command, tries, since, unwanted)
         handlers: dict[type, Callable[[Any, int], Awaitable[m.Input]]] = {
@@ -117,6 +117,24 @@ class Actions:
         except NotSent as exc:
             return not_sent(command, str(exc))
         return m.SubmitSucceeded(step=command.step, attempt=command.attempt, tasks=answer.tasks)
+
+    async def _unwanted(
+        self, command: m.Command, reason: str, tries: int, since: datetime | None
+    ) -> m.Input:
+        """A command no longer wanted is not carried out. A resent submit's earlier try may have
+        started a job all the same: it is looked for, and its tasks go to the run (the machine
+        records them on an ended run, so their events are matched as late ones instead of
+        waiting as orphans until they expire unmatched)."""
+        if isinstance(command, m.Submit) and tries > 1:
+            try:
+                found = await self._find_tasks(command.request, since=since)
+            except VodError:
+                found = ()
+            if found:
+                return m.SubmitSucceeded(
+                    step=command.step, attempt=command.attempt, tasks=found, recovered=True
+                )
+        return not_sent(command, reason)
 
     async def _recover(self, command: m.Recover, tries: int) -> m.Input:
         try:

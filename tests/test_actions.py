@@ -96,3 +96,41 @@ async def test_a_resent_submit_takes_only_a_job_started_since_it_was_written() -
         assert [t.task_id for t in found.tasks] == [vod.submitted[1].procedure_id]
         assert len(vod.calls_of("ProcessFileByProcedure")) == 1
         await client.aclose()
+
+
+async def test_an_unwanted_resent_submit_hands_its_earlier_trys_job_to_the_run() -> None:
+    """A run cancelled while its submit is resent after a crash: nothing is sent, but the job
+    the first try may have started is looked for, so the run records its tasks (as an ended
+    run does, for late events) rather than leaving their events to expire unmatched."""
+    vod = FakeVod(SECRET_KEY)
+    async with serving(vod.app()) as base, httpx.AsyncClient() as http:
+        client = VodClient(
+            f"{base}/v2/index.php", secret_id=SECRET_ID, secret_key=SECRET_KEY, region="gz"
+        )
+        actions = Actions(client, http, webhook_secret=None, checker=cast(Any, None))
+        request = {"fileId": "f1", "procedure": "TranscodeAndSprite"}
+        submit = m.Submit(
+            run_id="run_3",
+            step="transcode",
+            attempt=1,
+            idempotency_key="run_3/transcode/1",
+            request=dict(request),
+        )
+        written = datetime.now(UTC) - timedelta(minutes=1)
+
+        async def cancelled() -> str:
+            return "the run had already ended (cancelled)"
+
+        first = await actions.perform(submit, tries=1, since=written, unwanted=cancelled)
+        assert isinstance(first, m.SubmitFailed)
+        assert first.message == "not sent: the run had already ended (cancelled)"
+        nothing = await actions.perform(submit, tries=2, since=written, unwanted=cancelled)
+        assert isinstance(nothing, m.SubmitFailed)  # no earlier try's job: nothing to record
+
+        vod.accept({"Action": "ProcessFileByProcedure", **request})  # the first try's job
+        found = await actions.perform(submit, tries=3, since=written, unwanted=cancelled)
+        assert isinstance(found, m.SubmitSucceeded)
+        assert found.recovered
+        assert [t.task_id for t in found.tasks] == [vod.submitted[0].procedure_id]
+        assert vod.calls_of("ProcessFileByProcedure") == []  # accepted directly, never sent
+        await client.aclose()
