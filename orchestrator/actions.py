@@ -124,7 +124,10 @@ class Actions:
         """A command no longer wanted is not carried out. A resent submit's earlier try may have
         started a job all the same: it is looked for, and its tasks go to the run (the machine
         records them on an ended run, so their events are matched as late ones instead of
-        waiting as orphans until they expire unmatched)."""
+        waiting as orphans until they expire unmatched). A Recover is carried out all the same:
+        VOD said it runs the job (50005), and looking it up starts nothing."""
+        if isinstance(command, m.Recover):
+            return await self._recover(command, tries)
         if isinstance(command, m.Submit) and tries > 1:
             try:
                 found = await self._find_tasks(command.request, since=since)

@@ -134,3 +134,34 @@ async def test_an_unwanted_resent_submit_hands_its_earlier_trys_job_to_the_run()
         assert [t.task_id for t in found.tasks] == [vod.submitted[0].procedure_id]
         assert vod.calls_of("ProcessFileByProcedure") == []  # accepted directly, never sent
         await client.aclose()
+
+
+async def test_an_unwanted_recover_still_hands_the_duplicate_job_to_the_run() -> None:
+    """A run cancelled while its Recover (after VOD's 50005) waits in the outbox: VOD said it
+    runs that job, and looking it up starts nothing, so the job's tasks go to the run (recorded
+    on the ended run, for late events) instead of its events expiring unmatched as orphans."""
+    vod = FakeVod(SECRET_KEY)
+    async with serving(vod.app()) as base, httpx.AsyncClient() as http:
+        client = VodClient(
+            f"{base}/v2/index.php", secret_id=SECRET_ID, secret_key=SECRET_KEY, region="gz"
+        )
+        actions = Actions(client, http, webhook_secret=None, checker=cast(Any, None))
+        request = {"fileId": "f1", "procedure": "TranscodeAndSprite"}
+        vod.accept({"Action": "ProcessFileByProcedure", **request})  # the job VOD said it runs
+        recover = m.Recover(
+            run_id="run_4",
+            step="transcode",
+            attempt=1,
+            idempotency_key="run_4/transcode/1/recover",
+            request=dict(request),
+        )
+
+        async def cancelled() -> str:
+            return "the run had already ended (cancelled)"
+
+        found = await actions.perform(recover, tries=1, since=datetime.now(UTC), unwanted=cancelled)
+        assert isinstance(found, m.SubmitSucceeded)
+        assert found.recovered
+        assert [t.task_id for t in found.tasks] == [vod.submitted[0].procedure_id]
+        assert vod.calls_of("ProcessFileByProcedure") == []
+        await client.aclose()
