@@ -930,6 +930,26 @@ async def test_snapshots_of_an_mpeg_ts_show_the_exact_frame_at_each_offset(
         assert difference < 2 < mean_difference(picture, earlier), (offset, difference)
 
 
+async def test_snapshot_of_an_mpeg_ts_on_a_keyframe_without_b_frames_shows_that_keyframe(
+    media: Media, tmp_path: Path
+) -> None:
+    """Without B-frames a keyframe is decoded when it is shown: the seek past its decoding
+    time is past its time too, and FFmpeg's accurate seeking dropped it (the next frame)."""
+    source = tmp_path / "baseline.ts"
+    await ffmpeg_out(
+        "-f", "lavfi", "-i", "testsrc2=size=160x90:rate=30", "-t", "6",
+        "-c:v", "libx264", "-preset", "veryfast", "-bf", "0", "-g", "60",
+        "-pix_fmt", "yuv420p", str(source),
+    )  # fmt: skip
+    snaps = await media.snapshots(source, tmp_path / "snap", [2000, 4000], SnapshotTemplate(10))
+    for snap, n in zip(snaps, [60, 120], strict=True):
+        picture = await gray("-i", str(snap.path))
+        # Decoded from the start, frame by frame: no seeking to trust.
+        exact = await gray("-i", str(source), "-vf", f"select=eq(n\\,{n})")
+        after = await gray("-i", str(source), "-vf", f"select=eq(n\\,{n + 1})")
+        assert mean_difference(picture, exact) < 2 < mean_difference(picture, after), n
+
+
 async def test_outputs_in_a_folder_named_with_spaces_quotes_percent_and_non_ascii(
     media: Media, recordings: Recordings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -343,7 +343,13 @@ class Media:
         keyframe (MPEG-TS) a seek to that keyframe and the frames up to ``t`` skipped."""
         seek = await self._seek_point(info, t)
         skip = t - (seek or 0.0)
-        return _seek_args(seek), (["-ss", _ts(skip)] if skip > 0 else [])
+        if skip > 0:
+            return _seek_args(seek), ["-ss", _ts(skip)]
+        if seek is not None and seek > t:
+            # `t` is the keyframe's own time, and the seek (its decoding time and a hair) is
+            # past it when it has no B-frames: FFmpeg's accurate seeking would drop it.
+            return ["-noaccurate_seek", *_seek_args(seek)], []
+        return _seek_args(seek), []
 
     async def _keyframes(self, info: MediaInfo, t: float) -> list[float]:
         """Times (s from the file's start) of the video keyframe at or before ``t`` and of the
@@ -749,11 +755,10 @@ class Media:
             outputs: list[str] = []
             for k, snap in enumerate(results[batch_start : batch_start + 16]):
                 at = min(snap.offset_ms / 1000, last)
-                seek = await self._seek_point(info, at)
-                inputs += [*self.ffmpeg.thread_args, *_seek_args(seek), "-i", str(src_p)]
-                outputs += ["-map", f"{k}:V:0"]
-                if at > (seek or 0.0):  # decoded from the keyframe before: skip to `at`
-                    outputs += ["-ss", _ts(at - (seek or 0.0))]
+                # Decoded from the keyframe before `at`, its frames up to `at` skipped.
+                before, after = await self._decode_from(info, at)
+                inputs += [*self.ffmpeg.thread_args, *before, "-i", str(src_p)]
+                outputs += ["-map", f"{k}:V:0", *after]
                 outputs += ["-frames:v", "1", *scale]
                 outputs += ["-update", "1", "-q:v", "2", "-y", str(snap.path)]
             await self.ffmpeg.run([*inputs, *outputs])
