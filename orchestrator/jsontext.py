@@ -22,9 +22,10 @@ The results are the standard library's:
 - ``canonical`` (sorted keys, no spaces, non-ASCII as is) is byte for byte what
   ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` writes for
   every value, except floats below 1e-4 or from 1e16 up, which orjson writes without the
-  exponent's padding (``1e-05`` → ``0.00001``). Dedup keys hash this text, so a body carrying
-  such a float, resent across the upgrade that brought orjson, is stored a second time; the
-  machine still applies a task's terminal event once.
+  exponent's padding (``1e-05`` → ``0.00001``), and ``NaN`` and infinities (which only the
+  ``json`` module reads, and are no RFC 8259 JSON), written ``null`` as by ``dumps``. Dedup
+  keys hash this text, so a body carrying such a float, resent across the upgrade that brought
+  orjson, is stored a second time; the machine still applies a task's terminal event once.
 """
 
 from __future__ import annotations
