@@ -25,7 +25,7 @@ from orchestrator.spec import (
     load_workflows,
     parse_workflow,
 )
-from orchestrator.store.sql import insert_ignore
+from orchestrator.store.sql import insert_or_update
 from orchestrator.store.tables import WorkflowVersion
 
 versions = WorkflowVersion.__table__  # type: ignore[attr-defined]
@@ -74,9 +74,11 @@ class Registry:
         return sorted(self.current.values(), key=lambda w: w.spec.name)
 
     def record_versions(self, conn: sa.Connection, now: datetime) -> None:
+        """Record the versions loaded now; one loaded before (a revert) is marked loaded now
+        again, so ``last_loaded`` finds it."""
         for item in self.current.values():
             conn.execute(
-                insert_ignore(conn, versions, ["version"]).values(
+                insert_or_update(conn, versions, ["version"], ["loaded_at"]).values(
                     version=item.version,
                     name=item.spec.name,
                     path=str(item.path),
@@ -86,8 +88,9 @@ class Registry:
             )
 
     def last_loaded(self, conn: sa.Connection, name: str) -> LoadedWorkflow | None:
-        """The version of workflow ``name`` loaded most recently (first loaded latest), from the
-        database: for a stream session that opened under a workflow no longer on disk."""
+        """The version of workflow ``name`` loaded most recently (by the last start that loaded
+        it), from the database: for a stream session that opened under a workflow no longer on
+        disk."""
         row = (
             conn.execute(
                 sa.select(versions)

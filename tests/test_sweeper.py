@@ -673,3 +673,32 @@ async def test_a_task_query_batch_that_outlasts_its_lease_keeps_the_rest_of_its_
     assert found["stalled"] == 3
     assert found["still_running"] + found["errors"] == 3, found
     assert taken_by_another == []
+
+
+async def test_a_removed_workflows_session_runs_the_version_loaded_last_after_a_revert(
+    db: Database, parts: tuple[Runner, Sweeper, Clock], tmp_path: Path
+) -> None:
+    """Edited (A, then B) and reverted (A again) before its file was removed while a session
+    was open: the session runs A, the version loaded last, under which it collected."""
+    runner, sweeper, clock = parts
+    a = runner.registry
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "wf.yaml").write_text(WORKFLOW.replace("timeout: 10m", "timeout: 20m"))
+    b = Registry.from_paths([tmp_path / "b" / "wf.yaml"])
+    version_a, version_b = a.current["wf"].version, b.current["wf"].version
+    assert version_a != version_b
+    for registry in (a, b, a):  # one restart each
+        await db.write(registry.record_versions, clock.now)
+        clock.now += timedelta(minutes=1)
+    body = {
+        "event_type": 100, "stream_id": "s", "file_id": "f0", "start_time": 100,
+        "end_time": 160, "t": 4102444800, "sign": "x",
+    }  # fmt: skip
+    row = NewInboxEvent("lvb", "lvb.recording", "r0", json.dumps(body))
+    await db.write(queues.insert_inbox, [row], clock.now)
+    await runner.drain_inbox()
+    del runner.registry.current["wf"]  # its file removed, vodflow restarted
+    clock.now += timedelta(minutes=2)
+    assert await sweeper.close_sessions() == {"closed": 1, "runs_started": 1}
+    versions = await db.query(lambda conn: conn.execute(sa.text("SELECT version FROM runs")).all())
+    assert [r[0] for r in versions] == [version_a]

@@ -22,6 +22,18 @@ def insert_ignore(
     return statement
 
 
+def insert_or_update(
+    conn: sa.Connection, table: sa.Table, conflict: list[str], update: list[str]
+) -> sqlite.Insert | postgresql.Insert:
+    """``INSERT ... ON CONFLICT (conflict) DO UPDATE SET`` the ``update`` columns to the values
+    being inserted, for the dialect."""
+    statement: sqlite.Insert | postgresql.Insert = (
+        postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
+    )
+    values = {c: statement.excluded[c] for c in update}
+    return statement.on_conflict_do_update(index_elements=conflict, set_=values)
+
+
 def lit(value: str) -> sa.BindParameter[str]:
     """A status rendered into the SQL text, not bound: a partial index ``WHERE status = 'x'``
     is only usable by a plan that sees the literal (PostgreSQL's cached generic plans don't)."""
