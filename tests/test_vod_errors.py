@@ -170,6 +170,9 @@ def test_task_error_classes() -> None:
         (-47100, ErrorClass.MEDIA),
         (-47403, ErrorClass.MEDIA),
         (-49199, ErrorClass.MEDIA),
+        # just outside the documented range: not known to be the source's fault
+        (-43000, ErrorClass.INTERNAL),
+        (-49200, ErrorClass.INTERNAL),
         # v3 (MediaProcessTaskTranscodeResult.ErrCode in Tencent's SDKs).
         (40000, ErrorClass.INVALID_PARAMS),
         (60000, ErrorClass.MEDIA),

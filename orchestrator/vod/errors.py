@@ -307,7 +307,7 @@ TASK_ERROR_CLASSES: Mapping[int, ErrorClass] = MappingProxyType(
     }
 )
 
-MEDIA_TASK_CODES = range(-49999, -42999)
+MEDIA_TASK_CODES = range(-49199, -43000)
 """The v2 per-task event codes Tencent documents ("视频处理类操作错误码": -43001 ... -49199), all
 FFmpeg failing to decode or probe the source, or the source not meeting requirements (no audio
 for an audio transcode, resolutions that differ in a concat, ...): the same file fails again."""
