@@ -72,7 +72,9 @@ class Actions:
         earlier try's, so a resent submit does not take it for its own. ``unwanted`` is asked
         first, and again once VOD's quota lets a submit go: a command whose run was cancelled (or
         ended) meanwhile is not carried out, and its outcome says so (see :func:`not_sent`)."""
-        if unwanted is not None:
+        if unwanted is not None and not isinstance(command, m.Recover):
+            # A Recover follows VOD's 50005 (VOD runs the job) and only looks it up: carried out
+            # whatever the run's state, it gives the run that job's tasks, late on an ended run.
             reason = await unwanted()
             if reason is not None:
                 return await self._unwanted(command, reason, tries, since)
@@ -94,16 +96,9 @@ class Actions:
             request = ProcessFileByProcedureRequest.from_params(flatten(command.request))
         except InvalidRequestParams as exc:
             return _failed(command, exc)
-        if tries > 1:
-            # The previous send's outcome is unknown (its process died mid-call): VOD may have
-            # accepted it. Look before sending again, so a crash never makes a second job (but
-            # only among jobs started since the command was written: an older one of the same
-            # file and procedure is another run's, or an earlier attempt's).
-            found = await self._find_tasks(command.request, since=since)
-            if found:
-                return m.SubmitSucceeded(
-                    step=command.step, attempt=command.attempt, tasks=found, recovered=True
-                )
+        earlier = await self._earlier_try(command, tries, since)
+        if earlier is not None:
+            return earlier
 
         async def before_send() -> None:
             reason = None if unwanted is None else await unwanted()
@@ -118,25 +113,38 @@ class Actions:
             return not_sent(command, str(exc))
         return m.SubmitSucceeded(step=command.step, attempt=command.attempt, tasks=answer.tasks)
 
+    async def _earlier_try(
+        self, command: m.Submit, tries: int, since: datetime | None
+    ) -> m.SubmitSucceeded | None:
+        """The job a resent submit's earlier try started, if VOD runs one.
+
+        The previous send's outcome is unknown (its process died mid-call): VOD may have accepted
+        it. It is looked for before sending again, so a crash never makes a second job (but only
+        among jobs started since the command was written: an older one of the same file and
+        procedure is another run's, or an earlier attempt's)."""
+        if tries <= 1:
+            return None
+        found = await self._find_tasks(command.request, since=since)
+        if not found:
+            return None
+        return m.SubmitSucceeded(
+            step=command.step, attempt=command.attempt, tasks=found, recovered=True
+        )
+
     async def _unwanted(
         self, command: m.Command, reason: str, tries: int, since: datetime | None
     ) -> m.Input:
         """A command no longer wanted is not carried out. A resent submit's earlier try may have
         started a job all the same: it is looked for, and its tasks go to the run (the machine
         records them on an ended run, so their events are matched as late ones instead of
-        waiting as orphans until they expire unmatched). A Recover is carried out all the same:
-        VOD said it runs the job (50005), and looking it up starts nothing."""
-        if isinstance(command, m.Recover):
-            return await self._recover(command, tries)
-        if isinstance(command, m.Submit) and tries > 1:
+        waiting as orphans until they expire unmatched)."""
+        if isinstance(command, m.Submit):
             try:
-                found = await self._find_tasks(command.request, since=since)
+                earlier = await self._earlier_try(command, tries, since)
             except VodError:
-                found = ()
-            if found:
-                return m.SubmitSucceeded(
-                    step=command.step, attempt=command.attempt, tasks=found, recovered=True
-                )
+                earlier = None
+            if earlier is not None:
+                return earlier
         return not_sent(command, reason)
 
     async def _recover(self, command: m.Recover, tries: int) -> m.Input:
