@@ -3,6 +3,8 @@ try could reach, and what a resent submit takes for its earlier try's job."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
@@ -32,6 +34,20 @@ def notify(url: str) -> m.Notify:
         webhook_id="msg_run_1_tell",
         timeout=5.0,
     )
+
+
+@asynccontextmanager
+async def vod_actions() -> AsyncIterator[tuple[FakeVod, Actions]]:
+    """Actions calling a fake VOD over real HTTP."""
+    vod = FakeVod(SECRET_KEY)
+    async with serving(vod.app()) as base, httpx.AsyncClient() as http:
+        client = VodClient(
+            f"{base}/v2/index.php", secret_id=SECRET_ID, secret_key=SECRET_KEY, region="gz"
+        )
+        try:
+            yield vod, Actions(client, http, webhook_secret=None, checker=cast(Any, None))
+        finally:
+            await client.aclose()
 
 
 async def test_a_path_is_delivered_on_this_vodflows_url_and_a_bad_url_is_not_retried() -> None:
@@ -66,12 +82,7 @@ async def test_a_resent_submit_takes_only_a_job_started_since_it_was_written() -
     """A submit sent again after its process died looks for the job its first try may have
     started. The file's job from before the command was written (another run's, or an earlier
     attempt's) is not it: taking it would leave this run waiting for events already spent."""
-    vod = FakeVod(SECRET_KEY)
-    async with serving(vod.app()) as base, httpx.AsyncClient() as http:
-        client = VodClient(
-            f"{base}/v2/index.php", secret_id=SECRET_ID, secret_key=SECRET_KEY, region="gz"
-        )
-        actions = Actions(client, http, webhook_secret=None, checker=cast(Any, None))
+    async with vod_actions() as (vod, actions):
         request = {"fileId": "f1", "procedure": "TranscodeAndSprite"}
         vod.accept({"Action": "ProcessFileByProcedure", **request})  # another run's job
         written = datetime.now(UTC) + timedelta(hours=1)  # this command, written after it
@@ -95,19 +106,13 @@ async def test_a_resent_submit_takes_only_a_job_started_since_it_was_written() -
         assert found.recovered
         assert [t.task_id for t in found.tasks] == [vod.submitted[1].procedure_id]
         assert len(vod.calls_of("ProcessFileByProcedure")) == 1
-        await client.aclose()
 
 
 async def test_an_unwanted_resent_submit_hands_its_earlier_trys_job_to_the_run() -> None:
     """A run cancelled while its submit is resent after a crash: nothing is sent, but the job
     the first try may have started is looked for, so the run records its tasks (as an ended
     run does, for late events) rather than leaving their events to expire unmatched."""
-    vod = FakeVod(SECRET_KEY)
-    async with serving(vod.app()) as base, httpx.AsyncClient() as http:
-        client = VodClient(
-            f"{base}/v2/index.php", secret_id=SECRET_ID, secret_key=SECRET_KEY, region="gz"
-        )
-        actions = Actions(client, http, webhook_secret=None, checker=cast(Any, None))
+    async with vod_actions() as (vod, actions):
         request = {"fileId": "f1", "procedure": "TranscodeAndSprite"}
         submit = m.Submit(
             run_id="run_3",
@@ -133,19 +138,13 @@ async def test_an_unwanted_resent_submit_hands_its_earlier_trys_job_to_the_run()
         assert found.recovered
         assert [t.task_id for t in found.tasks] == [vod.submitted[0].procedure_id]
         assert vod.calls_of("ProcessFileByProcedure") == []  # accepted directly, never sent
-        await client.aclose()
 
 
 async def test_an_unwanted_recover_still_hands_the_duplicate_job_to_the_run() -> None:
     """A run cancelled while its Recover (after VOD's 50005) waits in the outbox: VOD said it
     runs that job, and looking it up starts nothing, so the job's tasks go to the run (recorded
     on the ended run, for late events) instead of its events expiring unmatched as orphans."""
-    vod = FakeVod(SECRET_KEY)
-    async with serving(vod.app()) as base, httpx.AsyncClient() as http:
-        client = VodClient(
-            f"{base}/v2/index.php", secret_id=SECRET_ID, secret_key=SECRET_KEY, region="gz"
-        )
-        actions = Actions(client, http, webhook_secret=None, checker=cast(Any, None))
+    async with vod_actions() as (vod, actions):
         request = {"fileId": "f1", "procedure": "TranscodeAndSprite"}
         vod.accept({"Action": "ProcessFileByProcedure", **request})  # the job VOD said it runs
         recover = m.Recover(
@@ -164,4 +163,3 @@ async def test_an_unwanted_recover_still_hands_the_duplicate_job_to_the_run() ->
         assert found.recovered
         assert [t.task_id for t in found.tasks] == [vod.submitted[0].procedure_id]
         assert vod.calls_of("ProcessFileByProcedure") == []
-        await client.aclose()
