@@ -99,7 +99,7 @@ def _sub_task(stray: Stray, recorded: list[FileEvent]) -> Tie | None:
     named: list[FileEvent] = []
     unnamed: list[FileEvent] = []
     for event in procedures:
-        subs = _sub_task_ids(event.body)
+        subs = sub_task_ids(event.body)
         if stray.task_id in subs:
             named.append(event)
         elif not subs:
@@ -117,7 +117,8 @@ def _sub_task(stray: Stray, recorded: list[FileEvent]) -> Tie | None:
     )
 
 
-def _sub_task_ids(body: str | None) -> tuple[str, ...]:
+def sub_task_ids(body: str | None) -> tuple[str, ...]:
+    """The sub-tasks' IDs a stored procedure event's body names (none for other bodies)."""
     if body is None:
         return ()
     try:

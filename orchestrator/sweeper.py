@@ -53,7 +53,6 @@ from orchestrator.vod.client import PULL_EVENT_WAIT, VodClient
 from orchestrator.vod.errors import ErrorClass, MalformedEvent, VodError
 from orchestrator.vod.events import (
     event_from_task_info,
-    parse_event,
     pull_event_items,
     task_info_callback,
 )
@@ -503,7 +502,7 @@ class Sweeper:
 
         def rematch(conn: sa.Connection) -> tuple[int, int]:
             orphans = queues.orphans(conn, self.batch)
-            waiting = {o.id: (o.task_id, *_sub_task_ids(o)) for o in orphans}
+            waiting = {o.id: (o.task_id, *correlate.sub_task_ids(o.body)) for o in orphans}
             known = tasks.find_tasks(conn, {i for ids in waiting.values() for i in ids})
             ready = {o for o, ids in waiting.items() if any(i in known for i in ids)}
             strays = [
@@ -547,13 +546,3 @@ class Sweeper:
         # them again, and the dedup keys make the second copy a no-op.
         await self.client.confirm_event([handle for handle, _ in items])
         return {"pulled": len(items)}
-
-
-def _sub_task_ids(orphan: queues.Orphan) -> tuple[str, ...]:
-    """The sub-tasks' IDs an orphan procedure event names (none for other events)."""
-    if orphan.body is None:
-        return ()
-    try:
-        return parse_event(orphan.body).sub_task_ids
-    except MalformedEvent:
-        return ()
