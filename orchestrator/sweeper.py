@@ -485,8 +485,7 @@ class Sweeper:
         return {**{f"pruned_{name}": count for name, count in found.items()}, "forgot_jobs": gone}
 
     async def checkpoint(self) -> dict[str, int]:
-        await self.db.checkpoint()
-        return {}
+        return {"wal_frames": await self.db.checkpoint()}
 
     async def rematch_orphans(self) -> dict[str, int]:
         """Orphans whose task is known by now go back to the runner; old ones expire.

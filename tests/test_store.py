@@ -3,6 +3,8 @@ machine decisions, history, outbox and timers rows."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import stat
 import threading
 import time
@@ -64,20 +66,72 @@ async def test_the_sqlite_writer_checkpoints_in_the_background_and_caches_more(
     sqlite_url: str,
 ) -> None:
     """The single writer connection neither checkpoints on commit nor rereads index pages a
-    small cache dropped; readers keep SQLite's defaults."""
+    small cache dropped, and cuts a WAL that grew back to 64 MiB when it starts over; readers
+    keep SQLite's defaults."""
     migrate.upgrade(sqlite_url)
     db = Database(sqlite_url)
 
-    def pragmas(conn: sa.Connection) -> tuple[int, int]:
+    def pragmas(conn: sa.Connection) -> tuple[int, int, int]:
         autocheckpoint = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
         cache = conn.exec_driver_sql("PRAGMA cache_size").scalar()
-        return int(autocheckpoint or 0), int(cache or 0)
+        limit = conn.exec_driver_sql("PRAGMA journal_size_limit").scalar()
+        return int(autocheckpoint or 0), int(cache or 0), int(limit or 0)
 
     try:
-        assert await db.write(pragmas) == (0, -65536)
-        assert await db.query(pragmas) == (1000, -2000)
+        assert await db.write(pragmas) == (0, -65536, 64 * 1024 * 1024)
+        assert await db.query(pragmas) == (1000, -2000, -1)
     finally:
         await db.close()
+
+
+async def test_the_sqlite_wal_restarts_under_writes_that_never_pause(sqlite_url: str) -> None:
+    """A background checkpoint alone never lets the WAL start over while the writer commits
+    without a pause (each commit lands after the checkpoint began, so the writer never finds
+    the WAL copied whole): the file would grow for as long as the burst lasts. Once the WAL
+    holds more than ``wal_restart_frames``, the writer copies the rest itself between
+    transactions and the WAL starts over from its beginning."""
+    migrate.upgrade(sqlite_url)
+    db = Database(sqlite_url)
+    db.wal_restart_frames = 200
+    wal = Path(sqlite_url.removeprefix("sqlite:///") + "-wal")
+
+    def table(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("CREATE TABLE filler (id INTEGER PRIMARY KEY, pad TEXT)")
+
+    def fill(conn: sa.Connection) -> None:
+        conn.exec_driver_sql(
+            "INSERT INTO filler (pad) SELECT printf('%.2000c', 'x') FROM "
+            "(SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3 UNION ALL SELECT 4)"
+        )
+
+    stop = False
+
+    async def writer() -> None:
+        while not stop:
+            await db.write(fill)
+
+    try:
+        await db.write(table)
+        writers = [asyncio.create_task(writer()) for _ in range(3)]
+        frames = []
+        for _ in range(30):
+            await asyncio.sleep(0.05)
+            frames.append(await db.checkpoint())
+        stop = True
+        await asyncio.gather(*writers)
+        rows = await db.query(
+            lambda conn: conn.exec_driver_sql("SELECT count(*) FROM filler").scalar()
+        )
+        # Before closing: the last connection removes the WAL.
+        wal_size = (await asyncio.to_thread(wal.stat)).st_size
+    finally:
+        await db.close()
+    assert rows is not None
+    assert rows > 2000, rows  # the writers kept writing meanwhile
+    # The WAL started over (its frame count fell) and its file holds far less than the
+    # 2 000 bytes per row written through it.
+    assert any(after < before for before, after in itertools.pairwise(frames)), frames
+    assert wal_size < rows * 2000 // 4, (wal_size, rows)
 
 
 async def _start(db: Database, now: datetime, run_id: str = "run1") -> m.RunState:

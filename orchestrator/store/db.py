@@ -80,6 +80,21 @@ def ensure_sqlite_dir(url: str) -> None:
         ensure_private_dir(Path(parsed.database).parent)
 
 
+WAL_RESTART_FRAMES = 4096
+"""WAL frames (of 4 KiB pages: 16 MiB) beyond which the writer finishes a checkpoint itself so
+that the WAL starts over (see ``Database.checkpoint``)."""
+
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+"""Bytes a WAL file is cut back to when it starts over after growing beyond them (a long
+read transaction holds the WAL and it grows meanwhile; SQLite keeps the file's size otherwise)."""
+
+
+def _checkpoint(raw: Any) -> int:
+    """A PASSIVE checkpoint on a raw sqlite3 connection outside a transaction; the WAL's frames."""
+    _busy, frames, _copied = raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(frames)
+
+
 def configure_sqlite(engine: sa.Engine, *, writer: bool = False) -> None:
     """Pragmas and BEGIN IMMEDIATE for a (sync) SQLAlchemy engine on SQLite.
 
@@ -104,7 +119,15 @@ def configure_sqlite(engine: sa.Engine, *, writer: bool = False) -> None:
             "PRAGMA synchronous=NORMAL",
             "PRAGMA busy_timeout=30000",
             "PRAGMA foreign_keys=ON",
-            *(("PRAGMA wal_autocheckpoint=0", "PRAGMA cache_size=-65536") if writer else ()),
+            *(
+                (
+                    "PRAGMA wal_autocheckpoint=0",
+                    "PRAGMA cache_size=-65536",
+                    f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}",
+                )
+                if writer
+                else ()
+            ),
         ):
             cursor.execute(pragma)
         cursor.close()
@@ -172,24 +195,56 @@ class Database:
         self._writer = ThreadPoolExecutor(writers, thread_name_prefix="vodflow-db-write")
         # SQLite's single writer thread keeps its connection between transactions (see write).
         self._write_conn: sa.Connection | None = None
+        self.wal_restart_frames = WAL_RESTART_FRAMES
         self._reader = ThreadPoolExecutor(pool_size, thread_name_prefix="vodflow-db-read")
 
     @property
     def is_sqlite(self) -> bool:
         return self.backend == "sqlite"
 
-    async def checkpoint(self) -> None:
-        """Copy the SQLite WAL into the database file without blocking the writer (PASSIVE)."""
-        if not self.is_sqlite:
-            return
+    async def checkpoint(self) -> int:
+        """Copy the SQLite WAL into the database file without blocking the writer; returns the
+        frames the WAL held (0 on PostgreSQL).
 
-        def run() -> None:
+        The copy runs on a reader connection (PASSIVE), beside the writer. The WAL starts over
+        from its beginning only when the writer begins a transaction and finds it copied whole,
+        which a writer committing without a pause never does: each of its commits lands while
+        the copy runs. The WAL would grow for as long as such a burst lasts (a test wrote 1.5 s
+        of commits through a WAL that never started over), the file system allocating new
+        blocks for it all the while, and the file would keep that size. So once it holds more than
+        ``wal_restart_frames``, the writer copies the few frames committed since, between two
+        of its transactions, and its next transaction starts the WAL over.
+        """
+        if not self.is_sqlite:
+            return 0
+
+        def run() -> int:
             with self.sync_reader.connect() as conn:
                 raw = conn.connection.driver_connection
                 assert raw is not None
-                raw.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # outside a transaction
+                return _checkpoint(raw)
 
-        await asyncio.get_running_loop().run_in_executor(self._reader, run)
+        frames = await asyncio.get_running_loop().run_in_executor(self._reader, run)
+        if frames > self.wal_restart_frames:
+
+            def finish() -> None:
+                raw = self._kept_write_conn().connection.driver_connection
+                assert raw is not None
+                _checkpoint(raw)
+
+            await asyncio.get_running_loop().run_in_executor(self._writer, finish)
+        return frames
+
+    def _kept_write_conn(self) -> sa.Connection:
+        """SQLite's one writer connection, on the writer thread: kept open between
+        transactions. Checking it out of the pool and back for every transaction (and rolling
+        it back on the way in) cost a sixth of a lone callback's write; a SQLite connection does
+        not go stale as a server's can, so nothing is lost by keeping it (PostgreSQL's writers
+        still check theirs out, pinged, every time)."""
+        kept = self._write_conn
+        if kept is None or kept.invalidated:
+            kept = self._write_conn = self.sync_writer.connect()
+        return kept
 
     async def write(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``fn(conn, *args, **kwargs)`` in one write transaction, committed when it returns."""
@@ -198,14 +253,7 @@ class Database:
             if not self.is_sqlite:
                 with self.sync_writer.begin() as conn:
                     return fn(conn, *args, **kwargs)
-            # SQLite: one writer thread, one connection, kept open. Checking it out of the pool
-            # and back for every transaction (and rolling it back on the way in) cost a sixth
-            # of a lone callback's write; a SQLite connection does not go stale as a server's
-            # can, so nothing is lost by keeping it (PostgreSQL's writers still check theirs
-            # out, pinged, every time).
-            kept = self._write_conn
-            if kept is None or kept.invalidated:
-                kept = self._write_conn = self.sync_writer.connect()
+            kept = self._kept_write_conn()
             with kept.begin():
                 return fn(kept, *args, **kwargs)
 
