@@ -12,8 +12,9 @@ import asyncio
 import contextlib
 import gc
 import logging
+import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -43,6 +44,7 @@ from orchestrator.page import Page
 from orchestrator.receiver import InboxWriter, Receiver
 from orchestrator.registry import Registry
 from orchestrator.runner import Runner
+from orchestrator.spec import WorkflowError
 from orchestrator.store import views
 from orchestrator.store.db import Database
 from orchestrator.store.migrate import redact
@@ -274,6 +276,40 @@ def settle_collector() -> None:
     gc.set_threshold(YOUNG_COLLECTIONS_EVERY, *gc.get_threshold()[1:])
 
 
+def reload_on_hangup(registry: Registry, db: Database) -> Callable[[], None]:
+    """SIGHUP reloads the workflow files, as ``vodflow reload`` does (a problem is logged and
+    nothing changes). Returns what removes the handler; where signals cannot be handled here
+    (a thread other than the main one, or no SIGHUP), nothing is installed."""
+    loop = asyncio.get_running_loop()
+    hangup = getattr(signal, "SIGHUP", None)
+    running: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        try:
+            await registry.reload(db)
+        except WorkflowError as exc:
+            log.error("SIGHUP: the workflows were not reloaded (nothing changed):\n%s", exc)
+        except Exception as exc:
+            log.error("SIGHUP: the workflows were not reloaded: %s: %s", type(exc).__name__, exc)
+
+    def reload_soon() -> None:
+        task = loop.create_task(reload(), name="reload-workflows")
+        running.add(task)
+        task.add_done_callback(running.discard)
+
+    if hangup is None:
+        return lambda: None
+    try:
+        loop.add_signal_handler(hangup, reload_soon)
+    except (NotImplementedError, RuntimeError, ValueError):
+        return lambda: None
+
+    def forget() -> None:
+        loop.remove_signal_handler(hangup)
+
+    return forget
+
+
 async def start(services: Services) -> None:
     settle_collector()
     await services.db.write(services.registry.record_versions, datetime.now(UTC))
@@ -326,9 +362,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await start(services)
+        forget_hangup = reload_on_hangup(services.registry, services.db) if listening else None
         try:
             yield
         finally:
+            if forget_hangup is not None:
+                forget_hangup()
             await stop(services)
 
     routes: list[BaseRoute] = [

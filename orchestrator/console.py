@@ -1,5 +1,5 @@
 """Operators' commands: `vodflow runs`, `run show`, `retry`, `cancel`, `events`, `event replay`,
-`timers`, `timer replay`.
+`timers`, `timer replay`, `reload`.
 
 They speak the dashboard API. By default they ask the running server (``VODFLOW_PUBLIC_URL`` or
 HOST:PORT, with ``VODFLOW_API_TOKEN``); when none answers, or with ``--direct``, the same API runs
@@ -36,7 +36,12 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 
 
 @asynccontextmanager
-async def api(settings: Settings, direct: bool) -> AsyncIterator[httpx.AsyncClient]:
+async def api(
+    settings: Settings, direct: bool, *, server_only: bool = False
+) -> AsyncIterator[httpx.AsyncClient]:
+    """A client of the dashboard API: the running server's, or (``direct``, or when none
+    answers) this process's against the database. ``server_only``: the running server's or
+    exit 1 (for what only a server can do, such as reloading its workflows)."""
     headers = {"x-vodflow-actor": "cli"}
     if settings.api_token is not None:
         headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
@@ -46,6 +51,9 @@ async def api(settings: Settings, direct: bool) -> AsyncIterator[httpx.AsyncClie
             await client.get("/healthz")
         except httpx.TransportError:
             await client.aclose()
+            if server_only:
+                err.print(f"vodflow: no server answers at {settings.base_url}", highlight=False)
+                raise typer.Exit(1) from None
             err.print(f"[dim]no server at {settings.base_url}; using the database directly[/]")
         else:
             try:
@@ -71,9 +79,17 @@ async def api(settings: Settings, direct: bool) -> AsyncIterator[httpx.AsyncClie
             await services.db.close()
 
 
-def _call(settings: Settings, direct: bool, method: str, path: str, **kw: Any) -> Any:
+def _call(
+    settings: Settings,
+    direct: bool,
+    method: str,
+    path: str,
+    *,
+    server_only: bool = False,
+    **kw: Any,
+) -> Any:
     async def go() -> Any:
-        async with api(settings, direct) as client:
+        async with api(settings, direct, server_only=server_only) as client:
             answer = await client.request(method, path, **kw)
         if answer.status_code >= 400:
             try:
@@ -266,6 +282,21 @@ def register(app: typer.Typer, settings: Any) -> None:
             settings(), direct, "POST", f"/api/runs/{run_id}/cancel", json={"reason": reason}
         )
         _print_action(result, done=result["status"] == "cancelled")
+
+    @app.command("reload")
+    def reload(as_json: AsJson = False) -> None:
+        """Read the workflow files again in the running server (as SIGHUP does) and print what
+        changed. Every file is checked first: when one is invalid nothing changes, each problem
+        is printed, and the command exits 1 (as it does when no server answers)."""
+        result = _call(settings(), False, "POST", "/api/workflows/reload", server_only=True)
+        if as_json:
+            _print_json(result)
+            return
+        for change in ("added", "changed", "removed", "unchanged"):
+            if result[change]:
+                console.print(f"{change}: {', '.join(result[change])}", highlight=False)
+        if not any(result.values()):
+            console.print("no workflows", highlight=False)
 
     @app.command("trigger")
     def trigger(

@@ -21,6 +21,7 @@ import json
 import logging
 import statistics
 from collections.abc import AsyncIterator
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -35,6 +36,7 @@ from orchestrator import __version__
 from orchestrator import machine as m
 from orchestrator.openapi import ApiModel, Endpoint, Problem, document
 from orchestrator.runner import TriggerRefused
+from orchestrator.spec import WorkflowError
 from orchestrator.store import queues, views
 from orchestrator.store.db import Database
 from orchestrator.store.queues import INBOX_STATUSES, TIMER_STATUSES, InboxStatus
@@ -75,6 +77,15 @@ class WorkflowInfo(ApiModel):
 
 class WorkflowList(ApiModel):
     workflows: list[WorkflowInfo]
+
+
+class ReloadResult(ApiModel):
+    """Workflow names by what the reload did to them. Runs in flight keep their versions."""
+
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+    unchanged: list[str]
 
 
 class RunSummary(ApiModel):
@@ -561,6 +572,17 @@ async def list_workflows(request: Request) -> Response:
     )
 
 
+async def reload_workflows(request: Request) -> Response:
+    """All files are checked first, as at start: one invalid file changes nothing (422 with
+    every problem, by file, line and column)."""
+    services = _services(request)
+    try:
+        reloaded = await services.registry.reload(services.db)
+    except WorkflowError as exc:
+        return problem(422, f"the workflows were not reloaded (nothing changed):\n{exc}")
+    return ok(ReloadResult(**asdict(reloaded)))
+
+
 async def list_runs(request: Request) -> Response:
     q = parse_query(request, RunQuery)
     before = None
@@ -1003,6 +1025,15 @@ class LiveHub:
 
 ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/api/workflows", list_workflows, "Loaded workflows", WorkflowList),
+    Endpoint(
+        "POST",
+        "/api/workflows/reload",
+        reload_workflows,
+        "Read the workflow files again and serve them",
+        ReloadResult,
+        scope="admin",
+        errors=(422,),
+    ),
     Endpoint(
         "GET", "/api/runs", list_runs, "Runs, newest first", RunPage, query=RunQuery, errors=(422,)
     ),

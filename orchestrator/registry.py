@@ -7,12 +7,18 @@ parsed again from the database when a run of it advances.
 When VOD is this vodflow's embedded engine, every procedure a workflow names is known at load (the
 engine's procedures file), so the files are checked against it; an older version parsed again
 from the database is not (its runs started, and VOD answers for a procedure since removed).
+
+The files are read again on a reload (``vodflow reload``, ``POST /api/workflows/reload``, or
+SIGHUP): all of them, checked as at start. When any is invalid nothing changes; otherwise the
+new set replaces the old whole, and runs in flight keep their versions.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -25,10 +31,12 @@ from orchestrator.spec import (
     load_workflows,
     parse_workflow,
 )
+from orchestrator.store.db import Database
 from orchestrator.store.sql import insert_or_update
 from orchestrator.store.tables import WorkflowVersion
 
 versions = WorkflowVersion.__table__  # type: ignore[attr-defined]
+log = logging.getLogger("vodflow.workflows")
 
 
 def known_procedures(settings: Settings) -> KnownProcedures | None:
@@ -47,17 +55,73 @@ def known_procedures(settings: Settings) -> KnownProcedures | None:
     return KnownProcedures(frozenset(procedures.procedures), source)
 
 
+@dataclass(frozen=True)
+class Reloaded:
+    """What a reload changed, by workflow name."""
+
+    added: list[str]
+    changed: list[str]
+    removed: list[str]
+    unchanged: list[str]
+
+
 @dataclass
 class Registry:
     current: dict[str, LoadedWorkflow]
     _by_version: dict[str, Workflow] = field(default_factory=dict)
+    paths: list[Path] = field(default_factory=list)
+    """Where the workflows were loaded from (read again on a reload)."""
+    procedures: KnownProcedures | None = None
+    """The procedures they were checked against (the same on a reload: the engine does not
+    read its procedures file again)."""
+    _reloading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @classmethod
     def from_paths(cls, paths: list[Path], procedures: KnownProcedures | None = None) -> Registry:
         """Load and validate workflow files; raises WorkflowError listing every problem (with
         ``procedures``, each procedure name it does not define among them)."""
         loaded = load_workflows(paths, procedures)
-        return cls(current={w.spec.name: w for w in loaded})
+        return cls(
+            current={w.spec.name: w for w in loaded}, paths=list(paths), procedures=procedures
+        )
+
+    def read_again(self) -> Registry:
+        """The workflows as their files say now, checked as at start (WorkflowError listing
+        every problem). Blocking: it reads the files."""
+        return Registry.from_paths(self.paths, self.procedures)
+
+    async def reload(self, db: Database) -> Reloaded:
+        """Read the files again, record the versions and serve them; WorkflowError (listing
+        every problem) when any file is invalid, and then nothing changes. One reload at a
+        time."""
+        async with self._reloading:
+            fresh = await asyncio.to_thread(self.read_again)
+            await db.write(fresh.record_versions, datetime.now(UTC))
+            reloaded = self.adopt(fresh)
+        for name in reloaded.added:
+            log.info("workflow %s added (version %s)", name, self.current[name].version)
+        for name in reloaded.changed:
+            log.info("workflow %s changed (version %s)", name, self.current[name].version)
+        for name in reloaded.removed:
+            log.info("workflow %s removed: its runs in flight go on", name)
+        return reloaded
+
+    def adopt(self, fresh: Registry) -> Reloaded:
+        """Serve ``fresh``'s workflows from now on (record its versions first). The set is
+        replaced with one assignment, so a reader on another thread (the database writer's)
+        sees the old set or the new one, never a mix."""
+        old = self.current
+        self._by_version.update(fresh._by_version)
+        self.current = dict(fresh.current)
+        new = self.current
+        return Reloaded(
+            added=sorted(new.keys() - old.keys()),
+            changed=sorted(n for n in new.keys() & old.keys() if new[n].version != old[n].version),
+            removed=sorted(old.keys() - new.keys()),
+            unchanged=sorted(
+                n for n in new.keys() & old.keys() if new[n].version == old[n].version
+            ),
+        )
 
     @classmethod
     def for_settings(cls, settings: Settings) -> Registry:

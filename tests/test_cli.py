@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -443,3 +444,59 @@ def test_runs_and_events_tables_never_cut_an_id_on_a_narrow_terminal(
         result = runner.invoke(app, [command, "--direct"])
         assert result.exit_code == 0, result.output
         assert run_id in result.output, result.output  # whole, on one line
+
+
+def test_reload_and_sighup_serve_the_workflow_files_as_they_are_now(tmp_path: Path) -> None:
+    """`vodflow reload` and SIGHUP read the workflow files of a running `vodflow serve` again
+    (SIGHUP would otherwise end it). An invalid file changes nothing: the command prints the
+    problem and exits 1."""
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    shipped = (ROOT / "workflows" / "recording-transcode.yaml").read_text()
+    (folder / "recording-transcode.yaml").write_text(shipped)
+    port = free_port()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("VODFLOW_")},
+        "VODFLOW_DATA_DIR": str(tmp_path / "data"),
+        "VODFLOW_PORT": str(port),
+        "VODFLOW_WORKFLOWS": str(folder),
+    }
+    vodflow = [sys.executable, "-m", "orchestrator.cli"]
+
+    def reload() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*vodflow, "reload"], env=env, capture_output=True, text=True, timeout=60
+        )
+
+    alone = reload()
+    assert alone.returncode == 1
+    assert f"no server answers at http://127.0.0.1:{port}" in alone.stderr
+    subprocess.run([*vodflow, "db", "upgrade"], env=env, check=True, capture_output=True)
+    server = _started(env)
+    try:
+        done = reload()
+        assert (done.returncode, done.stdout) == (0, "unchanged: recording-transcode\n")
+
+        (folder / "broken.yaml").write_text("name: broken\nsteps: nope\n")
+        refused = reload()
+        assert refused.returncode == 1
+        assert "the workflows were not reloaded (nothing changed)" in refused.stderr
+        assert f"{folder / 'broken.yaml'}:" in refused.stderr
+
+        (folder / "broken.yaml").unlink()
+        renamed = shipped.replace("name: recording-transcode", "name: copy")
+        (folder / "copy.yaml").write_text(renamed)
+        server.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while True:
+            answer = httpx.get(f"http://127.0.0.1:{port}/api/workflows", timeout=5)
+            names = [w["name"] for w in answer.json()["workflows"]]
+            if names == ["copy", "recording-transcode"]:
+                break
+            assert server.poll() is None, "SIGHUP ended the server"
+            assert time.monotonic() < deadline, names
+            time.sleep(0.1)
+    finally:
+        server.terminate()
+        output, _ = server.communicate(timeout=15)
+    assert "workflow copy added" in output

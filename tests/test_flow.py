@@ -876,3 +876,78 @@ async def test_outputs_on_the_local_network_fail_the_step_unfetched_and_unretrie
         "VODFLOW_VERIFY_ALLOW_HOSTS)"
     )
     assert hits == []
+
+
+async def test_reloading_the_workflows_serves_the_new_files_and_leaves_runs_in_flight(
+    tmp_path: Path, database_url: str
+) -> None:
+    """`POST /api/workflows/reload` reads the files again: new runs start with the new version
+    while a run in flight keeps its own and finishes with it; an invalid file changes nothing
+    and names the problem; a removed file's workflow is no longer served."""
+    first = TRANSCODE % {"timeout": "1h"}
+    async with running_service(tmp_path, database_url, {"transcode": first}) as service:
+        api = f"{service.base}/api"
+        old = await service.http.post(
+            f"{api}/runs", json={"workflow": "transcode", "params": {"fileId": "f1"}}
+        )
+        old_run = old.json()["runId"]
+        await service.submitted()
+        folder = tmp_path / "workflows"
+        (folder / "transcode.yaml").write_text(first.replace("TranscodeAndSprite", "Other"))
+        (folder / "session.yaml").write_text(SESSION)
+
+        reloaded = await service.http.post(f"{api}/workflows/reload")
+        assert reloaded.status_code == 200, reloaded.text
+        assert reloaded.json() == {
+            "added": ["session"],
+            "changed": ["transcode"],
+            "removed": [],
+            "unchanged": [],
+        }
+        listed = {
+            w["name"]: w for w in (await service.http.get(f"{api}/workflows")).json()["workflows"]
+        }
+        assert sorted(listed) == ["session", "transcode"]
+        new = await service.http.post(
+            f"{api}/runs", json={"workflow": "transcode", "params": {"fileId": "f2"}}
+        )
+        new_run = new.json()["runId"]
+        await service.submitted(2)
+        assert [s.params["procedure"] for s in service.vod.submitted] == [
+            "TranscodeAndSprite",
+            "Other",
+        ]
+        assert (await service.run(new_run))["version"] == listed["transcode"]["version"]
+        assert (await service.run(old_run))["version"] != listed["transcode"]["version"]
+
+        # The run in flight finishes with the version it started with.
+        sent = service.vod.submitted[0]
+        await service.callback(transcode_complete(sent.tasks["transcode"], "f1"))
+        await service.callback(sprite_complete(sent.tasks["imageSprite"], "f1"))
+        await service.status_is(old_run, "succeeded")
+
+        (folder / "session.yaml").write_text(SESSION.replace("quiet: 1s", "quiet: soon"))
+        (folder / "transcode.yaml").unlink()
+        refused = await service.http.post(f"{api}/workflows/reload")
+        assert refused.status_code == 422
+        error = refused.json()["error"]
+        assert error.startswith("the workflows were not reloaded (nothing changed):")
+        assert f"{folder / 'session.yaml'}:3:71: triggers[0].quiet: expected a duration" in error
+        after = {
+            w["name"]: w["version"]
+            for w in (await service.http.get(f"{api}/workflows")).json()["workflows"]
+        }
+        assert after == {name: w["version"] for name, w in listed.items()}
+
+        (folder / "session.yaml").write_text(SESSION)
+        reloaded = await service.http.post(f"{api}/workflows/reload")
+        assert reloaded.json() == {
+            "added": [],
+            "changed": [],
+            "removed": ["transcode"],
+            "unchanged": ["session"],
+        }
+        gone = await service.http.post(
+            f"{api}/runs", json={"workflow": "transcode", "params": {"fileId": "f3"}}
+        )
+        assert gone.status_code == 404, gone.text
