@@ -65,21 +65,25 @@ def test_sqlite_runs_in_wal_mode(sqlite_url: str) -> None:
 async def test_the_sqlite_writer_checkpoints_in_the_background_and_caches_more(
     sqlite_url: str,
 ) -> None:
-    """The single writer connection neither checkpoints on commit nor rereads index pages a
-    small cache dropped, and cuts a WAL that grew back to 64 MiB when it starts over; readers
-    keep SQLite's defaults."""
+    """Every connection syncs each commit to the disk. The single writer connection neither
+    checkpoints on commit nor rereads index pages a small cache dropped, and cuts a WAL that
+    grew back to 64 MiB when it starts over; the others keep SQLite's defaults."""
     migrate.upgrade(sqlite_url)
     db = Database(sqlite_url)
 
-    def pragmas(conn: sa.Connection) -> tuple[int, int, int]:
+    def pragmas(conn: sa.Connection) -> tuple[int, int, int, int]:
         autocheckpoint = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
         cache = conn.exec_driver_sql("PRAGMA cache_size").scalar()
         limit = conn.exec_driver_sql("PRAGMA journal_size_limit").scalar()
-        return int(autocheckpoint or 0), int(cache or 0), int(limit or 0)
+        synchronous = conn.exec_driver_sql("PRAGMA synchronous").scalar()
+        return int(autocheckpoint or 0), int(cache or 0), int(limit or 0), int(synchronous or 0)
 
+    full = 2  # PRAGMA synchronous=FULL: each commit synced before it returns
     try:
-        assert await db.write(pragmas) == (0, -65536, 64 * 1024 * 1024)
-        assert await db.query(pragmas) == (1000, -2000, -1)
+        assert await db.write(pragmas) == (0, -65536, 64 * 1024 * 1024, full)
+        assert await db.query(pragmas) == (1000, -2000, -1, full)
+        async with db.transaction() as conn:
+            assert await conn.run_sync(pragmas) == (1000, -2000, -1, full)
     finally:
         await db.close()
 
