@@ -249,7 +249,9 @@ class Actions:
 
     async def _verify(self, command: m.Verify, tries: int) -> m.Input:
         try:
-            problem = await self.checker.check(command.outputs)
+            problem = await self.checker.check(
+                command.outputs, tolerance=command.duration_tolerance, slack=command.duration_slack
+            )
         except OutputRefused as exc:
             # Another attempt would be refused the same way: the step fails now.
             return m.VerifyFailed(

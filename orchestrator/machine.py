@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue, SkipValidation
 
 from orchestrator import template
 from orchestrator.durations import format_duration
-from orchestrator.spec import RetryPolicy, Step, Workflow
+from orchestrator.spec import DURATION_SLACK, DURATION_TOLERANCE, RetryPolicy, Step, Workflow
 from orchestrator.vod.errors import ErrorClass
 from orchestrator.vod.responses import TaskRef
 
@@ -392,6 +392,9 @@ class Verify(_StepCommand):
 
     kind: Literal["verify"] = "verify"
     outputs: dict[str, JsonValue]
+    duration_tolerance: float = DURATION_TOLERANCE
+    duration_slack: float = DURATION_SLACK.total_seconds()
+    """The step's ``verify`` options (seconds)."""
 
 
 class ScheduleTimer(_Frozen):
@@ -1013,7 +1016,8 @@ def _check_step_done(ctx: _Ctx, step: StepState) -> str:
         return f"waiting for {len(waiting)} task(s)"
     outputs = _merge_outputs(step)
     step = step.model_copy(update={"outputs": outputs})
-    if ctx.spec(step.name).verify and awaited:
+    options = ctx.spec(step.name).verify_options
+    if options is not None and awaited:
         step = step.model_copy(update={"status": StepStatus.VERIFYING})
         ctx.set_step(step)
         ctx.commands.append(
@@ -1022,6 +1026,8 @@ def _check_step_done(ctx: _Ctx, step: StepState) -> str:
                 step=step.name,
                 attempt=step.attempt,
                 outputs=outputs,
+                duration_tolerance=options.duration_tolerance,
+                duration_slack=options.duration_slack.total_seconds(),
                 idempotency_key=f"{ctx.state.run_id}/{step.name}/{step.attempt}/verify",
             )
         )

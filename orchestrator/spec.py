@@ -286,6 +286,31 @@ class NotifyAction(_Model):
     timeout: PositiveDuration = timedelta(seconds=10)
 
 
+DURATION_TOLERANCE = 0.02
+DURATION_SLACK = timedelta(seconds=1)
+
+
+class VerifyOptions(_Model):
+    """How a step's outputs are checked (``verify: true`` takes these defaults).
+
+    A transcode passes when its duration is within ``max(duration_slack, duration_tolerance ×
+    the input's duration)`` of its input's. The defaults (2 %, at least 1 s) allow for
+    recordings whose timestamps jump (a transcode may close such gaps, or fill them), and let
+    a truncation of up to 2 % pass (144 s of a 2-hour recording): tighten them for sources
+    known to be clean."""
+
+    duration_tolerance: float = Field(
+        DURATION_TOLERANCE,
+        ge=0.0,
+        le=1.0,
+        description="How far a transcode's duration may be from its input's, as a fraction of "
+        "the input's (0.02: 2 %).",
+    )
+    duration_slack: Duration = Field(
+        DURATION_SLACK, description="... and at least this far (for short inputs)."
+    )
+
+
 TASK_KINDS = (
     "procedure", "transcode", "imageSprite", "snapshotByTimeOffset", "sampleSnapshot",
     "animatedGraphics", "coverBySnapshot", "clip", "concat",
@@ -311,7 +336,11 @@ class Step(_Model):
         description="When a task's callback is expected; after it, vodflow asks VOD. "
         "Default: VODFLOW_TASK_POLL_AFTER.",
     )
-    verify: bool = Field(True, description="Check outputs are usable before the step succeeds.")
+    verify: bool | VerifyOptions = Field(
+        True,
+        description="Check outputs are usable before the step succeeds: true, false, or "
+        "options ({duration_tolerance: 0.005, duration_slack: 2s}).",
+    )
     retry: RetryPolicy | None = Field(None, description="Default: the workflow's retry.")
 
     @model_validator(mode="after")
@@ -323,6 +352,13 @@ class Step(_Model):
     @property
     def kind(self) -> Literal["process", "notify"]:
         return "process" if self.process is not None else "notify"
+
+    @property
+    def verify_options(self) -> VerifyOptions | None:
+        """How outputs are checked; None when they are not."""
+        if self.verify is True:
+            return VerifyOptions()
+        return self.verify or None
 
 
 class Workflow(_Model):

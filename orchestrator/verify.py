@@ -36,6 +36,7 @@ from pydantic import JsonValue
 
 from orchestrator.engine.ffmpeg import FFmpeg, parse_probe
 from orchestrator.netguard import AddressPolicy, Refused
+from orchestrator.spec import DURATION_SLACK, DURATION_TOLERANCE
 
 Probe = Callable[[str], Awaitable[float]]
 """The duration (seconds) of the media at a URL."""
@@ -265,20 +266,24 @@ class OutputChecker:
         probe: Probe,
         source_duration: SourceDuration,
         *,
-        tolerance: float = 0.02,
-        minimum_slack: float = 1.0,
         policy: AddressPolicy | None = None,
     ) -> None:
         self.http = http
         self.policy = policy
         self.probe = probe
         self.source_duration = source_duration
-        self.tolerance = tolerance
-        self.minimum_slack = minimum_slack
 
-    async def check(self, outputs: dict[str, JsonValue]) -> str | None:
+    async def check(
+        self,
+        outputs: dict[str, JsonValue],
+        *,
+        tolerance: float = DURATION_TOLERANCE,
+        slack: float = DURATION_SLACK.total_seconds(),
+    ) -> str | None:
         """None when the outputs are usable; else the first reason they are not. Raises
-        OutputRefused for a URL that is not to be fetched at all."""
+        OutputRefused for a URL that is not to be fetched at all. A transcode's duration may be
+        ``max(slack, tolerance × the input's)`` seconds from its input's (the step's ``verify``
+        options)."""
         reached: dict[str, str] = {}
         for url in _urls(outputs):
             problem, reached[url] = await self._reachable(url)
@@ -303,9 +308,9 @@ class OutputChecker:
                 raise
             except Exception as exc:
                 return f"cannot read transcode {play_url}: {exc}"
-            slack = max(self.minimum_slack, duration * self.tolerance)
+            allowed = max(slack, duration * tolerance)
             for playlist, got in durations:
-                if abs(got - duration) > slack:
+                if abs(got - duration) > allowed:
                     which = play_url if playlist == target else f"{play_url} (playlist {playlist})"
                     return f"transcode {which} lasts {got:.2f}s but its input lasts {duration:.2f}s"
         for sprite in _items(outputs, "sprites"):

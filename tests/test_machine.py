@@ -122,6 +122,23 @@ def test_submit_success_awaits_every_task_and_is_awaiting_callback() -> None:
     assert not run.step().in_flight
 
 
+def test_the_verify_command_carries_the_steps_duration_tolerance() -> None:
+    default = Run().start().submitted()
+    default.event("tr1", outputs={"play": [{"url": "http://x/f20.mp4"}]})
+    default.event("sp1")
+    (verify,) = default.commands(m.Verify)
+    assert (verify.duration_tolerance, verify.duration_slack) == (0.02, 1.0)
+    source = WORKFLOW_SOURCE.replace(
+        "    expected: 5m\n",
+        "    expected: 5m\n    verify: {duration_tolerance: 0, duration_slack: 0.5}\n",
+    )
+    tight = Run(parse_workflow(source)).start().submitted()
+    tight.event("tr1", outputs={"play": [{"url": "http://x/f20.mp4"}]})
+    tight.event("sp1")
+    (verify,) = tight.commands(m.Verify)
+    assert (verify.duration_tolerance, verify.duration_slack) == (0.0, 0.5)
+
+
 def test_all_awaited_tasks_succeeding_verifies_then_advances_to_notify() -> None:
     run = Run().start().submitted()
     run.event("tr1", outputs={"fileId": "f1", "play": [{"url": "http://x/f20.mp4"}]})

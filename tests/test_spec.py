@@ -4,6 +4,7 @@ what was found, what was expected, and a suggestion where one helps."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -297,3 +298,26 @@ def test_json_schema_is_published_for_editors() -> None:
     step = schema["$defs"]["Step"]
     assert "wait_for" in step["properties"]
     assert "fileId" in schema["$defs"]["ProcessAction"]["properties"]
+
+
+def test_verify_is_on_off_or_options_with_positions_for_bad_ones() -> None:
+    step = parse_workflow(VALID).steps[0]
+    assert step.verify_options is not None
+    assert (step.verify_options.duration_tolerance, step.verify_options.duration_slack) == (
+        0.02,
+        timedelta(seconds=1),
+    )
+    off = parse_workflow(VALID + "    verify: false\n").steps[0]
+    assert off.verify_options is None
+    tight = parse_workflow(
+        VALID + "    verify: {duration_tolerance: 0.005, duration_slack: 2s}\n"
+    ).steps[0]
+    assert tight.verify_options is not None
+    assert tight.verify_options.duration_tolerance == 0.005
+    assert tight.verify_options.duration_slack == timedelta(seconds=2)
+    assert problems(VALID + "    verify: {duration_tolerance: 2}\n") == [
+        "wf.yaml:10:34: steps[0].verify.duration_tolerance: "
+        "expected a value less than or equal to 1; found 2"
+    ]
+    (typo,) = problems(VALID + "    verify: {duration_tolerence: 0.01}\n")
+    assert typo.startswith("wf.yaml:10:14: steps[0].verify.duration_tolerence: unknown key")

@@ -110,6 +110,35 @@ async def test_a_transcode_shorter_than_its_input_fails(files: str) -> None:
     assert "its input lasts 12.00s" in problem
 
 
+async def test_the_duration_tolerance_is_the_steps(files: str) -> None:
+    """A 6 s transcode of a 12 s input passes within 55 % or 6.5 s, not within 40 %."""
+    short = outputs(files, play="short.mp4")
+    assert await (await checker()).check(short, tolerance=0.55) is None
+    assert await (await checker()).check(short, slack=6.5) is None
+    problem = await (await checker()).check(short, tolerance=0.4)
+    assert problem is not None
+    assert "its input lasts 12.00s" in problem
+
+
+async def test_a_verify_command_is_checked_with_its_steps_tolerance(files: str) -> None:
+    def verify(**options: float) -> m.Verify:
+        return m.Verify(
+            run_id="run_1",
+            step="transcode",
+            attempt=1,
+            idempotency_key="run_1/transcode/1/verify",
+            outputs=outputs(files, play="short.mp4"),
+            **options,
+        )
+
+    actions = Actions(
+        cast(Any, None), cast(Any, None), webhook_secret=None, checker=await checker()
+    )
+    assert isinstance(await actions.perform(verify(), tries=1), m.VerifyFailed)
+    loose = await actions.perform(verify(duration_tolerance=0.55), tries=1)
+    assert isinstance(loose, m.VerifySucceeded)
+
+
 async def test_sprite_cues_must_cover_the_media(files: str) -> None:
     problem = await (await checker(duration=30.0)).check({**outputs(files), "play": []})
     assert problem is not None
