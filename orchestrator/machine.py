@@ -723,6 +723,8 @@ def _on_task_event(ctx: _Ctx, event: TaskEvent) -> str:
         )
     if not task.awaited:
         return f"{label} ({outcome}) recorded; the step does not wait for {task.kind}"
+    if _finished_after_timeout(step):
+        return _take_timed_out_attempt(ctx, step, label)
     if step.status is not StepStatus.AWAITING_CALLBACK:
         return f"{label} ({outcome}) recorded; the step is {step.status}, not waiting"
     if not event.success:
@@ -1001,6 +1003,38 @@ def _send(ctx: _Ctx, step: StepState, *, resend: bool) -> str:
         )
     what = "re-sent" if resend else "submitted"
     return f"attempt {step.attempt} of step {step.name} {what}"
+
+
+def _finished_after_timeout(step: StepState) -> bool:
+    """The step's attempt timed out waiting on VOD, its retry is not sent yet, and VOD has
+    now finished every task the attempt waits for, successfully."""
+    awaited = [t for t in step.current_tasks() if t.awaited]
+    return (
+        step.status is StepStatus.RETRYING
+        and step.error_class is ErrorClass.TIMEOUT
+        and bool(awaited)
+        and all(t.status is TaskStatus.SUCCEEDED for t in awaited)
+    )
+
+
+def _take_timed_out_attempt(ctx: _Ctx, step: StepState, label: str) -> str:
+    """A late success is still the attempt's work: taking it spares a second job on VOD (the
+    retry timer, cancelled here, would be ignored anyway once the step is not retrying)."""
+    step = step.model_copy(
+        update={
+            "status": StepStatus.AWAITING_CALLBACK,
+            "retry_at": None,
+            "error": None,
+            "error_class": None,
+        }
+    )
+    ctx.set_step(step)
+    ctx.commands.append(CancelTimers(run_id=ctx.state.run_id, step=step.name))
+    return (
+        f"{label} succeeded after attempt {step.attempt} timed out, before its retry was "
+        "sent: the step takes its results instead of running it again; "
+        + _check_step_done(ctx, step)
+    )
 
 
 def _check_step_done(ctx: _Ctx, step: StepState) -> str:

@@ -951,3 +951,27 @@ async def test_reloading_the_workflows_serves_the_new_files_and_leaves_runs_in_f
             f"{api}/runs", json={"workflow": "transcode", "params": {"fileId": "f3"}}
         )
         assert gone.status_code == 404, gone.text
+
+
+async def test_a_timed_out_attempt_that_finishes_before_its_retry_is_not_run_again(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The step gave up waiting, but VOD's callbacks come in before the retry is sent: the step
+    takes them, and VOD is asked once."""
+    slow_retry = (TRANSCODE % {"timeout": "1s"}).replace(
+        "initial: 300ms, max: 1s", "initial: 1m, max: 1m"
+    )
+    async with running_service(tmp_path, database_url, {"transcode": slow_retry}) as service:
+        await service.callback(new_file_upload("f1"))
+        run_id = await service.one_run()
+        await service.submitted()
+        await service.status_is(run_id, "retrying")
+        sent = service.vod.submitted[0]
+        await service.callback(transcode_complete(sent.tasks["transcode"], "f1"))
+        await service.callback(sprite_complete(sent.tasks["imageSprite"], "f1"))
+        run = await service.status_is(run_id, "succeeded")
+        assert run["steps"][0]["attempt"] == 1
+        assert run["steps"][0]["outputs"]["play"][0]["url"] == "http://files.example/f1/f20.mp4"
+        assert "before its retry was sent" in run["history"][-1]["reason"]
+        assert [t["status"] for t in run["timers"] if t["kind"] == "retry"] == ["cancelled"]
+        assert len(service.vod.submitted) == 1

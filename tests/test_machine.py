@@ -440,6 +440,43 @@ def test_step_timeout_fails_the_attempt_and_stale_timers_are_ignored() -> None:
     assert "ignored" in run.last.history.reason
 
 
+def test_a_timed_out_attempt_finishing_before_its_retry_is_sent_is_taken_not_run_again() -> None:
+    """VOD finished the attempt after the step's timeout but before the retry's backoff ran
+    out: its results are the step's, and no second job is submitted."""
+    run = Run().start().submitted()
+    run.feed(m.TimerFired(timer="step_timeout", step="transcode", attempt=1), after=3600)
+    assert run.step().status is m.StepStatus.RETRYING
+    run.event("tr1", outputs={"play": [{"url": "http://x/f20.mp4"}]})
+    assert run.step().status is m.StepStatus.RETRYING  # one of its two tasks is done
+    assert not run.last.commands
+    run.event("sp1", outputs={"sprites": [{"webVttUrl": "http://x/s.vtt"}]})
+    assert run.step().status is m.StepStatus.VERIFYING
+    assert (run.step().attempt, run.step().error, run.step().retry_at) == (1, None, None)
+    assert run.state.status is m.RunStatus.RUNNING
+    assert run.last.history.reason.startswith(
+        "TranscodeComplete for imageSprite task sp1 succeeded after attempt 1 timed out, "
+        "before its retry was sent: the step takes its results instead of running it again"
+    )
+    cancel, verify = run.last.commands
+    assert cancel == m.CancelTimers(run_id="run1", step="transcode")
+    assert isinstance(verify, m.Verify)
+    assert verify.outputs["play"] == [{"url": "http://x/f20.mp4"}]
+    run.feed(m.TimerFired(timer="retry", step="transcode", attempt=1), after=10)
+    assert "ignored" in run.last.history.reason
+    assert not run.commands(m.Submit)
+
+
+def test_a_timed_out_attempt_whose_task_fails_late_still_retries() -> None:
+    run = Run().start().submitted()
+    run.feed(m.TimerFired(timer="step_timeout", step="transcode", attempt=1), after=3600)
+    run.event("tr1", success=False)
+    run.event("sp1")
+    assert run.step().status is m.StepStatus.RETRYING
+    run.feed(m.TimerFired(timer="retry", step="transcode", attempt=1), after=10)
+    assert run.step().attempt == 2
+    assert run.commands(m.Submit)
+
+
 def test_run_timeout_fails_the_run() -> None:
     run = Run().start().submitted()
     run.feed(m.TimerFired(timer="run_timeout"), after=6 * 3600)
