@@ -723,9 +723,9 @@ def _on_task_event(ctx: _Ctx, event: TaskEvent) -> str:
         )
     if not task.awaited:
         return f"{label} ({outcome}) recorded; the step does not wait for {task.kind}"
-    if _finished_after_timeout(step):
-        return _take_timed_out_attempt(ctx, step, label)
     if step.status is not StepStatus.AWAITING_CALLBACK:
+        if _finished_after_timeout(step):
+            return _take_timed_out_attempt(ctx, step, label)
         return f"{label} ({outcome}) recorded; the step is {step.status}, not waiting"
     if not event.success:
         return _fail_attempt(
@@ -1008,13 +1008,10 @@ def _send(ctx: _Ctx, step: StepState, *, resend: bool) -> str:
 def _finished_after_timeout(step: StepState) -> bool:
     """The step's attempt timed out waiting on VOD, its retry is not sent yet, and VOD has
     now finished every task the attempt waits for, successfully."""
+    if step.status is not StepStatus.RETRYING or step.error_class is not ErrorClass.TIMEOUT:
+        return False
     awaited = [t for t in step.current_tasks() if t.awaited]
-    return (
-        step.status is StepStatus.RETRYING
-        and step.error_class is ErrorClass.TIMEOUT
-        and bool(awaited)
-        and all(t.status is TaskStatus.SUCCEEDED for t in awaited)
-    )
+    return bool(awaited) and all(t.status is TaskStatus.SUCCEEDED for t in awaited)
 
 
 def _take_timed_out_attempt(ctx: _Ctx, step: StepState, label: str) -> str:
