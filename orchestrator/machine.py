@@ -44,17 +44,6 @@ from orchestrator.vod.responses import TaskRef
 # --- Vocabulary -----------------------------------------------------------------------------
 
 
-RETRYABLE = frozenset(
-    {
-        ErrorClass.INTERNAL,
-        ErrorClass.TRANSPORT,
-        ErrorClass.TIMEOUT,
-        ErrorClass.VERIFICATION,
-    }
-)
-"""Failures another attempt can fix. Frequency limits and duplicates have their own paths."""
-
-
 class RunStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
@@ -1134,7 +1123,7 @@ def _succeed_step(ctx: _Ctx, step: StepState, why: str) -> str:
 def _fail_attempt(ctx: _Ctx, step: StepState, error_class: ErrorClass, what: str) -> str:
     policy = ctx.workflow.retry_for(ctx.spec(step.name))
     used = step.attempt - step.budget_from
-    if error_class not in RETRYABLE:
+    if error_class not in policy.on:  # the policy's classes (spec.DEFAULT_RETRY_ON unless named)
         return _fail_step(ctx, step, error_class, what)
     if used >= policy.max_attempts:
         return _fail_step(

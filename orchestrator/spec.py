@@ -131,11 +131,29 @@ class Backoff(_Model):
     jitter: float = Field(0.1, ge=0.0, le=1.0, description="± fraction of each delay.")
 
 
+RetryOn = Literal[
+    "internal", "transport", "timeout", "verification",
+    "invalid_params", "file_not_found", "procedure_invalid", "auth", "rejected", "media",
+    "template",
+]  # fmt: skip
+"""The failure classes a retry policy may name: every class but VOD's frequency limit (backed
+off without spending an attempt) and duplicate tasks (recovered)."""
+
+DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("internal", "transport", "timeout", "verification")
+"""Failures another attempt can fix; the others fail the step at once unless a policy names
+them (a file VOD does not show yet, say: ``on: [..., file_not_found]``)."""
+
+
 class RetryPolicy(_Model):
     """How often a failed step is tried again. max_attempts counts the first attempt."""
 
     max_attempts: int = Field(3, ge=1, le=100)
     backoff: Backoff = Backoff()
+    on: tuple[RetryOn, ...] = Field(
+        DEFAULT_RETRY_ON,
+        description="The failure classes another attempt is tried for (default: internal, "
+        "transport, timeout, verification).",
+    )
 
 
 # --- Triggers ----------------------------------------------------------------------------------

@@ -266,6 +266,28 @@ def test_retryable_failures_retry_with_backoff_until_the_budget_is_spent(
     assert "attempt 2 of 2, none left" in (run.state.error or "")
 
 
+def test_a_retry_policy_names_the_failure_classes_it_retries() -> None:
+    """`retry.on` widens what is retried (a file VOD does not show yet) or narrows it (no
+    retry after a timeout); the classes it leaves out fail the step at once."""
+    wider = WORKFLOW_SOURCE.replace("jitter: 0}}", "jitter: 0}, on: [internal, file_not_found]}")
+    run = Run(parse_workflow(wider)).start()
+    run.feed(
+        m.SubmitFailed(
+            step="transcode", attempt=1, error_class=m.ErrorClass.FILE_NOT_FOUND, message="10008"
+        )
+    )
+    assert run.state.status is m.RunStatus.RETRYING
+    run.feed(m.TimerFired(timer="retry", step="transcode", attempt=1), after=10)
+    assert run.commands(m.Submit)[0].attempt == 2
+
+    narrower = WORKFLOW_SOURCE.replace("jitter: 0}}", "jitter: 0}, on: [internal]}")
+    run = Run(parse_workflow(narrower)).start().submitted()
+    run.feed(m.TimerFired(timer="step_timeout", step="transcode", attempt=1), after=3600)
+    assert run.state.status is m.RunStatus.FAILED
+    assert run.step().error_class is m.ErrorClass.TIMEOUT
+    assert not run.commands(m.ScheduleTimer)
+
+
 def test_frequency_limit_backs_off_without_spending_an_attempt() -> None:
     run = Run().start()
     for _ in range(5):

@@ -4,19 +4,23 @@ what was found, what was expected, and a suggestion where one helps."""
 from __future__ import annotations
 
 import json
+import typing
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from orchestrator.spec import (
+    DEFAULT_RETRY_ON,
     KnownProcedures,
+    RetryOn,
     WorkflowError,
     json_schema,
     load_workflows,
     parse_workflow,
     version_of,
 )
+from orchestrator.vod.errors import ErrorClass
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -321,3 +325,13 @@ def test_verify_is_on_off_or_options_with_positions_for_bad_ones() -> None:
     ]
     (typo,) = problems(VALID + "    verify: {duration_tolerence: 0.01}\n")
     assert typo.startswith("wf.yaml:10:14: steps[0].verify.duration_tolerence: unknown key")
+
+
+def test_a_retry_policy_may_name_every_failure_class_but_those_handled_apart() -> None:
+    named = set(typing.get_args(RetryOn))
+    assert named == {c.value for c in ErrorClass} - {"frequency_limit", "duplicate_task"}
+    assert set(DEFAULT_RETRY_ON) == {"internal", "transport", "timeout", "verification"}
+    source = VALID.replace("steps:", "retry: {on: [timeout, duplicate_task]}\nsteps:")
+    (problem,) = problems(source)
+    assert problem.startswith("wf.yaml:5:23: retry.on[1]: expected 'internal', ")
+    assert problem.endswith('found "duplicate_task"')
