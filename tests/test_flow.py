@@ -975,3 +975,25 @@ async def test_a_timed_out_attempt_that_finishes_before_its_retry_is_not_run_aga
         assert "before its retry was sent" in run["history"][-1]["reason"]
         assert [t["status"] for t in run["timers"] if t["kind"] == "retry"] == ["cancelled"]
         assert len(service.vod.submitted) == 1
+
+
+async def test_a_retry_policy_naming_media_failures_retries_them(
+    tmp_path: Path, database_url: str
+) -> None:
+    """The same documented failure as above, under a policy that names `media`: retried."""
+    widened = (TRANSCODE % {"timeout": "1h"}).replace(
+        "jitter: 0}}", "jitter: 0}, on: [internal, transport, timeout, verification, media]}"
+    )
+    async with running_service(tmp_path, database_url, {"transcode": widened}) as service:
+        await service.callback(new_file_upload("f1"))
+        run_id = await service.one_run()
+        await service.submitted()
+        failed = json.loads((DOCS / "v2-TranscodeComplete-failed.json").read_bytes())
+        failed["data"]["vodTaskId"] = service.vod.submitted[0].tasks["transcode"]
+        assert (await service.callback(failed)).status_code == 200
+        await service.submitted(2)
+        run = await service.run(run_id)
+        assert run["steps"][0]["attempt"] == 2
+        failure = next(h for h in run["history"] if h["toStatus"] == "retrying")
+        assert failure["reason"].startswith("attempt 1 of 2 failed: transcode task failed:")
+        assert "-43001" in failure["reason"]
