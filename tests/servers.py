@@ -5,14 +5,51 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import subprocess
+import sys
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
+import httpx
+import pytest
 import uvicorn
 from starlette.types import ASGIApp
 
 from tests.conftest import free_port
+
+
+def vodflow_process(
+    args: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    ready: str = "/healthz",
+    cwd: Path | None = None,
+) -> subprocess.Popen[str]:
+    """``vodflow ARGS`` in a process of its own, once ``ready`` answers on ``VODFLOW_PORT``;
+    a process that exits first fails the test with its output."""
+    command = " ".join(args)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        env=dict(env),
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 40
+    while True:
+        try:
+            httpx.get(f"http://127.0.0.1:{env['VODFLOW_PORT']}{ready}", timeout=2)
+            return server
+        except httpx.TransportError:
+            if server.poll() is not None:
+                output = server.stdout.read() if server.stdout else ""
+                pytest.fail(f"vodflow {command} exited {server.returncode}: {output}")
+            assert time.monotonic() < deadline, f"vodflow {command} did not start"
+            time.sleep(0.2)
 
 
 @asynccontextmanager

@@ -22,6 +22,7 @@ from orchestrator import __version__, cli
 from orchestrator.cli import app
 from orchestrator.store import migrate
 from tests.conftest import ROOT, free_port
+from tests.servers import vodflow_process
 
 runner = CliRunner()
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -170,21 +171,11 @@ def test_serve_answers_healthz_and_lists_workflows(tmp_path: Path) -> None:
     }
     vodflow = [sys.executable, "-m", "orchestrator.cli"]
     subprocess.run([*vodflow, "db", "upgrade"], env=env, check=True, capture_output=True)
-    server = subprocess.Popen(
-        [*vodflow, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    server = vodflow_process(["serve"], env)
     tab: socket.socket | None = None
     try:
         base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                health = httpx.get(f"{base}/healthz", timeout=2)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, server.stdout.read() if server.stdout else ""
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.2)
+        health = httpx.get(f"{base}/healthz", timeout=2)
         assert health.status_code == 200
         assert health.json()["status"] == "ok"
         workflows = httpx.get(f"{base}/api/workflows", timeout=5).json()["workflows"]
@@ -227,24 +218,7 @@ def _serving(database_url: str, tmp_path: Path, port: int) -> dict[str, str]:
 
 def _started(env: dict[str, str]) -> subprocess.Popen[str]:
     """`vodflow serve` once it answers /healthz."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "serve"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 40
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{env['VODFLOW_PORT']}/healthz", timeout=2)
-            return server
-        except httpx.TransportError:
-            if server.poll() is not None:
-                output = server.stdout.read() if server.stdout else ""
-                pytest.fail(f"vodflow serve exited {server.returncode}: {output}")
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.2)
+    return vodflow_process(["serve"], env)
 
 
 def _refused(env: dict[str, str]) -> str:

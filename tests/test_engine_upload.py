@@ -10,7 +10,6 @@ import math
 import os
 import secrets
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from orchestrator.store import engine as store
 from orchestrator.vod.signing import sign
 from tests.conftest import free_port
 from tests.engine_support import Vod, running_engine
+from tests.servers import vodflow_process
 
 pytestmark = [pytest.mark.ffmpeg, pytest.mark.usefixtures("clean_env")]
 
@@ -129,23 +129,8 @@ async def test_recording_times_are_completed_from_the_duration(
 
 def _serving(
     command: list[str], tmp_path: Path, env: dict[str, str], ready: str
-) -> subprocess.Popen[bytes]:
-    server = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", *command],
-        env={**os.environ, **env},
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"http://127.0.0.1:{env['VODFLOW_PORT']}{ready}", timeout=1)
-            return server
-        except httpx.TransportError:
-            assert server.poll() is None, server.communicate()[0].decode()
-            assert time.monotonic() < deadline, f"vodflow {' '.join(command)} did not start"
-            time.sleep(0.2)
+) -> subprocess.Popen[str]:
+    return vodflow_process(command, {**os.environ, **env}, ready=ready, cwd=tmp_path)
 
 
 def _upload(recording: Path, *options: str) -> Any:
