@@ -36,6 +36,17 @@ def notify(url: str) -> m.Notify:
     )
 
 
+def transcode(run_id: str, request: dict[str, str]) -> m.Submit:
+    """A run's first try at its transcode step."""
+    return m.Submit(
+        run_id=run_id,
+        step="transcode",
+        attempt=1,
+        idempotency_key=f"{run_id}/transcode/1",
+        request=dict(request),
+    )
+
+
 @asynccontextmanager
 async def vod_actions() -> AsyncIterator[tuple[FakeVod, Actions]]:
     """Actions calling a fake VOD over real HTTP."""
@@ -86,13 +97,7 @@ async def test_a_resent_submit_takes_only_a_job_started_since_it_was_written() -
         request = {"fileId": "f1", "procedure": "TranscodeAndSprite"}
         vod.accept({"Action": "ProcessFileByProcedure", **request})  # another run's job
         written = datetime.now(UTC) + timedelta(hours=1)  # this command, written after it
-        submit = m.Submit(
-            run_id="run_2",
-            step="transcode",
-            attempt=1,
-            idempotency_key="run_2/transcode/1",
-            request=dict(request),
-        )
+        submit = transcode("run_2", request)
         sent = await actions.perform(submit, tries=2, since=written)
         assert isinstance(sent, m.SubmitSucceeded)
         assert not sent.recovered
@@ -114,13 +119,7 @@ async def test_an_unwanted_resent_submit_hands_its_earlier_trys_job_to_the_run()
     run does, for late events) rather than leaving their events to expire unmatched."""
     async with vod_actions() as (vod, actions):
         request = {"fileId": "f1", "procedure": "TranscodeAndSprite"}
-        submit = m.Submit(
-            run_id="run_3",
-            step="transcode",
-            attempt=1,
-            idempotency_key="run_3/transcode/1",
-            request=dict(request),
-        )
+        submit = transcode("run_3", request)
         written = datetime.now(UTC) - timedelta(minutes=1)
 
         async def cancelled() -> str:
