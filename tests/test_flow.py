@@ -411,15 +411,21 @@ async def test_a_failed_task_is_retried_per_policy(service: Service) -> None:
     assert run["steps"][0]["attempt"] == 2
 
 
+def documented_failure(service: Service) -> dict[str, Any]:
+    """Tencent's documented failed TranscodeComplete (-43001: FFmpeg reports the file corrupt),
+    for the transcode task of the first job sent."""
+    failed: dict[str, Any] = json.loads((DOCS / "v2-TranscodeComplete-failed.json").read_bytes())
+    failed["data"]["vodTaskId"] = service.vod.submitted[0].tasks["transcode"]
+    return failed
+
+
 async def test_a_task_failing_on_its_source_file_is_not_retried(service: Service) -> None:
     """Tencent's documented failed TranscodeComplete (-43001: FFmpeg reports the file corrupt)."""
     await service.callback(new_file_upload("f1"))
     run_id = await service.one_run()
     await service.submitted()
     await service.status_is(run_id, "awaiting_callback")
-    failed = json.loads((DOCS / "v2-TranscodeComplete-failed.json").read_bytes())
-    failed["data"]["vodTaskId"] = service.vod.submitted[0].tasks["transcode"]
-    assert (await service.callback(failed)).status_code == 200
+    assert (await service.callback(documented_failure(service))).status_code == 200
     run = await service.status_is(run_id, "failed")
     assert run["steps"][0]["attempt"] == 1
     assert run["steps"][0]["errorClass"] == "media"
@@ -988,9 +994,7 @@ async def test_a_retry_policy_naming_media_failures_retries_them(
         await service.callback(new_file_upload("f1"))
         run_id = await service.one_run()
         await service.submitted()
-        failed = json.loads((DOCS / "v2-TranscodeComplete-failed.json").read_bytes())
-        failed["data"]["vodTaskId"] = service.vod.submitted[0].tasks["transcode"]
-        assert (await service.callback(failed)).status_code == 200
+        assert (await service.callback(documented_failure(service))).status_code == 200
         await service.submitted(2)
         run = await service.run(run_id)
         assert run["steps"][0]["attempt"] == 2
