@@ -80,19 +80,14 @@ class FakeVod:
                 )
             return JSONResponse({"code": 0, "message": "", **answer})
         if action == "GetTaskList":
+            # Tencent's documented shape: grouped by status, entries without fileId or procedure.
             entries = [
-                {
-                    "vodTaskId": s.procedure_id,
-                    "type": "procedure",
-                    "status": "PROCESSING",
-                    "fileId": s.params.get("fileId"),
-                    "createTime": s.created,
-                    "procedure": s.params.get("procedure"),
-                }
+                {"vodTaskId": s.procedure_id, "type": "procedure", "createTime": s.created}
                 for s in self.submitted
                 if params.get("fileId") in (None, s.params.get("fileId"))
             ]
-            return JSONResponse({"code": 0, "message": "", "taskList": entries})
+            group = {"status": params.get("status"), "next": "", "taskList": entries}
+            return JSONResponse({"code": 0, "message": "", "data": [group]})
         if action == "GetVideoInfo":
             return JSONResponse({"code": 0, "message": "", "basicInfo": {"duration": 10}})
         return JSONResponse({"code": 4000, "message": f"FakeVod does not do {action}"})

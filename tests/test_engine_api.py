@@ -492,6 +492,8 @@ async def test_task_queries_of_queued_work(vod: Vod) -> None:
         },
         "procedure": "TranscodeAndSprite",
     }
+    raw = await vod.call("GetTaskList", {"status": "WAITING"})  # Tencent's documented shape
+    assert [(g["status"], len(g["taskList"])) for g in raw["data"]] == [("WAITING", 1)]
     assert (await vod.client.get_task_list("WAITING", file_id=first)).task_list == ()
     assert (await vod.client.get_task_list("FINISHED")).total_count == 0
 

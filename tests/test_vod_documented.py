@@ -9,6 +9,7 @@ from typing import Any
 
 from orchestrator.triggers import contexts_for
 from orchestrator.vod.events import event_from_task_info, parse_event, task_info_callback
+from orchestrator.vod.responses import GetTaskListResponse
 
 DOCS = Path(__file__).parent / "fixtures" / "tencent_docs"
 
@@ -63,6 +64,45 @@ def test_fields_a_task_info_does_carry_are_kept() -> None:
     assert callback is not None
     assert callback["data"]["vodTaskId"] == "transcode-given"  # type: ignore[index,call-overload]
     assert event_from_task_info(answer, "transcode-asked").success is False
+
+
+def test_a_finished_word_with_an_error_code_is_a_failure() -> None:
+    # The Chinese GetTaskInfo page shows a transcode's data with a word and errCode
+    # ("status": "PROCESSING", "errCode": 0): once finished, the code tells the outcome.
+    answer = documented("v2-GetTaskInfo-transcode.json")
+    answer["status"] = "FINISHED"  # the word in that page's field table
+    answer["data"].update({"status": "FINISH", "errCode": -43001})
+    failed = event_from_task_info(answer, "transcode-asked")
+    assert (failed.terminal, failed.success, failed.error_code) == (True, False, -43001)
+    answer["data"]["errCode"] = 0
+    assert event_from_task_info(answer, "transcode-asked").success is True
+    answer["data"]["status"] = "PROCESSING"
+    assert event_from_task_info(answer, "transcode-asked").terminal is False
+
+
+def test_a_procedure_reported_finished_is_terminal() -> None:
+    # GetTaskInfo's status words are WAITING / PROCESSING / FINISHED; the callback's FINISH.
+    answer = documented("v2-GetTaskInfo-procedure.json")
+    answer["status"] = "FINISHED"
+    answer["data"]["processTaskList"][0]["status"] = "SUCCESS"
+    done = event_from_task_info(answer, "1251989944-Procedure-d7c9631c15ecf653b1ff67e34cb04692")
+    assert (done.terminal, done.success) == (True, True)
+
+
+def test_the_documented_task_list_is_read_group_by_group() -> None:
+    answer = GetTaskListResponse.parse(json.dumps(documented("v2-GetTaskList.json")))
+    assert [(e.vod_task_id, e.type, e.status) for e in answer.task_list][::2] == [
+        ("1251132654-Procedure-d7c9631c15ecf653b1ff67e34cb04692", "procedure", "WAITING"),
+        ("1251132654-Procedure-d7c9631c15ecf653b1ff67e34cb046ff", "procedure", "PROCESSING"),
+        ("1251132654-Procedure-d7c9631c15ecf653b1ff67e34cb046ff", "procedure", "FINISHED"),
+    ]
+    assert len(answer.task_list) == 6
+    assert answer.task_list[0].create_time == 1485156352
+    # The field table's name for the list is read too.
+    renamed = documented("v2-GetTaskList.json")
+    for group in renamed["data"]:
+        group["vodTaskList"] = group.pop("taskList")
+    assert GetTaskListResponse.parse(json.dumps(renamed)).task_list == answer.task_list
 
 
 def test_a_clip_task_info_is_read_as_a_clip_complete() -> None:

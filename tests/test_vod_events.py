@@ -582,6 +582,28 @@ def test_any_event_type_parses(kind: str, data: dict[str, Any]) -> None:
     assert event.kind == kind
 
 
+@pytest.mark.parametrize("version", ["4.0", 4, 4.0, "4", " 4.0 "])
+def test_version_4_is_read_as_text_or_number(version: Any) -> None:
+    # Tencent's PullEvent example writes "version": 4; the TranscodeComplete table types it Integer.
+    body = payload("v2-TranscodeComplete.json")
+    event = parse_event({**body, "version": version})
+    assert (event.kind, event.dedup_key) == ("TranscodeComplete", parse_event(body).dedup_key)
+
+
+@pytest.mark.parametrize("version", ["3.0", 3, 5, True, None, "4.1"])
+def test_other_versions_are_refused(version: Any) -> None:
+    with pytest.raises(MalformedEvent, match=r'"4\.0"') as refused:
+        parse_event({**payload("v2-TranscodeComplete.json"), "version": version})
+    assert refused.value.field == "version"
+
+
+def test_a_clips_file_info_may_come_as_a_list_of_one() -> None:
+    # ClipComplete's field table types fileInfo as an Array; its examples send an object.
+    body = payload("v2-ClipComplete.json")
+    listed = {**body, "data": {**body["data"], "fileInfo": [body["data"]["fileInfo"]]}}
+    assert parse_event(listed).outputs == parse_event(body).outputs
+
+
 # --- malformed bodies: one error type, with a reason a person can act on --------------------------
 
 

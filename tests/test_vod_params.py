@@ -334,8 +334,11 @@ def test_other_requests_flatten_and_parse() -> None:
     cases = [
         (GetTaskInfoRequest(vod_task_id="t-1"), {"vodTaskId": "t-1"}),
         (GetVodTaskStatusRequest(task_ids=("a", "b")), {"taskId.0": "a", "taskId.1": "b"}),
-        (GetTaskListRequest(status="FINISHED"), {"status": "FINISHED"}),
-        (GetTaskListRequest(status="WAITING", file_id="9"), {"status": "WAITING", "fileId": "9"}),
+        (GetTaskListRequest(status="FINISHED"), {"status": "FINISHED", "maxCount": "100"}),
+        (
+            GetTaskListRequest(status="WAITING", file_id="9"),
+            {"status": "WAITING", "fileId": "9", "maxCount": "100"},
+        ),
         (PullEventRequest(), {}),
         (ConfirmEventRequest(msg_handles=("h1",)), {"msgHandle.0": "h1"}),
         (GetVideoInfoRequest(file_id="9"), {"fileId": "9"}),

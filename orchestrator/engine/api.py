@@ -18,11 +18,13 @@ Calls and the decisions where Tencent's documents are silent:
   task's event; before, a procedure's progress or the task's IDs. Engine extension: ``detail``
   (how the media layer did it: stream copy or encode). An unknown task ID is 5000.
 * ``GetVodTaskStatus``: Queuing / Processing / Finished, NotFound for unknown IDs.
-* ``GetTaskList``: procedure tasks only (each stands for its tasks), newest first, at most 100
-  (``totalCount`` counts all), each ``{vodTaskId, type, status, fileId, createTime,
-  beginProcessTime, finishTime}`` plus two engine extensions the orchestrator recovers with:
-  ``procedure`` (its name) and ``request`` (the request as received: nested wire names, text
-  values, e.g. ``{"gen": {...}, "procedure": "..."}``).
+* ``GetTaskList``: in Tencent's documented shape, ``data: [{status, next, taskList}]`` with one
+  group, the status asked for; procedure tasks only (each stands for its tasks), newest first, at
+  most ``maxCount`` (10 – 100, default 100; ``next`` is always empty, ``totalCount`` counts
+  all), each ``{vodTaskId, type, fileId, createTime, beginProcessTime, finishTime}`` plus two
+  engine extensions the orchestrator recovers with: ``procedure`` (its name) and ``request``
+  (the request as received: nested wire names, text values, e.g.
+  ``{"gen": {...}, "procedure": "..."}``).
 * ``GetProcedureInfo``: the procedure's data (status, errCode, fileId, metaData,
   processTaskList) and its times.
 * ``GetVideoInfo``: basicInfo, metaData, transcodeInfo (definition 0 is the file itself; bitrates
@@ -83,7 +85,6 @@ Handler = Callable[[dict[str, str], str], Awaitable[Answer]]
 PULL_BATCH = 16
 PULL_RECHECK = 0.5
 """While a PullEvent waits, how often it looks for events another process added."""
-TASK_LIST_LIMIT = 100
 _LIST_STATUS = {
     "WAITING": store.WAITING,
     "PROCESSING": store.PROCESSING,
@@ -296,25 +297,23 @@ class EngineApi:
         request: GetTaskListRequest = _parsed(GetTaskListRequest, params)
         async with self.db.read() as conn:
             total, procedures = await store.list_procedures(
-                conn, _LIST_STATUS[request.status], request.file_id, TASK_LIST_LIMIT
+                conn, _LIST_STATUS[request.status], request.file_id, request.max_count
             )
-        return {
-            "totalCount": total,
-            "taskList": [
-                {
-                    "vodTaskId": p.task_id,
-                    "type": "procedure",
-                    "status": request.status,
-                    "fileId": p.file_id or "",
-                    "createTime": _unix(p.created_at),
-                    "beginProcessTime": _unix(p.begun_at),
-                    "finishTime": _unix(p.finished_at),
-                    "procedure": p.procedure,
-                    "request": p.params.get("request"),
-                }
-                for p in procedures
-            ],
-        }
+        listed: list[JsonValue] = [
+            {
+                "vodTaskId": p.task_id,
+                "type": "procedure",
+                "fileId": p.file_id or "",
+                "createTime": _unix(p.created_at),
+                "beginProcessTime": _unix(p.begun_at),
+                "finishTime": _unix(p.finished_at),
+                "procedure": p.procedure,
+                "request": p.params.get("request"),
+            }
+            for p in procedures
+        ]
+        group: Answer = {"status": request.status, "next": "", "taskList": listed}
+        return {"data": [group], "totalCount": total}
 
     async def get_procedure_info(self, params: dict[str, str], secret_id: str) -> Answer:
         request: GetProcedureInfoRequest = _parsed(GetProcedureInfoRequest, params)

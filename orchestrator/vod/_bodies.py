@@ -279,10 +279,18 @@ class FileInfoV2(V2Body):
     file_url: OptStr = None
 
 
+def _lone_object(value: object) -> object:
+    """An object, or a list holding one: ClipComplete's field table types ``fileInfo`` Array,
+    its examples send an object."""
+    if isinstance(value, list) and len(value) == 1:
+        return value[0]
+    return value
+
+
 class ClipDataV2(V2Body):
     vod_task_id: RequiredId
     src_file_id: OptStr = None
-    file_info: FileInfoV2
+    file_info: Annotated[FileInfoV2, BeforeValidator(_lone_object)]
 
 
 class ConcatDataV2(V2Body):

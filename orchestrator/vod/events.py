@@ -308,12 +308,16 @@ def task_info_callback(
 
     Tencent's GetTaskInfo documents ``data`` as "the same as the callback's data", yet its own
     examples leave out what the envelope already says: a ``procedure``'s data has no
-    ``vodTaskId`` and no ``status`` (the flow status is the answer's ``status``), a
-    ``transcode``'s data has no ``vodTaskId`` and ``errCode`` instead of ``status``. So a field
-    the callback needs and ``data`` lacks is filled in: ``vodTaskId`` with ``task_id`` (the ID
-    that was asked about), a procedure's ``status`` with the answer's, a per-task ``status``
-    with ``errCode``. Fields that are present are never changed, so an answer that does carry
-    the callback's data whole still rebuilds that callback exactly.
+    ``vodTaskId`` and may have no ``status`` (the flow status is the answer's ``status``), a
+    ``transcode``'s data has no ``vodTaskId``, and ``errCode`` beside a status that is a word
+    (``"status": "PROCESSING", "errCode": 0`` on the Chinese page) or instead of one (the
+    English page). So a field the callback needs and ``data`` lacks is filled in: ``vodTaskId``
+    with ``task_id`` (the ID that was asked about), a procedure's ``status`` with the answer's.
+    A per-task callback's ``status`` is its error code (0 = success): where ``data`` has
+    ``errCode`` and no status or a word other than ``WAITING``/``PROCESSING`` (a finished word
+    says nothing of the outcome), the status becomes ``errCode``. Other fields are never
+    changed, so an answer that does carry the callback's data whole still rebuilds that callback
+    exactly.
     """
     if not isinstance(info, GetTaskInfoResponse):
         info = GetTaskInfoResponse.parse(info)
@@ -323,13 +327,20 @@ def task_info_callback(
     data = dict(info.data)
     if task_id and not data.get("vodTaskId"):
         data["vodTaskId"] = task_id
-    if data.get("status") is None:
-        if kind == PROCEDURE_EVENT:
-            if info.status:
-                data["status"] = info.status
-        elif data.get("errCode") is not None:
-            data["status"] = data["errCode"]
+    status, err_code = data.get("status"), data.get("errCode")
+    if status is None and kind == PROCEDURE_EVENT:
+        if info.status:
+            data["status"] = info.status
+    elif kind != PROCEDURE_EVENT and err_code is not None and _ended_word(status):
+        data["status"] = err_code
     return {"version": "4.0", "eventType": kind, "data": data}
+
+
+def _ended_word(status: JsonValue) -> bool:
+    """No status, or a word that is not ``WAITING`` / ``PROCESSING`` (a number is kept)."""
+    if status is None:
+        return True
+    return isinstance(status, str) and status.strip().upper() not in ("WAITING", "PROCESSING")
 
 
 def _task_info_kind(info: GetTaskInfoResponse) -> str:
@@ -471,6 +482,10 @@ def _timestamp(seconds: int | float | None) -> datetime | None:
         return None
 
 
+_FINISHED = frozenset({"FINISH", "FINISHED"})
+"""A procedure's ended status: ``FINISH`` in its callback, ``FINISHED`` in GetTaskInfo's table."""
+
+
 def _outcome(status: int | str | None) -> tuple[bool | None, int | None]:
     """(success, error code) of a per-task status: 0 / "SUCCESS" succeed, anything else fails."""
     if status is None:
@@ -549,8 +564,8 @@ def _v4_event(
     obj: Mapping[str, JsonValue], source: Source, *, occurred_at: datetime | None
 ) -> VodEvent:
     version = obj.get("version")
-    if version != "4.0" and not (isinstance(version, float) and version == 4.0):
-        raise MalformedEvent(f'expected "4.0", got {version!r}'[:80], field="version")
+    if not _is_v4(version):
+        raise MalformedEvent(f'expected "4.0" (or 4), got {version!r}'[:80], field="version")
     kind = _str_field(obj, "eventType", "")
     data = obj.get("data")
     if not isinstance(data, dict):
@@ -564,6 +579,17 @@ def _v4_event(
     }
     reader = _V4_READERS.get(kind, _v4_generic)
     return VodEvent.model_validate({**common, **reader(data)})
+
+
+def _is_v4(version: JsonValue) -> bool:
+    """Tencent writes the version as ``"4.0"`` in most examples, and as the number ``4`` in
+    others (the PullEvent example's ``eventContent``; the TranscodeComplete field table types it
+    Integer): both, and ``4.0`` or ``"4"``, are read as version 4."""
+    if isinstance(version, bool):
+        return False
+    if isinstance(version, int | float):
+        return version == 4
+    return isinstance(version, str) and version.strip() in ("4", "4.0")
 
 
 def _v4_new_file(data: JsonValue) -> dict[str, object]:
@@ -792,7 +818,7 @@ def _procedure_fields(
     meta: MediaMeta | None,
     files: Sequence[FileOutput] = (),
 ) -> dict[str, object]:
-    terminal = status == "FINISH"
+    terminal = status in _FINISHED
     fields: dict[str, object] = {
         "task_id": task_id,
         "file_id": file_id,

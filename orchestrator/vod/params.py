@@ -397,6 +397,8 @@ class GetTaskListRequest(VodRequest):
 
     status: Literal["WAITING", "PROCESSING", "FINISHED"]
     file_id: NonEmpty | None = None
+    max_count: int = Field(100, ge=10, le=100)
+    """Tasks per status (Tencent: 10 to 100, 10 when not given)."""
 
 
 class GetProcedureInfoRequest(VodRequest):

@@ -171,10 +171,36 @@ class TaskListEntry(V2Body):
 
 
 class GetTaskListResponse(VodResponse):
+    """The tasks listed, whatever their group.
+
+    Tencent documents the answer grouped by status: ``data: [{status, next, taskList: [...]}]``
+    (the field table calls the list ``vodTaskList``, the example ``taskList``; both are read,
+    and an entry without a ``status`` takes its group's). A flat top-level ``taskList`` is read
+    too. ``next`` (the group's last ID, for paging) is not followed: a task is looked for by
+    fileId, whose recent tasks fit in the ``maxCount`` of 100 asked for.
+    """
+
     ACTION: ClassVar[str] = "GetTaskList"
 
     total_count: OptInt = None
     task_list: Annotated[tuple[TaskListEntry, ...], BeforeValidator(_objects)] = ()
+
+    @classmethod
+    def _from_answer(cls, answer: Mapping[str, JsonValue]) -> Self:
+        groups = answer.get("data")
+        if not isinstance(groups, list):
+            return super()._from_answer(answer)
+        flat = answer.get("taskList")
+        entries: list[JsonValue] = list(flat) if isinstance(flat, list) else []
+        for group in groups:
+            if not isinstance(group, dict):
+                continue
+            listed = group.get("taskList", group.get("vodTaskList"))
+            for entry in listed if isinstance(listed, list) else ():
+                if isinstance(entry, dict) and "status" not in entry:
+                    entry = {"status": group.get("status"), **entry}
+                entries.append(entry)
+        return super()._from_answer({**answer, "taskList": entries})
 
 
 class GetProcedureInfoResponse(VodResponse):
