@@ -350,8 +350,14 @@ class Sweeper:
         try:
             answer = await self.client.get_task_info(task_id)
         except VodError as exc:
-            if exc.error_class == "file_not_found" or exc.code in (10008, 5000):
+            if exc.error_class == ErrorClass.FILE_NOT_FOUND:  # 70014, 10008, 5000
                 return await self._lost(task, f"VOD no longer knows task {task_id}: {exc}")
+            if now - task["submitted_at"] > TASK_QUERY_WINDOW:
+                # VOD keeps a task's details 72 hours: past them no answer will come, whatever
+                # this one's error was.
+                return await self._lost(
+                    task, f"task {task_id} has not finished within 72 hours (last query: {exc})"
+                )
             await self.db.write(
                 tasks.record_poll,
                 task_id,
@@ -521,20 +527,28 @@ class Sweeper:
         return {"rematched": found, "unmatched": expired}
 
     async def pull_events(self) -> dict[str, int]:
-        items = pull_event_items(await self.client.pull_event())
+        answer = await self.client.pull_event()
+        items = pull_event_items(answer)
         if not items:
             return {"pulled": 0}
         rows = []
-        for handle, event in items:
+        for entry, (handle, event) in zip(answer.event_list, items, strict=True):
             if isinstance(event, MalformedEvent):
+                # Kept whole, as a pushed body vodflow cannot read is: once confirmed, VOD
+                # never sends it again, so the inbox is the only copy left.
+                content = entry.event_content
                 rows.append(
                     NewInboxEvent(
                         source="pull",
                         event_type="malformed",
                         dedup_key=None,
-                        body=json.dumps({"msgHandle": handle}),
+                        body=(
+                            content
+                            if isinstance(content, str)
+                            else json.dumps(content, ensure_ascii=False)
+                        ),
                         status=InboxStatus.INVALID,
-                        note=event.reason,
+                        note=f"msgHandle {handle}: {event}",
                     )
                 )
             else:

@@ -21,7 +21,8 @@ from orchestrator.store import queues
 from orchestrator.store.db import Database
 from orchestrator.store.queues import NewInboxEvent
 from orchestrator.sweeper import Sweeper
-from orchestrator.vod.errors import ErrorClass
+from orchestrator.vod.errors import ErrorClass, error_for_code
+from orchestrator.vod.responses import PullEventResponse
 from tests.fakevod import procedure_state_changed, transcode_complete
 
 WORKFLOW = """
@@ -702,3 +703,97 @@ async def test_a_removed_workflows_session_runs_the_version_loaded_last_after_a_
     assert await sweeper.close_sessions() == {"closed": 1, "runs_started": 1}
     versions = await db.query(lambda conn: conn.execute(sa.text("SELECT version FROM runs")).all())
     assert [r[0] for r in versions] == [version_a]
+
+
+class _QueryFails:
+    """A VOD whose task query answers one error code, always."""
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+    async def get_task_info(self, task_id: str) -> Any:
+        raise error_for_code(self.code, f"about {task_id}", action="GetTaskInfo")
+
+
+async def _poll_status(db: Database, task_id: str) -> tuple[str | None, object]:
+    row = await db.query(
+        lambda conn: conn.execute(
+            sa.text("SELECT last_poll_status, next_poll_at FROM tasks WHERE task_id = :t"),
+            {"t": task_id},
+        ).one()
+    )
+    return row[0], row[1]
+
+
+@pytest.mark.parametrize("code", [70014, 10008, 5000])
+async def test_a_task_vod_no_longer_knows_is_lost_at_once(
+    db: Database, parts: tuple[Runner, Sweeper, Clock], code: int
+) -> None:
+    """70014 is the task service's "the task does not exist" (5000 and 10008 its older
+    words): asking again would never find it, and spend the query quota every sweep."""
+    runner, sweeper, clock = parts
+    await _waiting_run(db, runner, clock)
+    clock.now += timedelta(hours=1)
+    sweeper.client = _QueryFails(code)  # type: ignore[assignment]
+    found = await sweeper.poll_tasks()
+    assert (found["stalled"], found["lost"], found["errors"]) == (1, 1, 0)
+    assert await _poll_status(db, "transcode-1") == ("lost", None)
+
+
+async def test_a_task_whose_queries_keep_failing_is_lost_after_vods_72_hours(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """An error VOD may get over (its internal error, an outage) is asked again later, but
+    not for ever: past the 72 hours VOD keeps a task, no answer can come."""
+    runner, sweeper, clock = parts
+    await _waiting_run(db, runner, clock)
+    sweeper.client = _QueryFails(10027)  # type: ignore[assignment]
+    clock.now += timedelta(hours=71)
+    assert (await sweeper.poll_tasks())["errors"] == 1
+    status, next_poll = await _poll_status(db, "transcode-1")
+    assert status == "error"
+    assert next_poll is not None
+    clock.now += timedelta(hours=2)
+    found = await sweeper.poll_tasks()
+    assert (found["lost"], found["errors"]) == (1, 0)
+    assert await _poll_status(db, "transcode-1") == ("lost", None)
+
+
+async def test_a_pulled_event_vodflow_cannot_read_is_kept_whole(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """Once confirmed, VOD never delivers it again: the inbox keeps what VOD sent, for
+    inspection and for a replay once vodflow reads it."""
+    runner, _, _ = parts
+    content = {"version": "4.0", "eventType": "TranscodeComplete", "data": {"status": 0}}
+    answer = {
+        "code": 0,
+        "eventList": [
+            {"msgHandle": "h-1", "eventContent": content},
+            {"msgHandle": "h-2", "eventContent": transcode_complete("transcode-9", "f9")},
+        ],
+    }
+    confirmed: list[list[str]] = []
+
+    class Vod:
+        timeout = 10.0
+
+        async def pull_event(self) -> Any:
+            return PullEventResponse.parse(json.dumps(answer))
+
+        async def confirm_event(self, handles: list[str]) -> None:
+            confirmed.append(handles)
+
+    sweeper = Sweeper(db, runner, Vod(), interval=1.0, reliable=True)  # type: ignore[arg-type]
+    assert await sweeper.pull_events() == {"pulled": 2}
+    assert confirmed == [["h-1", "h-2"]]
+    rows = await db.query(
+        lambda conn: conn.execute(
+            sa.text("SELECT status, body, note FROM inbox_events WHERE source = 'pull' ORDER BY id")
+        ).all()
+    )
+    by_status = {status: (body, note) for status, body, note in rows}
+    assert sorted(by_status) == ["invalid", "pending"]
+    invalid_body, note = by_status["invalid"]
+    assert json.loads(invalid_body) == content
+    assert note == "msgHandle h-1: data.vodTaskId: required"

@@ -7,14 +7,15 @@ machine decides retries and run outcomes from the class alone, never from codes.
     ├── InvalidParameter           invalid_params     1000, 4000; 6100 (wrong endpoint)    no retry
     │   └── InvalidRequestParams   invalid_params     found locally before sending, or by
     │                                                 the engine parsing a request          no retry
-    ├── FileNotFound               file_not_found     10008, 5000                           no retry
+    ├── FileNotFound               file_not_found     10008, 5000; 70014 (task)             no retry
     ├── DuplicateTask              duplicate_task     50005: already submitted, recover     no retry
     ├── ProcedureInvalid           procedure_invalid  50007                                 no retry
     ├── FrequencyLimit             frequency_limit    4400: quota, back off                 retry
     ├── AuthError                  auth               4100-4110, 4200, 4300, 4500, 4600     no retry
     │   └── AccountError           auth               5200, 5300: purchase / balance        no retry
-    ├── InternalError              internal           1, 1001, 1003, 2000, 10022, 50006,
-    │                                                 5100, 6000, 6200; unknown 6000-6999   retry
+    ├── InternalError              internal           1, 1001, 1003, 2000, 10022, 10027,
+    │                                                 10702, 50006, 5100, 6000, 6200;
+    │                                                 unknown 6000-6999                     retry
     ├── TransportError             transport          connection failed, no answer          retry
     │   ├── MalformedResponse      transport          an answer that is not a VOD envelope  retry
     │   └── VodTimeout             timeout            no answer in time                     retry
@@ -34,6 +35,11 @@ Decisions where the reference is silent:
   code in its message rather than spending the 100/minute quota on a request VOD does not accept.
 * ``5400`` (partial success) is not retried: a retry could repeat the part that succeeded; the
   sweeper's task queries find out what exists.
+* ``70014`` "the task does not exist" is listed on Tencent's RedoTask page (the task service's
+  English v2 documents); GetTaskInfo's own pages list only the common codes, and its Chinese page
+  says a task older than 72 hours answers "NotFound". A task query is read as "VOD no longer
+  knows this task" on any of 70014, 10008 and 5000 (resource does not exist). ``10027`` (RedoTask)
+  and ``10702`` (GetTaskList) are documented as internal errors.
 * ``6100`` (version not supported) means the request went to the wrong domain: a configuration
   fault, so ``invalid_params`` and not retried.
 * ``4200``/``4500`` (expired / replayed request) are auth failures and not retried, as the seed's
@@ -101,6 +107,9 @@ CODE_MEANINGS: Mapping[int, str] = MappingProxyType(
         6200: "API temporarily unavailable",
         10008: "file does not exist",
         10022: "internal error",
+        10027: "system internal error",
+        10702: "internal error",
+        70014: "the task does not exist",
         50005: "the same procedure task already exists",
         50006: "procedure task creation failed",
         50007: "procedure parameter invalid",
@@ -165,7 +174,7 @@ class InvalidRequestParams(InvalidParameter):
 
 
 class FileNotFound(VodError):
-    """The fileId (or another resource) does not exist (10008, 5000)."""
+    """The fileId, task or another resource does not exist (10008, 5000; 70014 for a task)."""
 
     error_class = ErrorClass.FILE_NOT_FOUND
 
@@ -259,7 +268,7 @@ class MalformedEvent(ValueError):
 
 
 _AUTH_CODES = frozenset({4100, *range(4101, 4111), 4200, 4300, 4500, 4600})
-_INTERNAL_CODES = frozenset({1, 1001, 1003, 2000, 10022, 50006, 5100, 6000, 6200})
+_INTERNAL_CODES = frozenset({1, 1001, 1003, 2000, 10022, 10027, 10702, 50006, 5100, 6000, 6200})
 
 _CODE_TYPES: Mapping[int, type[VodError]] = MappingProxyType(
     {
@@ -268,6 +277,7 @@ _CODE_TYPES: Mapping[int, type[VodError]] = MappingProxyType(
         6100: InvalidParameter,
         10008: FileNotFound,
         5000: FileNotFound,
+        70014: FileNotFound,
         50005: DuplicateTask,
         50007: ProcedureInvalid,
         4400: FrequencyLimit,
