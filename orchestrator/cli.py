@@ -131,7 +131,11 @@ def db_current() -> None:
     """Show the database's migration revision."""
     from orchestrator.store import migrate
 
-    migrate.current(_settings().sqlalchemy_url)
+    try:
+        migrate.current(_settings().sqlalchemy_url)
+    except migrate.DatabaseUnavailable as exc:
+        typer.echo(f"vodflow: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 def _run_server(application: ASGIApp, settings: Settings) -> None:

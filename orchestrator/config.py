@@ -34,6 +34,7 @@ from pydantic_settings import (
 
 from orchestrator.durations import parse_duration
 from orchestrator.netguard import AddressPolicy, parse_allow_entry
+from orchestrator.store.db import DatabaseUrlError, check_url
 
 DEFAULT_TENCENT_ENDPOINT = "https://vod.api.qcloud.com/v2/index.php"
 
@@ -218,6 +219,16 @@ class Settings(BaseSettings):
     def _allow_hosts(cls, value: str) -> str:
         for entry in _entries(value):
             parse_allow_entry(entry)
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value:
+            try:
+                check_url(value)
+            except DatabaseUrlError as exc:
+                raise ValueError(str(exc).removeprefix("VODFLOW_DATABASE_URL: ")) from None
         return value
 
     @field_validator("task_poll_after", "retention")

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.config import SettingsError, load_settings
+from orchestrator.store.db import sync_url
 
 
 @pytest.fixture(autouse=True)
@@ -110,6 +111,22 @@ def test_bad_values_name_the_setting_and_the_expectation(monkeypatch: pytest.Mon
     assert "(got 'eighty')" in text
     assert "VODFLOW_VOD_SIGNATURE_METHOD: expected 'HmacSHA1' or 'HmacSHA256'" in text
     assert "VODFLOW_TASK_POLL_AFTER: " in text
+
+
+def test_a_database_url_vodflow_cannot_use_is_refused_with_the_two_it_can(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for url, words in [
+        ("mysql://x/y", "unsupported database 'mysql'; expected sqlite or postgresql"),
+        ("notaurl", "'notaurl' is not a database URL; expected sqlite:///"),
+    ]:
+        monkeypatch.setenv("VODFLOW_DATABASE_URL", url)
+        with pytest.raises(SettingsError) as info:
+            load_settings()
+        assert f"VODFLOW_DATABASE_URL: {words}" in str(info.value)
+    # libpq's and most hosts' spelling of a PostgreSQL URL.
+    monkeypatch.setenv("VODFLOW_DATABASE_URL", "postgres://vodflow@db.example:5432/vodflow")
+    assert sync_url(load_settings().sqlalchemy_url).drivername == "postgresql+psycopg"
 
 
 def test_secret_pair_must_be_complete(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,6 +34,11 @@ class DatabaseUrlError(ValueError):
     pass
 
 
+def check_url(url: str) -> None:
+    """Raises ``DatabaseUrlError`` naming the problem when vodflow cannot use ``url``."""
+    _parse(url)
+
+
 def _parse(url: str) -> URL:
     try:
         parsed = make_url(url)
@@ -42,6 +47,9 @@ def _parse(url: str) -> URL:
             f"VODFLOW_DATABASE_URL: {url!r} is not a database URL; expected "
             "sqlite:///path/to/file.db or postgresql://user@host:5432/dbname"
         ) from exc
+    if parsed.drivername in ("postgres", "postgres+psycopg"):
+        # libpq's and most hosts' spelling; SQLAlchemy knows only "postgresql".
+        parsed = parsed.set(drivername="postgresql")
     backend = parsed.get_backend_name()
     if backend not in _ASYNC_DRIVERS:
         raise DatabaseUrlError(

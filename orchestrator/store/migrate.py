@@ -50,7 +50,10 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 
 def current(url: str) -> None:
-    command.current(alembic_config(url), verbose=False)
+    try:
+        command.current(alembic_config(url), verbose=False)
+    except sa.exc.OperationalError as exc:
+        raise _unavailable(url, exc) from None
 
 
 def redact(url: str) -> str:
