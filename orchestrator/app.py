@@ -32,7 +32,7 @@ from starlette.routing import BaseRoute, Route
 from orchestrator import __version__, dashboard
 from orchestrator.actions import Actions
 from orchestrator.bodylimit import BodyLimit
-from orchestrator.config import Settings
+from orchestrator.config import DEFAULT_TENCENT_ENDPOINT, Settings
 from orchestrator.dashboard import ApiAuth, LiveHub
 from orchestrator.engine.ffmpeg import FFmpeg
 from orchestrator.engine.upload import UPLOAD_PATH
@@ -353,6 +353,15 @@ def create_app(
         raise UnsafeBinding(
             f"VODFLOW_HOST={settings.host} exposes the dashboard API beyond this machine: "
             "set VODFLOW_API_TOKEN (and optionally VODFLOW_API_READ_TOKEN) first"
+        )
+    own_url = settings.vod_endpoint is None and settings.public_url is None
+    if listening and not settings.engine and own_url:
+        log.warning(
+            "VODFLOW_ENGINE=false and VODFLOW_VOD_ENDPOINT is not set: VOD calls go to %s, "
+            "where this server serves no engine; set VODFLOW_VOD_ENDPOINT to Tencent's (%s) "
+            "or to your engine's",
+            settings.vod_url,
+            DEFAULT_TENCENT_ENDPOINT,
         )
     registry = registry or Registry.for_settings(settings)
     services = build_services(settings, registry)

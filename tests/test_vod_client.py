@@ -150,6 +150,27 @@ async def test_internal_errors_and_5xx_are_retried_then_succeed() -> None:
     assert len(vod.calls) == 3
 
 
+async def test_a_4xx_that_is_not_vod_names_the_endpoint_and_is_not_retried() -> None:
+    """A wrong VODFLOW_VOD_ENDPOINT (a path with no VOD behind it) is a configuration fault:
+    said as such, once, not retried as if the network had failed."""
+    vod = FakeVod(lambda _: Response("Not Found", status_code=404))
+    async with serving(vod.app) as base, client(base) as c:
+        with pytest.raises(InvalidParameter, match=r"answered HTTP 404 without a VOD answer"):
+            await c.process_file(REQUEST)
+    assert len(vod.calls) == 1
+    # VOD's own envelope in a 4xx (the engine's upload endpoint answers so) is read as VOD's.
+    vod = FakeVod(lambda _: JSONResponse({"code": 4100, "message": "bad key"}, status_code=401))
+    async with serving(vod.app) as base, client(base) as c:
+        with pytest.raises(AuthError, match="bad key"):
+            await c.process_file(REQUEST)
+    # 429 and 408 are a busy or slow server: worth another try.
+    answers = iter([Response("slow down", status_code=429), JSONResponse({"code": 0})])
+    vod = FakeVod(lambda _: next(answers))
+    async with serving(vod.app) as base, client(base) as c:
+        await c.get_task_info("t1")
+    assert len(vod.calls) == 2
+
+
 async def test_retries_give_up_after_the_attempts() -> None:
     vod = FakeVod(lambda _: JSONResponse({"code": 1, "message": "internal"}))
     async with serving(vod.app) as base, client(base, attempts=2) as c:

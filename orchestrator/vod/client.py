@@ -35,7 +35,13 @@ from tenacity import (
 )
 
 from orchestrator import __version__
-from orchestrator.vod.errors import FrequencyLimit, TransportError, VodError, VodTimeout
+from orchestrator.vod.errors import (
+    FrequencyLimit,
+    InvalidParameter,
+    TransportError,
+    VodError,
+    VodTimeout,
+)
 from orchestrator.vod.limiter import Limiter
 from orchestrator.vod.params import (
     ConfirmEventRequest,
@@ -267,5 +273,26 @@ class VodClient:
             raise TransportError(
                 f"{action}: {self.endpoint} answered HTTP {answer.status_code}", action=action
             )
+        if answer.status_code >= 400 and not _is_json_object(answer.content):
+            # VOD answers its errors in a 200 (the engine's upload endpoint in a 4xx, with the
+            # same envelope). A 4xx without one is not VOD: a wrong endpoint, not worth a retry.
+            status = answer.status_code
+            if status in (408, 429):
+                raise TransportError(
+                    f"{action}: {self.endpoint} answered HTTP {status}", action=action
+                )
+            raise InvalidParameter(
+                f"{self.endpoint} answered HTTP {status} without a VOD answer: check "
+                "VODFLOW_VOD_ENDPOINT (Tencent's is https://vod.api.qcloud.com/v2/index.php, "
+                "a vodflow engine's ends in /v2/index.php)",
+                action=action,
+            )
         log.debug("vod call", extra={"action": action, "http_status": answer.status_code})
         return answer.content
+
+
+def _is_json_object(body: bytes) -> bool:
+    try:
+        return isinstance(json.loads(body), dict)
+    except ValueError:
+        return False
