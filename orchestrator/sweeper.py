@@ -59,6 +59,8 @@ from orchestrator.vod.events import (
 
 log = logging.getLogger("vodflow.sweeper")
 TASK_QUERY_WINDOW = timedelta(hours=72)
+GAUGES = frozenset({"wal_frames"})
+"""Findings that measure a size rather than count what a job did: not worth a log line."""
 MAX_POLL_GAP = timedelta(hours=1)
 STALLED_AFTER_INTERVALS = 3
 SILENT_REPLICA = timedelta(days=1)
@@ -233,7 +235,7 @@ class Sweeper:
             job_store.job_finished, name, self.now, replica=replica, findings=findings
         )
         self.on_findings(name, findings)
-        if any(findings.values()):
+        if any(count for key, count in findings.items() if key not in GAUGES):
             log.info("sweep %s: %s", name, findings, extra={"job": name})
         return findings
 

@@ -797,3 +797,18 @@ async def test_a_pulled_event_vodflow_cannot_read_is_kept_whole(
     invalid_body, note = by_status["invalid"]
     assert json.loads(invalid_body) == content
     assert note == "msgHandle h-1: data.vodTaskId: required"
+
+
+async def test_the_checkpoints_wal_size_is_recorded_not_logged_every_second(
+    db: Database, parts: tuple[Runner, Sweeper, Clock], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The checkpoint runs every second and the WAL is rarely empty: a log line each time
+    would drown the log of an idle server. Its size stays on the job's heartbeat."""
+    runner, sweeper, clock = parts
+    await _waiting_run(db, runner, clock)  # something written, so the WAL holds frames
+    caplog.set_level(logging.INFO, logger="vodflow.sweeper")
+    findings = await sweeper.run_job("checkpoint")
+    assert set(findings) == {"wal_frames"}
+    assert [r.getMessage() for r in caplog.records if r.name == "vodflow.sweeper"] == []
+    (job,) = [j for j in await sweeper.health() if j.name == "checkpoint"]
+    assert job.findings == findings
