@@ -43,8 +43,9 @@ async def api(
     answers) this process's against the database. ``server_only``: the running server's or
     exit 1 (for what only a server can do, such as reloading its workflows)."""
     headers = {"x-vodflow-actor": "cli"}
-    if settings.api_token is not None:
-        headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
+    token = settings.api_token or settings.api_read_token  # read-only: the reading commands
+    if token is not None:
+        headers["Authorization"] = f"Bearer {token.get_secret_value()}"
     if not direct:
         client = httpx.AsyncClient(base_url=settings.base_url, headers=headers, timeout=30)
         try:
@@ -208,7 +209,7 @@ def register(app: typer.Typer, settings: Any) -> None:
                 run["currentStep"] or "-",
                 run["streamId"] or run["fileId"] or "-",
                 _when(run["createdAt"]),
-                (run["error"] or "")[:60],
+                _brief(run["error"]),
             )
         print_table(table)
 
@@ -382,7 +383,7 @@ def register(app: typer.Typer, settings: Any) -> None:
                 event["status"],
                 event["taskId"] or "-",
                 event["runId"] or "-",
-                (event["note"] or "")[:70],
+                _brief(event["note"]),
             )
         print_table(table)
         if not page["events"]:
@@ -480,3 +481,10 @@ def _timer_table(timers: list[dict[str, Any]], *, with_run: bool = False) -> Tab
             t["error"] or "",
         )
     return table
+
+
+def _brief(text: str | None, most: int = 240) -> str:
+    """A table cell's text (the table folds it onto more lines), with an ellipsis past
+    ``most`` characters: the full text is in ``--json`` and ``run show``."""
+    text = text or ""
+    return text if len(text) <= most else text[: most - 1] + "…"

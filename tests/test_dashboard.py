@@ -560,6 +560,13 @@ async def test_tokens_guard_the_api(tmp_path: Path, sqlite_url: str) -> None:
         sink = f"{service.base}/hooks/sink"
         assert (await service.http.get(sink)).status_code == 401
         assert (await service.http.get(sink, headers=read)).json() == {"deliveries": []}
+        # The CLI of an operator given only the read token reads, and is told it cannot write.
+        reader = {"VODFLOW_API_READ_TOKEN": "read-secret"}
+        listed = await _vodflow(service, tmp_path, sqlite_url, "runs", "--json", env=reader)
+        assert len(json.loads(listed)["runs"]) == 1
+        args = ("trigger", "transcode", "--param", "fileId=x")
+        refused = await _vodflow(service, tmp_path, sqlite_url, *args, returncode=1, env=reader)
+        assert "a read-only token cannot change anything" in refused
 
 
 def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path) -> None:
@@ -618,7 +625,12 @@ async def test_schemathesis_finds_no_server_errors_and_responses_match(service: 
 
 
 async def _vodflow(
-    service: Service, tmp_path: Path, sqlite_url: str, *args: str, returncode: int = 0
+    service: Service,
+    tmp_path: Path,
+    sqlite_url: str,
+    *args: str,
+    returncode: int = 0,
+    env: dict[str, str] | None = None,
 ) -> str:
     """What ``vodflow *args`` printed once it exited with ``returncode``: its standard output, and
     when it failed, its standard error after that."""
@@ -630,6 +642,7 @@ async def _vodflow(
         "VODFLOW_DATA_DIR": str(tmp_path / "data"),
         "VODFLOW_DATABASE_URL": sqlite_url,
         "VODFLOW_WORKFLOWS": str(tmp_path / "workflows"),
+        **(env or {}),
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "orchestrator.cli", *args, env=env,
