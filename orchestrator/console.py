@@ -471,7 +471,10 @@ def _print_json(value: Any) -> None:
 def _timer_table(timers: list[dict[str, Any]], *, with_run: bool = False) -> Table:
     table = Table("id", *(["run"] if with_run else []), "due", "timer", "status", "error")
     for t in timers:
-        what = f"{t['kind']} {t['step']} (attempt {t['attempt']})" if t["step"] else t["kind"]
+        what = t["kind"]
+        if t["step"]:  # a retry timer carries the attempt that failed, the others their own
+            of = "after attempt" if t["kind"] == "retry" else "attempt"
+            what = f"{t['kind']} {t['step']} ({of} {t['attempt']})"
         table.add_row(
             str(t["id"]),
             *([t["runId"]] if with_run else []),

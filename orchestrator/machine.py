@@ -1125,18 +1125,15 @@ def _fail_attempt(ctx: _Ctx, step: StepState, error_class: ErrorClass, what: str
     used = step.attempt - step.budget_from
     if error_class not in policy.on:  # the policy's classes (spec.DEFAULT_RETRY_ON unless named)
         return _fail_step(ctx, step, error_class, what)
+    count = f"{used} of {policy.max_attempts}"
+    if step.budget_from:  # numbered on from the attempts before an operator's retry
+        count = f"{step.attempt}, {count} since the retry by hand"
     if used >= policy.max_attempts:
-        return _fail_step(
-            ctx, step, error_class, f"{what} (attempt {used} of {policy.max_attempts}, none left)"
-        )
+        return _fail_step(ctx, step, error_class, f"{what} (attempt {count}, none left)")
     delay = backoff_delay(policy, ctx.state.run_id, step.name, used)
     step = step.model_copy(update={"error": what, "error_class": error_class})
     return _schedule_retry(
-        ctx,
-        step,
-        delay,
-        throttled=False,
-        reason=f"attempt {used} of {policy.max_attempts} failed: {what}",
+        ctx, step, delay, throttled=False, reason=f"attempt {count} failed: {what}"
     )
 
 

@@ -305,6 +305,7 @@ async def test_a_timer_that_could_not_be_applied_is_shown_and_replayed(
         assert [t["id"] for t in json.loads(listed_by_cli)["timers"]] == [timer["id"]]
         shown = await _vodflow(service, tmp_path, sqlite_url, "run", "show", run_id)
         assert "workflow store unreachable" in shown
+        assert "step_timeout transcode (attempt 1)" in shown
         failed_again = await _vodflow(
             service, tmp_path, sqlite_url, "timer", "replay", str(timer["id"]), returncode=1
         )

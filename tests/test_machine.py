@@ -529,9 +529,10 @@ def test_manual_retry_of_a_failed_run_redrives_from_the_failed_step_with_a_fresh
     assert submit.attempt == 2
     assert run.step().budget_from == 1
     assert "retried by alice" in run.last.history.reason
-    # The fresh budget allows max_attempts (2) more attempts.
+    # The fresh budget allows max_attempts (2) more attempts, and says which attempt failed.
     run.feed(m.SubmitFailed(step="transcode", attempt=2, error_class="internal", message="x"))
     assert run.state.status is m.RunStatus.RETRYING
+    assert run.last.history.reason.startswith("attempt 2, 1 of 2 since the retry by hand failed: ")
 
 
 def test_manual_retry_of_a_retrying_step_runs_it_now() -> None:
