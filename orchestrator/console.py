@@ -413,6 +413,46 @@ def register(app: typer.Typer, settings: Any) -> None:
         if not page["timers"]:
             print("no timers", file=sys.stderr)
 
+    @app.command("sessions")
+    def sessions(
+        status: Annotated[
+            list[str] | None,
+            typer.Option("--status", help="open or closed (default: open)."),
+        ] = None,
+        workflow: Annotated[str | None, typer.Option("--workflow", help="Only its.")] = None,
+        stream_id: Annotated[
+            str | None, typer.Option("--stream-id", help="Only this stream's.")
+        ] = None,
+        limit: int = 50,
+        direct: Direct = False,
+        as_json: AsJson = False,
+    ) -> None:
+        """stream.session windows, newest first: by default those still collecting a stream's
+        recordings, with when each closes and starts its run."""
+        params: dict[str, Any] = {"status": status or ["open"], "limit": limit}
+        if workflow:
+            params["workflow"] = workflow
+        if stream_id:
+            params["streamId"] = stream_id
+        page = _call(settings(), direct, "GET", "/api/sessions", params=params)
+        if as_json:
+            _print_json(page)
+            return
+        table = Table("id", "workflow", "stream", "status", "recordings", "opened", "closes / run")
+        for session in page["sessions"]:
+            table.add_row(
+                str(session["id"]),
+                session["workflow"],
+                session["streamId"],
+                _status(session["status"]),
+                str(len(session["segments"])),
+                _when(session["openedAt"]),
+                session["runId"] or _when(session["closesAt"]),
+            )
+        print_table(table)
+        if not page["sessions"]:
+            print("no sessions", file=sys.stderr)
+
     event_app = typer.Typer(help="One inbox event.", no_args_is_help=True)
     app.add_typer(event_app, name="event")
 

@@ -41,6 +41,7 @@ from orchestrator.store import queues, views
 from orchestrator.store.db import Database
 from orchestrator.store.queues import INBOX_STATUSES, TIMER_STATUSES, InboxStatus
 from orchestrator.store.tasks import find_task
+from orchestrator.store.views import SESSION_STATUSES
 
 Q = TypeVar("Q", bound=BaseModel)
 log = logging.getLogger(__name__)
@@ -237,6 +238,28 @@ class TimerPage(ApiModel):
     next_cursor: str | None
 
 
+class SessionInfo(ApiModel):
+    id: int
+    workflow: str
+    stream_id: str
+    status: str = Field(description="open (collecting recordings) or closed")
+    opened_at: datetime
+    last_activity_at: datetime = Field(description="The stream's last recording or end.")
+    closes_at: datetime = Field(
+        description="When an open session closes and its run starts, unless the stream is "
+        "active again before (never later than opened_at + max_length)."
+    )
+    segments: list[dict[str, JsonValue]] = Field(
+        description="The recordings collected, in arrival order (fileId, times, ...)."
+    )
+    run_id: str | None = Field(description="The run a closed session started.")
+
+
+class SessionPage(ApiModel):
+    sessions: list[SessionInfo]
+    next_cursor: str | None
+
+
 class TimerReplayResult(ApiModel):
     timer: TimerDetail = Field(description="The timer after the sweep that fired it again.")
 
@@ -291,6 +314,9 @@ class Stats(ApiModel):
     failed_timers: int = Field(
         description="Timers that could not be applied: their runs wait until they are replayed."
     )
+    open_sessions: int = Field(
+        description="stream.session windows collecting recordings (/api/sessions lists them)."
+    )
     replica: str = Field(description="The replica that answered (host:port).")
     sweeper: list[JobInfo] = Field(
         description="Every replica's sweeper jobs; a replica's /healthz reports only its own."
@@ -328,6 +354,7 @@ def _only(allowed: tuple[str, ...], what: str) -> AfterValidator:
 RunStatuses = Annotated[list[str], _only(RUN_STATUSES + HEALTH_FILTERS, "a run status or health")]
 InboxStatuses = Annotated[list[str], _only(INBOX_STATUSES, "an inbox event status")]
 TimerStatuses = Annotated[list[str], _only(TIMER_STATUSES, "a timer status")]
+SessionStatuses = Annotated[list[str], _only(SESSION_STATUSES, "a session status")]
 
 
 class RunQuery(ApiModel):
@@ -353,6 +380,14 @@ class EventQuery(ApiModel):
     run_id: str | None = None
     task_id: str | None = None
     file_id: str | None = Field(None, description="the media file the event is about")
+    cursor: str | None = None
+    limit: int = Field(50, ge=1, le=500)
+
+
+class SessionQuery(ApiModel):
+    status: SessionStatuses = _statuses(SESSION_STATUSES, "open or closed; repeat for both.")
+    workflow: str | None = None
+    stream_id: str | None = None
     cursor: str | None = None
     limit: int = Field(50, ge=1, le=500)
 
@@ -787,6 +822,21 @@ async def list_timers(request: Request) -> Response:
     return ok(TimerPage(timers=[TimerDetail(**t) for t in rows], next_cursor=cursor))
 
 
+async def list_sessions(request: Request) -> Response:
+    q = parse_query(request, SessionQuery)
+    before = int(_decode_cursor(q.cursor)) if q.cursor else None
+    rows = await _services(request).db.query(
+        views.list_sessions,
+        status=q.status or None,
+        workflow=q.workflow,
+        stream_id=q.stream_id,
+        before=before,
+        limit=q.limit,
+    )
+    cursor = _encode_cursor(rows[-1]["id"]) if len(rows) == q.limit else None
+    return ok(SessionPage(sessions=[SessionInfo(**r) for r in rows], next_cursor=cursor))
+
+
 async def replay_timer(request: Request) -> Response:
     """A failed timer made pending again, and the timer sweep run at once: the answer says
     whether it fired this time or failed again (with the new error)."""
@@ -834,6 +884,7 @@ async def get_stats(request: Request) -> Response:
             inbox=raw["inbox"],
             outbox_pending=raw["outbox_pending"],
             failed_timers=raw["failed_timers"],
+            open_sessions=raw["open_sessions"],
             replica=services.sweeper.replica,
             sweeper=[
                 JobInfo(
@@ -1127,6 +1178,15 @@ ENDPOINTS: list[Endpoint] = [
         TimerReplayResult,
         scope="admin",
         errors=(404, 409),
+    ),
+    Endpoint(
+        "GET",
+        "/api/sessions",
+        list_sessions,
+        "stream.session windows (open ones collecting recordings), newest first",
+        SessionPage,
+        query=SessionQuery,
+        errors=(422,),
     ),
     Endpoint("GET", "/api/stats", get_stats, "Overview for the dashboard and alerting", Stats),
     Endpoint(

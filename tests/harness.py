@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -147,3 +148,32 @@ async def run_with_a_failed_timer(service: Service) -> tuple[str, Callable[[], N
 
     await service.wait(failed)
     return created.json()["runId"], fix
+
+
+async def vodflow_cli(
+    service: Service,
+    tmp_path: Path,
+    database_url: str,
+    *args: str,
+    returncode: int = 0,
+    env: dict[str, str] | None = None,
+) -> str:
+    """What ``vodflow *args`` printed once it exited with ``returncode``: its standard output, and
+    when it failed, its standard error after that."""
+    port = service.base.rsplit(":", 1)[1]
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "COLUMNS": "250",
+        "VODFLOW_PORT": port,
+        "VODFLOW_DATA_DIR": str(tmp_path / "data"),
+        "VODFLOW_DATABASE_URL": database_url,
+        "VODFLOW_WORKFLOWS": str(tmp_path / "workflows"),
+        **(env or {}),
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator.cli", *args, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, errors = await proc.communicate()
+    assert proc.returncode == returncode, errors.decode()
+    return out.decode() + (errors.decode() if returncode else "")

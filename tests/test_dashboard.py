@@ -22,6 +22,7 @@ from orchestrator.spec import WorkflowError
 from orchestrator.store import views
 from tests.fakevod import new_file_upload, sprite_complete, transcode_complete
 from tests.harness import TIMES_OUT, Service, run_with_a_failed_timer, running_service
+from tests.harness import vodflow_cli as _vodflow
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -623,35 +624,6 @@ async def test_schemathesis_finds_no_server_errors_and_responses_match(service: 
     assert "passed" in text.lower()
     async with httpx.AsyncClient() as http:
         assert (await http.get(f"{service.base}/healthz")).status_code == 200
-
-
-async def _vodflow(
-    service: Service,
-    tmp_path: Path,
-    sqlite_url: str,
-    *args: str,
-    returncode: int = 0,
-    env: dict[str, str] | None = None,
-) -> str:
-    """What ``vodflow *args`` printed once it exited with ``returncode``: its standard output, and
-    when it failed, its standard error after that."""
-    port = service.base.rsplit(":", 1)[1]
-    env = {
-        "PATH": "/usr/bin:/bin",
-        "COLUMNS": "250",
-        "VODFLOW_PORT": port,
-        "VODFLOW_DATA_DIR": str(tmp_path / "data"),
-        "VODFLOW_DATABASE_URL": sqlite_url,
-        "VODFLOW_WORKFLOWS": str(tmp_path / "workflows"),
-        **(env or {}),
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "orchestrator.cli", *args, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, errors = await proc.communicate()
-    assert proc.returncode == returncode, errors.decode()
-    return out.decode() + (errors.decode() if returncode else "")
 
 
 async def test_cli_starts_a_manual_run(service: Service, tmp_path: Path, sqlite_url: str) -> None:

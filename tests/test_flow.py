@@ -24,7 +24,7 @@ from tests.fakevod import (
     sprite_complete,
     transcode_complete,
 )
-from tests.harness import TOKEN, Service, running_service
+from tests.harness import TOKEN, Service, running_service, vodflow_cli
 from tests.servers import serving
 from tests.test_vod_documented import live_recording
 
@@ -442,21 +442,26 @@ async def test_a_step_timing_out_is_retried_then_fails(service: Service) -> None
     assert len(service.vod.submitted) == 2
 
 
+def recording(stream_id: str, file_id: str, start: int, end: int) -> dict[str, Any]:
+    """The live service's recording-finished callback (event_type 100) of one segment."""
+    return {
+        "event_type": 100,
+        "stream_id": stream_id,
+        "channel_id": stream_id,
+        "file_id": file_id,
+        "start_time": start,
+        "end_time": end,
+        "duration": end - start,
+        "file_format": "mp4",
+        "video_url": f"http://files.example/{file_id}.mp4",
+        "t": 4102444800,
+        "sign": "unchecked",
+    }
+
+
 async def test_a_stream_session_of_three_segments_is_one_run(service: Service) -> None:
     for n, (start, end) in enumerate([(1000, 1060), (1065, 1120), (1130, 1190)]):
-        body = {
-            "event_type": 100,
-            "stream_id": "talk_7",
-            "channel_id": "talk_7",
-            "file_id": f"seg{n}",
-            "start_time": start,
-            "end_time": end,
-            "duration": end - start,
-            "file_format": "mp4",
-            "video_url": f"http://files.example/seg{n}.mp4",
-            "t": 4102444800,
-            "sign": "unchecked",
-        }
+        body = recording("talk_7", f"seg{n}", start, end)
         assert (await service.callback(body, "/callbacks/lvb")).status_code == 200
 
     def session_calls() -> list[dict[str, str]]:
@@ -475,6 +480,55 @@ async def test_a_stream_session_of_three_segments_is_one_run(service: Service) -
     assert params["gen.clip.streamInfo.streamId"] == "talk_7"
     assert params["gen.clip.streamInfo.startTime"] == "1000"
     assert params["gen.clip.streamInfo.endTime"] == "1190"
+
+
+async def test_an_open_session_is_listed_with_its_recordings_until_its_run_starts(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A session collecting a stream's recordings is no run yet: /api/sessions shows it, with
+    when it closes, and then the run it started."""
+    slow = SESSION.replace("quiet: 1s", "quiet: 2s")
+    async with running_service(tmp_path, database_url, {"session": slow}) as service:
+        for n in range(2):
+            body = recording("talk_4", f"seg{n}", 1000 + 60 * n, 1060 + 60 * n)
+            assert (await service.callback(body, "/callbacks/lvb")).status_code == 200
+        url = f"{service.base}/api/sessions"
+
+        async def collecting() -> dict[str, Any] | None:
+            sessions = (await service.http.get(url, params={"status": "open"})).json()
+            both = [s for s in sessions["sessions"] if len(s["segments"]) == 2]
+            return next(iter(both), None)
+
+        session = await service.wait(collecting)
+        assert (session["workflow"], session["streamId"], session["runId"]) == (
+            "session",
+            "talk_4",
+            None,
+        )
+        assert [s["fileId"] for s in session["segments"]] == ["seg0", "seg1"]
+        assert session["closesAt"] > session["lastActivityAt"]
+        stats = (await service.http.get(f"{service.base}/api/stats")).json()
+        assert stats["openSessions"] == 1
+
+        async def closed() -> dict[str, Any] | None:
+            sessions = (await service.http.get(url, params={"streamId": "talk_4"})).json()
+            (now,) = sessions["sessions"]
+            return now if now["status"] == "closed" else None
+
+        done = await service.wait(closed)
+        assert done["id"] == session["id"]
+        (run,) = [r for r in await service.runs() if r["workflow"] == "session"]
+        assert done["runId"] == run["id"]
+        args = ("sessions", "--status", "closed", "--stream-id", "talk_4")
+        listed = await vodflow_cli(service, tmp_path, database_url, *args)
+        assert run["id"] in listed
+        assert "talk_4" in listed
+        refused = await service.http.get(url, params={"status": "collecting"})
+        assert refused.status_code == 422
+        assert (
+            "'collecting' is not a session status; expected one of: open, closed"
+            in (refused.json()["error"])
+        )
 
 
 async def test_a_run_cancelled_while_its_submit_waits_for_the_quota_sends_nothing(
@@ -539,19 +593,7 @@ async def test_a_session_whose_workflow_was_removed_still_runs_with_its_last_ver
     """Recordings accepted into a stream session are not dropped when the workflow's file is
     removed (and vodflow restarted) before the session closes: its last version runs them."""
     slow = SESSION.replace("quiet: 1s", "quiet: 3s")
-    body = {
-        "event_type": 100,
-        "stream_id": "talk_9",
-        "channel_id": "talk_9",
-        "file_id": "seg0",
-        "start_time": 1000,
-        "end_time": 1060,
-        "duration": 60,
-        "file_format": "mp4",
-        "video_url": "http://files.example/seg0.mp4",
-        "t": 4102444800,
-        "sign": "unchecked",
-    }
+    body = recording("talk_9", "seg0", 1000, 1060)
     async with running_service(tmp_path, database_url, {"session": slow}) as service:
         assert (await service.callback(body, "/callbacks/lvb")).status_code == 200
 

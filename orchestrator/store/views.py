@@ -7,7 +7,15 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from orchestrator.store.tables import HistoryRow, InboxEvent, Run, StepRow, TaskRow, Timer
+from orchestrator.store.tables import (
+    HistoryRow,
+    InboxEvent,
+    Run,
+    StepRow,
+    StreamWindow,
+    TaskRow,
+    Timer,
+)
 
 runs = Run.__table__  # type: ignore[attr-defined]
 steps = StepRow.__table__  # type: ignore[attr-defined]
@@ -15,6 +23,7 @@ tasks = TaskRow.__table__  # type: ignore[attr-defined]
 history = HistoryRow.__table__  # type: ignore[attr-defined]
 inbox = InboxEvent.__table__  # type: ignore[attr-defined]
 timers = Timer.__table__  # type: ignore[attr-defined]
+windows = StreamWindow.__table__  # type: ignore[attr-defined]
 
 _TIMER_COLUMNS = (
     *(timers.c.id, timers.c.run_id, timers.c.kind, timers.c.step, timers.c.attempt),
@@ -90,6 +99,25 @@ def list_timers(
     """Timers, newest first; ``before`` is the id cursor of the last row of a page."""
     query = sa.select(*_TIMER_COLUMNS)
     return _newest_first(conn, query, timers, status, {"run_id": run_id}, before, limit)
+
+
+SESSION_STATUSES = ("open", "closed")
+
+
+def list_sessions(
+    conn: sa.Connection,
+    *,
+    status: list[str] | None = None,
+    workflow: str | None = None,
+    stream_id: str | None = None,
+    before: int | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """stream.session windows, newest first: open ones collecting a stream's recordings until
+    it has been quiet, closed ones with the run they started."""
+    query = sa.select(*(c for c in windows.c if not c.name.startswith("lease_")))
+    equal = {"workflow": workflow, "stream_id": stream_id}
+    return _newest_first(conn, query, windows, status, equal, before, limit)
 
 
 def timer(conn: sa.Connection, timer_id: int) -> dict[str, Any] | None:
@@ -308,7 +336,11 @@ def stats(conn: sa.Connection, now: datetime) -> dict[str, Any]:
         )
         .limit(10_000)
     ).all()
+    open_sessions = conn.execute(
+        sa.select(sa.func.count()).where(windows.c.status == "open")
+    ).scalar_one()
     return {
+        "open_sessions": int(open_sessions),
         "runs_by_status": by_status,
         "stalled_tasks": int(stalled),
         "oldest_pending_seconds": (now - oldest_inbox).total_seconds() if oldest_inbox else None,
