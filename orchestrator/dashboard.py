@@ -19,6 +19,7 @@ import contextlib
 import hmac
 import json
 import logging
+import math
 import statistics
 from collections.abc import AsyncIterator
 from dataclasses import asdict
@@ -357,6 +358,10 @@ TimerStatuses = Annotated[list[str], _only(TIMER_STATUSES, "a timer status")]
 SessionStatuses = Annotated[list[str], _only(SESSION_STATUSES, "a session status")]
 
 
+AwareTime = Annotated[datetime, AfterValidator(lambda t: t if t.tzinfo else t.replace(tzinfo=UTC))]
+"""A time from a query: one without an offset is read as UTC, as vodflow's times are."""
+
+
 class RunQuery(ApiModel):
     workflow: str | None = None
     status: RunStatuses = _statuses(
@@ -366,8 +371,12 @@ class RunQuery(ApiModel):
     )
     stream_id: str | None = None
     file_id: str | None = None
-    since: datetime | None = Field(None, description="Created at or after (ISO 8601).")
-    until: datetime | None = Field(None, description="Created before (ISO 8601).")
+    since: AwareTime | None = Field(
+        None, description="Created at or after (ISO 8601; UTC when it names no offset)."
+    )
+    until: AwareTime | None = Field(
+        None, description="Created before (ISO 8601; UTC when it names no offset)."
+    )
     cursor: str | None = Field(None, description="nextCursor of the previous page.")
     limit: int = Field(50, ge=1, le=500)
 
@@ -436,11 +445,15 @@ class Invalid(Exception):
 
 
 def _id_param(request: Request, name: str, what: str) -> int:
-    """A numeric ID from the path; any other text names nothing there (404)."""
+    """A numeric ID from the path; any other text, or a number no row can have, names nothing
+    there (404)."""
     try:
-        return int(request.path_params[name])
+        number = int(request.path_params[name])
     except ValueError:
-        raise Invalid(f"no {what} {request.path_params[name]!r}", status=404) from None
+        number = -1
+    if not 0 <= number < 2**63:
+        raise Invalid(f"no {what} {request.path_params[name]!r}", status=404)
+    return number
 
 
 def _errors(exc: ValidationError, where: str) -> str:
@@ -458,6 +471,8 @@ def parse_query(request: Request, model: type[Q]) -> Q:
         if key == "access_token":
             continue
         values = request.query_params.getlist(key)
+        for value in values:
+            _storable(value, f"query parameter {key}")
         field = _field(model, key)
         if field is not None and _is_list(model, field):
             data[key] = [v for value in values for v in value.split(",") if v]
@@ -483,9 +498,28 @@ def _is_list(model: type[BaseModel], name: str) -> bool:
 async def parse_body(request: Request, model: type[Q]) -> Q:
     raw = await request.body()
     try:
-        return model.model_validate_json(raw or b"{}")
+        parsed = model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
         raise Invalid(_errors(exc, "body")) from None
+    _storable(parsed.model_dump(), "body")
+    return parsed
+
+
+def _storable(value: object, where: str) -> None:
+    """Refuses what JSON parsers let through but vodflow cannot keep as given: ``NaN`` and
+    ``Infinity`` (and numbers beyond a double, read as infinity) would be stored as null, and
+    PostgreSQL's text holds no NUL character."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Invalid(f"{where}: expected a finite number, found {value!r}")
+    if isinstance(value, str) and "\x00" in value:
+        raise Invalid(f"{where}: contains a NUL character (\\u0000), which vodflow cannot store")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _storable(key, where)
+            _storable(item, f"{where} {key}" if where == "body" else f"{where}.{key}")
+    elif isinstance(value, list):
+        for n, item in enumerate(value):
+            _storable(item, f"{where}[{n}]")
 
 
 def _encode_cursor(value: object) -> str:
@@ -497,6 +531,28 @@ def _decode_cursor(value: str) -> Any:
         return json.loads(base64.urlsafe_b64decode(value.encode()))
     except (ValueError, json.JSONDecodeError) as exc:
         raise Invalid(f"query parameter cursor: not a cursor this API gave ({exc})") from None
+
+
+def _run_cursor(cursor: Any) -> tuple[datetime, str]:
+    """Where a page of runs ends: the last run's creation time (aware, UTC) and ID."""
+    try:
+        at, run_id = cursor
+        when = datetime.fromisoformat(at)
+    except (TypeError, ValueError):
+        raise Invalid("query parameter cursor: not a cursor this API gave") from None
+    if not isinstance(run_id, str) or when.tzinfo is None:
+        raise Invalid("query parameter cursor: not a cursor this API gave")
+    return when, run_id
+
+
+def _id_cursor(value: str | None) -> int | None:
+    """The id a page of newest-first rows ends at (inbox, timers, sessions)."""
+    if value is None:
+        return None
+    cursor = _decode_cursor(value)
+    if isinstance(cursor, bool) or not isinstance(cursor, int) or not 0 <= cursor < 2**63:
+        raise Invalid("query parameter cursor: not a cursor this API gave")
+    return cursor
 
 
 def _now() -> datetime:
@@ -622,8 +678,7 @@ async def list_runs(request: Request) -> Response:
     q = parse_query(request, RunQuery)
     before = None
     if q.cursor:
-        at, run_id = _decode_cursor(q.cursor)
-        before = (datetime.fromisoformat(at), run_id)
+        before = _run_cursor(_decode_cursor(q.cursor))
 
     def page(conn: Any) -> RunPage:
         rows = views.list_runs(
@@ -752,7 +807,7 @@ def _actor(request: Request) -> str:
 
 async def list_events(request: Request) -> Response:
     q = parse_query(request, EventQuery)
-    before = int(_decode_cursor(q.cursor)) if q.cursor else None
+    before = _id_cursor(q.cursor)
     rows = await _services(request).db.query(
         views.list_inbox,
         status=q.status or None,
@@ -814,7 +869,7 @@ def _replay_refusal(event_id: int, row: dict[str, Any] | None) -> str | None:
 
 async def list_timers(request: Request) -> Response:
     q = parse_query(request, TimerQuery)
-    before = int(_decode_cursor(q.cursor)) if q.cursor else None
+    before = _id_cursor(q.cursor)
     rows = await _services(request).db.query(
         views.list_timers, status=q.status or None, run_id=q.run_id, before=before, limit=q.limit
     )
@@ -824,7 +879,7 @@ async def list_timers(request: Request) -> Response:
 
 async def list_sessions(request: Request) -> Response:
     q = parse_query(request, SessionQuery)
-    before = int(_decode_cursor(q.cursor)) if q.cursor else None
+    before = _id_cursor(q.cursor)
     rows = await _services(request).db.query(
         views.list_sessions,
         status=q.status or None,
@@ -1203,6 +1258,8 @@ ENDPOINTS: list[Endpoint] = [
 
 def _wrap(endpoint: Endpoint) -> Any:
     async def handle(request: Request) -> Response:
+        if "\x00" in request.url.path:  # names nothing vodflow stores (nor can store)
+            return problem(404, f"nothing at {request.url.path!r}")
         try:
             return await endpoint.handler(request)
         except Invalid as exc:

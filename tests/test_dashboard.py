@@ -4,6 +4,7 @@ tokens, metrics, and schemathesis fuzzing every operation against the published 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import re
@@ -381,6 +382,50 @@ async def test_a_bad_body_is_refused_naming_the_field_once(service: Service) -> 
         answer = await service.http.post(url, content=content)
         assert answer.status_code == 422, content
         assert answer.json()["error"].startswith(start), answer.json()
+
+
+async def test_what_vodflow_cannot_store_or_find_is_a_4xx_not_a_500(service: Service) -> None:
+    """Values a JSON parser or a URL lets through but no row can hold: NaN and numbers beyond
+    a double (stored as null, they broke an idempotent repeat), NUL characters (PostgreSQL's
+    text has none), ids beyond 64 bits, cursors this API never gave, times without an offset."""
+    base, http = service.base, service.http
+    trigger = {"workflow": "transcode", "idempotencyKey": "k"}
+    for params, words in [
+        (b'{"fileId": "x", "n": NaN}', "body params.n: expected a finite number"),
+        (b'{"fileId": "x", "n": 1e400}', "body params.n: expected a finite number"),
+        (b'{"fileId": "x\\u0000y"}', "body params.fileId: contains a NUL character"),
+    ]:
+        body = b'{"workflow": "transcode", "params": ' + params + b"}"
+        answer = await http.post(f"{base}/api/runs", content=body)
+        assert answer.status_code == 422, params
+        assert answer.json()["error"].startswith(words), answer.json()
+    key = await http.post(f"{base}/api/runs", json={**trigger, "idempotencyKey": "a\u0000b"})
+    assert key.status_code == 422
+    nul = await http.get(f"{base}/api/runs", params={"fileId": "\u0000abc"})
+    assert nul.json()["error"].startswith("query parameter fileId: contains a NUL character")
+    for path in ("/api/runs/a%00b", "/api/tasks/a%00b"):
+        assert (await http.get(base + path)).status_code == 404, path
+    huge = "99999999999999999999999"
+    for method, path in [
+        ("GET", f"/api/inbox/{huge}"),
+        ("POST", f"/api/inbox/{huge}/replay"),
+        ("POST", f"/api/timers/{huge}/replay"),
+    ]:
+        assert (await http.request(method, base + path)).status_code == 404, path
+
+    def cursor(value: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode()
+
+    for path in ("/api/runs", "/api/inbox", "/api/timers", "/api/sessions"):
+        for value in (["x", "y"], [1, 2], ["2020-01-01", "y"], {"a": 1}, "abc", 10**30):
+            answer = await http.get(base + path, params={"cursor": cursor(value)})
+            assert answer.status_code == 422, (path, value)
+            assert answer.json()["error"].startswith("query parameter cursor: not a cursor")
+    for since in ("2030-01-01", "2020-01-01T00:00:00"):
+        answer = await http.get(f"{base}/api/runs", params={"since": since})
+        assert answer.status_code == 200, answer.text
+    answer = await http.get(f"{base}/api/runs", params={"until": "2020-01-01T00:00:00"})
+    assert answer.json()["runs"] == []
 
 
 async def test_unknown_api_paths_and_methods_answer_in_the_apis_error_shape(
