@@ -570,10 +570,17 @@ def test_unknown_event_types_become_generic_events() -> None:
     assert bare.kind == "SomethingNew"
 
 
+_STORABLE = st.characters(exclude_characters="\x00")  # a NUL in an ID is refused (below)
+
+
 @settings(max_examples=100, deadline=None)
 @given(
-    kind=st.text(min_size=1, max_size=30),
-    data=st.dictionaries(st.text(max_size=10), st.text(max_size=10) | st.integers(), max_size=5),
+    kind=st.text(_STORABLE, min_size=1, max_size=30),
+    data=st.dictionaries(
+        st.text(max_size=10),
+        st.text(_STORABLE, max_size=10) | st.integers(-(2**31), 2**31 - 1),  # codes fit 32 bits
+        max_size=5,
+    ),
 )
 def test_any_event_type_parses(kind: str, data: dict[str, Any]) -> None:
     # (hypothesis also tries the names it finds in the code: known types need their fields)
@@ -664,6 +671,42 @@ def test_a_clips_file_info_may_come_as_a_list_of_one() -> None:
             {"EventType": "ClipComplete", "ClipCompleteEvent": {"TaskId": "c"}},
             "ClipCompleteEvent.FileInfo",
             "required",
+        ),
+        (
+            {
+                "version": "4.0",
+                "eventType": "TranscodeComplete",
+                "data": {"vodTaskId": "t", "status": 99999999999999999999999},
+            },
+            "data.status",
+            "error code of at most 32 bits",
+        ),
+        (
+            {
+                "version": "4.0",
+                "eventType": "ProcedureStateChanged",
+                "data": {"vodTaskId": "t", "status": "FINISH", "errCode": 2**31},
+            },
+            "data.errCode",
+            "error code of at most 32 bits",
+        ),
+        (
+            {
+                "version": "4.0",
+                "eventType": "TranscodeComplete",
+                "data": {"vodTaskId": "t\x00", "status": 0},
+            },
+            None,
+            "task ID contains a NUL character",
+        ),
+        (
+            {
+                "version": "4.0",
+                "eventType": "ClipComplete",
+                "data": {"vodTaskId": "t", "srcFileId": "9" * 201, "fileInfo": {"fileId": "1"}},
+            },
+            None,
+            "fileId is 201 characters; at most 200",
         ),
         ({"event_type": "abc"}, "event_type", "integer"),
         ({"event_type": True}, "event_type", "integer"),

@@ -55,16 +55,31 @@ def _opt_float(value: object) -> float | None:
     return None
 
 
+CODE_RANGE = range(-(2**31), 2**31)
+"""Error codes vodflow stores (a 32-bit integer column); Tencent's all fit."""
+
+
+def _code(value: int) -> int:
+    if value not in CODE_RANGE:
+        raise ValueError(f"expected an error code of at most 32 bits, got {str(value)[:30]}")
+    return value
+
+
+def _opt_code(value: object) -> int | None:
+    number = _opt_int(value)
+    return None if number is None else _code(number)
+
+
 def _status(value: object) -> int | str | None:
     """Per-task events send an int, ProcedureStateChanged a word; keep either, normalised."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
+        return _code(value)
     if isinstance(value, str):
         text = value.strip()
         if _INT_TEXT.fullmatch(text):
-            return int(text)
+            return _code(int(text))
         return text.upper() or None
     return None
 
@@ -114,6 +129,7 @@ def _required_id(value: object) -> object:
 
 OptStr = Annotated[str | None, BeforeValidator(_opt_str)]
 OptInt = Annotated[int | None, BeforeValidator(_opt_int)]
+OptCode = Annotated[int | None, BeforeValidator(_opt_code)]
 OptFloat = Annotated[float | None, BeforeValidator(_opt_float)]
 Status = Annotated[int | str | None, BeforeValidator(_status)]
 RequiredStatus = Annotated[int | str, BeforeValidator(_required_status)]
@@ -198,7 +214,7 @@ class SubTaskV2(V2Body):
     vod_task_id: OptStr = None
     """Not in Tencent's table; the embedded engine sends each sub-task's own task ID."""
     status: Status = None
-    err_code: OptInt = None
+    err_code: OptCode = None
     message: OptStr = None
     input: Annotated[SubTaskInputV2 | None, BeforeValidator(_object)] = None
     output: Annotated[SubTaskOutputV2 | None, BeforeValidator(_object)] = None
@@ -209,7 +225,7 @@ class ProcedureDataV2(V2Body):
 
     vod_task_id: RequiredId
     status: RequiredStatus
-    err_code: OptInt = None
+    err_code: OptCode = None
     message: OptStr = None
     file_id: OptStr = None
     file_name: OptStr = None
@@ -305,7 +321,7 @@ class GenericDataV2(V2Body):
     file_id: OptStr = None
     stream_id: OptStr = None
     status: Status = None
-    err_code: OptInt = None
+    err_code: OptCode = None
     message: OptStr = None
 
 
@@ -328,7 +344,7 @@ class MetaDataV3(V3Body):
 class PicInfoV3(V3Body):
     time_offset: OptInt = None
     url: OptStr = None
-    err_code: OptInt = None
+    err_code: OptCode = None
 
 
 class TaskOutputV3(MetaDataV3):
@@ -349,7 +365,7 @@ class MediaTaskV3(V3Body):
 
     task_id: OptStr = None
     status: Status = None
-    err_code: OptInt = None
+    err_code: OptCode = None
     message: OptStr = None
     input: Annotated[TaskInputV3 | None, BeforeValidator(_object)] = None
     output: Annotated[TaskOutputV3 | None, BeforeValidator(_object)] = None
@@ -358,7 +374,7 @@ class MediaTaskV3(V3Body):
 class ProcedureEventV3(V3Body):
     task_id: RequiredId
     status: RequiredStatus
-    err_code: OptInt = None
+    err_code: OptCode = None
     message: OptStr = None
     file_id: OptStr = None
     file_name: OptStr = None
@@ -426,7 +442,7 @@ class PlayInfoV3(V3Body):
 
 class TranscodeEventV3(V3Body):
     task_id: RequiredId
-    err_code: OptInt = None
+    err_code: OptCode = None
     message: OptStr = None
     file_id: OptStr = None
     file_name: OptStr = None
@@ -436,7 +452,7 @@ class TranscodeEventV3(V3Body):
 
 
 class FileInfoV3(V3Body):
-    err_code: OptInt = None
+    err_code: OptCode = None
     message: OptStr = None
     file_id: OptStr = None
     file_url: OptStr = None
@@ -446,21 +462,21 @@ class FileInfoV3(V3Body):
 class ClipEventV3(V3Body):
     task_id: RequiredId
     src_file_id: OptStr = None
-    err_code: OptInt = None
+    err_code: OptCode = None
     message: OptStr = None
     file_info: Annotated[FileInfoV3 | None, BeforeValidator(_object)] = None
 
 
 class ConcatEventV3(V3Body):
     task_id: RequiredId
-    err_code: OptInt = None
+    err_code: OptCode = None
     message: OptStr = None
     file_info_set: Annotated[tuple[FileInfoV3, ...], BeforeValidator(_objects)] = ()
 
 
 class ImageSpriteEventV3(V3Body):
     task_id: RequiredId
-    err_code: OptInt = None
+    err_code: OptCode = None
     message: OptStr = None
     file_id: OptStr = None
     definition: OptInt = None
@@ -471,7 +487,7 @@ class ImageSpriteEventV3(V3Body):
 
 class SnapshotEventV3(V3Body):
     task_id: RequiredId
-    err_code: OptInt = None
+    err_code: OptCode = None
     message: OptStr = None
     file_id: OptStr = None
     definition: OptInt = None
@@ -482,7 +498,7 @@ class GenericEventV3(V3Body):
     task_id: OptStr = None
     file_id: OptStr = None
     status: Status = None
-    err_code: OptInt = None
+    err_code: OptCode = None
     message: OptStr = None
 
 
@@ -511,5 +527,5 @@ class LvbBody(BaseModel):
     create_time: OptInt = None
     pic_url: OptStr = None
     pic_full_url: OptStr = None
-    errcode: OptInt = None
+    errcode: OptCode = None
     errmsg: OptStr = None

@@ -243,11 +243,11 @@ def parse_event(body: Body, *, source: Source | None = None) -> VodEvent:
     obj = _load(body)
     try:
         if "event_type" in obj:
-            return _lvb_event(obj, source or "lvb")
+            return _storable(_lvb_event(obj, source or "lvb"))
         if "eventType" in obj or "version" in obj:
-            return _v4_event(obj, source or "vod", occurred_at=None)
+            return _storable(_v4_event(obj, source or "vod", occurred_at=None))
         if "EventType" in obj:
-            return _v3_event(obj, source or "vod")
+            return _storable(_v3_event(obj, source or "vod"))
     except ValidationError as exc:
         raise _malformed(exc) from None
     except RecursionError:
@@ -256,6 +256,30 @@ def parse_event(body: Body, *, source: Source | None = None) -> VodEvent:
         "expected a VOD 4.0 body (version, eventType, data), a v3 body (EventType) "
         "or a live-service body (event_type); found none of these fields"
     )
+
+
+ID_MAX = 200
+"""The longest task, file or stream ID vodflow stores (its columns' size); Tencent's are far
+shorter."""
+
+
+def _storable(event: VodEvent) -> VodEvent:
+    """The event, unless an ID in it cannot be stored: longer than ``ID_MAX``, or holding a NUL
+    character (PostgreSQL's text has none). Refused as malformed, a body that is no VOD's does
+    not fail the group of callbacks committed with it."""
+    for what, value in (
+        ("event type", event.kind),
+        ("task ID", event.task_id),
+        ("fileId", event.file_id),
+        ("stream ID", event.stream_id),
+    ):
+        if value is None:
+            continue
+        if "\x00" in value:
+            raise MalformedEvent(f"the {what} contains a NUL character")
+        if len(value) > ID_MAX:
+            raise MalformedEvent(f"the {what} is {len(value)} characters; at most {ID_MAX}")
+    return event
 
 
 def parse_pull_event_response(body: Body) -> list[tuple[str, VodEvent]]:
