@@ -120,18 +120,42 @@ class InboxWriter:
             while len(group) < self.max_batch and not self._queue.empty():
                 group.append(self._queue.get_nowait())
             try:
-                ids, after_commit = await self.db.write(self._commit, group)
+                await self._commit_group(group)
             except Exception as exc:
+                if len(group) == 1 or isinstance(exc, _UNREACHABLE):
+                    _settle(group, exc)
+                    continue
+                # One row the database refuses must not fail the callbacks committed with it:
+                # each is committed alone, and only the one that fails again is answered so.
+                log.warning(
+                    "a group of %d callbacks failed to commit (%s); committing each alone",
+                    len(group),
+                    exc,
+                )
                 for pending in group:
-                    if not pending.done.done():
-                        pending.done.set_exception(exc)
-                continue
-            self.batches += 1
-            self.rows += len(group)
-            after_commit()
-            for pending, row_id in zip(group, ids, strict=True):
-                if not pending.done.done():
-                    pending.done.set_result(row_id)
+                    try:
+                        await self._commit_group([pending])
+                    except Exception as alone:
+                        _settle([pending], alone)
+
+    async def _commit_group(self, group: list[_Pending]) -> None:
+        ids, after_commit = await self.db.write(self._commit, group)
+        self.batches += 1
+        self.rows += len(group)
+        after_commit()
+        for pending, row_id in zip(group, ids, strict=True):
+            if not pending.done.done():
+                pending.done.set_result(row_id)
+
+
+_UNREACHABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError)
+"""The database itself failing (not one row it refuses): committing rows alone would fail too."""
+
+
+def _settle(group: list[_Pending], exc: Exception) -> None:
+    for pending in group:
+        if not pending.done.done():
+            pending.done.set_exception(exc)
 
 
 class Receiver:

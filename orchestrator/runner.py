@@ -127,6 +127,12 @@ class Batch:
     outbox_rows: int = 0
     woke_orphans: int = 0
 
+    def take(self, other: Batch) -> None:
+        """What ``other`` did, as part of this transaction's (a savepoint that held)."""
+        self.transitions.extend(other.transitions)
+        self.outbox_rows += other.outbox_rows
+        self.woke_orphans += other.woke_orphans
+
     def record(self, decision: m.Decision) -> None:
         self.outbox_rows += sum(isinstance(c, m.OUTBOUND) for c in decision.commands)
         self.transitions.append(
@@ -478,9 +484,49 @@ class Runner:
                 status, run_id, note = InboxStatus.FAILED, None, f"{type(exc).__name__}: {exc}"
             outcomes.append((row["id"], status, run_id, note))
         if task_events:
-            outcomes.extend(self._apply_task_events(conn, task_events, now, batch))
+            outcomes.extend(self._apply_task_events_apart(conn, task_events, now, batch))
         queues.mark_inbox_many(conn, outcomes, now)
         return len(rows)
+
+    def _apply_task_events_apart(
+        self,
+        conn: sa.Connection,
+        items: list[tuple[int, VodEvent]],
+        now: datetime,
+        batch: Batch,
+    ) -> list[tuple[int, str, str | None, str | None]]:
+        """``_apply_task_events``, together in a savepoint; should the database refuse that
+        (one event's change it cannot store), each event alone, so the one that fails is
+        marked failed (for an operator to replay once fixed) and the others are applied,
+        instead of the whole batch failing again at every drain."""
+        together = Batch()
+        try:
+            with driver.savepoint(conn):
+                outcomes = self._apply_task_events(conn, items, now, together)
+        except Exception as exc:
+            if len(items) > 1:
+                log.warning(
+                    "applying %d task events together failed (%s); applying each alone",
+                    len(items),
+                    exc,
+                )
+        else:
+            batch.take(together)
+            return outcomes
+        outcomes = []
+        for event_id, event in items:
+            alone = Batch()
+            try:
+                with driver.savepoint(conn):
+                    outcomes.extend(self._apply_task_events(conn, [(event_id, event)], now, alone))
+            except Exception as exc:
+                log.exception("applying inbox event %s failed", event_id)
+                outcomes.append(
+                    (event_id, InboxStatus.FAILED, None, f"{type(exc).__name__}: {exc}")
+                )
+            else:
+                batch.take(alone)
+        return outcomes
 
     def _apply_task_events(
         self,

@@ -54,20 +54,22 @@ def parts(db: Database, tmp_path: Path) -> tuple[Runner, Sweeper, Clock]:
     return runner, sweeper, clock
 
 
-async def _waiting_run(db: Database, runner: Runner, clock: Clock) -> str:
+async def _waiting_run(
+    db: Database, runner: Runner, clock: Clock, task_id: str = "transcode-1", file_id: str = "f1"
+) -> str:
     batch = Batch()
     workflow = runner.registry.current["wf"]
     await db.write(runner.registry.record_versions, clock.now)
 
     def start(conn: sa.Connection) -> str:
         run_id = runner.start_run(
-            conn, workflow, {"fileId": "f1"}, dedup_key=None, now=clock.now, batch=batch
+            conn, workflow, {"fileId": file_id}, dedup_key=None, now=clock.now, batch=batch
         )
         assert run_id is not None
         return run_id
 
     run_id = await db.write(start)
-    tasks = (m.TaskRef(task_id="transcode-1", kind="transcode"),)
+    tasks = (m.TaskRef(task_id=task_id, kind="transcode"),)
     await runner.apply(run_id, m.SubmitSucceeded(step="transcode", attempt=1, tasks=tasks))
     return run_id
 
@@ -812,3 +814,67 @@ async def test_the_checkpoints_wal_size_is_recorded_not_logged_every_second(
     assert [r.getMessage() for r in caplog.records if r.name == "vodflow.sweeper"] == []
     (job,) = [j for j in await sweeper.health() if j.name == "checkpoint"]
     assert job.findings == findings
+
+
+async def test_an_event_the_database_refuses_fails_alone_and_the_rest_are_applied(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """Task events are applied together; one whose change the database cannot store (here an
+    error code beyond its integer column) must not hold the others back at every drain."""
+    from orchestrator.receiver import inbox_row
+    from orchestrator.vod.events import parse_event
+
+    runner, _, clock = parts
+    good_run = await _waiting_run(db, runner, clock, "transcode-1", "f1")
+    await _waiting_run(db, runner, clock, "transcode-2", "f2")
+    good = parse_event(json.dumps(transcode_complete("transcode-1", "f1")), source="vod")
+    failed = parse_event(json.dumps(transcode_complete("transcode-2", "f2", ok=False)))
+    bad = failed.model_copy(update={"error_code": 10**23})  # past the parser's own check
+    rows = [inbox_row(e, json.dumps(e.raw), "vod") for e in (bad, good)]
+    ids = await db.write(queues.insert_inbox, rows, clock.now)
+    for event_id, event in zip(ids, (bad, good), strict=True):
+        assert event_id is not None
+        runner.remember(event_id, event)
+    assert await runner.drain_inbox() == 2
+    statuses = await db.query(
+        lambda conn: dict(conn.execute(sa.text("SELECT id, status FROM inbox_events")).all())
+    )
+    assert statuses == {ids[0]: "failed", ids[1]: "applied"}
+    assert await _status(db, good_run) == "succeeded"
+    assert await runner.drain_inbox() == 0  # nothing left to fail again
+
+
+async def test_a_callback_the_database_refuses_fails_alone_and_its_group_commits(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """Callbacks arriving together share a commit; one that makes it fail is answered with the
+    error, alone, and the others are committed (and answered 2xx) without it."""
+    import asyncio
+
+    from orchestrator.receiver import InboxWriter, inbox_row
+    from orchestrator.vod.events import parse_event
+
+    _, _, clock = parts
+
+    def refuse_bad(conn: sa.Connection, received: list[Any], now: datetime) -> Any:
+        if any(event.task_id == "transcode-bad" for _, event in received):
+            raise ValueError("the database refuses this row")
+        return lambda: None
+
+    writer = InboxWriter(db, apply=refuse_bad, clock=clock)
+    bodies = [transcode_complete(f"transcode-{n}", "f1") for n in ("a", "bad", "b")]
+    events = [parse_event(json.dumps(body), source="vod") for body in bodies]
+    adds = [writer.add(inbox_row(e, json.dumps(e.raw), "vod"), e) for e in events]
+    added = asyncio.gather(*adds, return_exceptions=True)  # queued before the writer runs
+    serving = asyncio.create_task(writer.serve())
+    try:
+        first, refused, second = await added
+    finally:
+        serving.cancel()
+    assert isinstance(first, int)
+    assert isinstance(second, int)
+    assert isinstance(refused, ValueError)
+    stored = await db.query(
+        lambda conn: conn.execute(sa.text("SELECT task_id FROM inbox_events")).scalars().all()
+    )
+    assert sorted(stored) == ["transcode-a", "transcode-b"]
