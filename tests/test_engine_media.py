@@ -7,6 +7,7 @@ starts on the keyframe before the requested time. Nothing here is timed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import math
 import os
@@ -14,7 +15,10 @@ import re
 import shutil
 import signal
 import struct
-from collections.abc import Iterator
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -381,6 +385,54 @@ async def test_a_failed_pipeline_reports_the_cause(tmp_path: Path) -> None:
             writer, ["-f", "nut", "-i", "pipe:0", "-vf", "nosuchfilter", "-f", "null", "-"]
         )
     assert "pipe:0" in caught.value.command
+
+
+_RUNS_FFMPEG_FOR_EVER = """
+import asyncio, sys, uvloop
+from orchestrator.engine.ffmpeg import FFmpeg
+
+async def main():
+    endless = ["-re", "-f", "lavfi", "-i", "testsrc2=size=64x36:rate=5", "-f", "null", "-"]
+    await FFmpeg(threads=1).run(endless)
+
+uvloop.run(main())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's parent-death signal")
+def test_ffmpeg_dies_with_the_process_that_started_it() -> None:
+    """An engine killed with -9 must not leave its FFmpeg runs going: restarted, it runs the
+    same tasks again, and two FFmpegs writing one output made a corrupt file."""
+    engine = subprocess.Popen([sys.executable, "-c", _RUNS_FFMPEG_FOR_EVER])
+    children = Path(f"/proc/{engine.pid}/task/{engine.pid}/children")
+    try:
+        started = _until(lambda: children.read_text().split(), 30)
+        (ffmpeg,) = started
+        assert "ffmpeg" in Path(f"/proc/{ffmpeg}/cmdline").read_bytes().decode(errors="replace")
+    finally:
+        engine.kill()
+        engine.wait()
+    try:
+        assert _until(lambda: _state(ffmpeg) == "Z", 10)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(ffmpeg), signal.SIGKILL)  # an orphan left by a failure
+
+
+def _until(check: Callable[[], Any], seconds: float) -> Any:
+    """``check()``'s first true answer, asked every 0.1 s; its last answer after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not (answer := check()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return answer
+
+
+def _state(pid: str) -> str:
+    """The process's state letter (Z: a zombie, dead and waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"
 
 
 # --- test recordings ---------------------------------------------------------------------------

@@ -16,16 +16,39 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import os
 import re
 import shlex
 import signal
-from collections.abc import AsyncIterator, Sequence
+import sys
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 StrPath = str | os.PathLike[str]
+
+
+def _deathsig() -> Callable[[], None] | None:
+    """On Linux, what a child runs before it becomes FFmpeg: the kernel kills FFmpeg when the
+    thread that started it (the event loop's) dies. Else a vodflow killed with -9 leaves its
+    FFmpeg runs going, writing what the restarted engine writes again."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    set_deathsig = 1  # PR_SET_DEATHSIG
+
+    def die_with_parent() -> None:
+        prctl(set_deathsig, signal.SIGKILL)
+
+    return die_with_parent
+
+
+die_with_parent = _deathsig()
 
 # Options every run starts with: never read the terminal, keep stderr to what matters.
 _COMMON = ("-nostdin", "-hide_banner")
@@ -213,6 +236,7 @@ class FFmpeg:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE if capture_stdout else asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
+                preexec_fn=die_with_parent,
             )
         except OSError as exc:
             raise MediaError(f"cannot start ffmpeg {self.exe!r}: {exc}", command=cmd) from exc
@@ -248,6 +272,7 @@ class FFmpeg:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=write_fd,
                     stderr=asyncio.subprocess.PIPE,
+                    preexec_fn=die_with_parent,
                 )
             )
             procs.append(
@@ -257,6 +282,7 @@ class FFmpeg:
                     stdin=read_fd,
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.PIPE,
+                    preexec_fn=die_with_parent,
                 )
             )
         except OSError as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import secrets
 import shutil
 import struct
 from collections.abc import Sequence
@@ -816,7 +817,9 @@ class Media:
         measured about 10% faster on stream copies) or by ``+faststart`` (a second pass over the
         file), which is also the fallback when the reservation turns out too small.
         """
-        part = dst.with_name(f".{dst.name}.part")
+        # Its own name: a run of the same task still going elsewhere (an engine that died
+        # and was restarted) never writes into this one's file.
+        part = dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.part")
         await asyncio.to_thread(dst.parent.mkdir, parents=True, exist_ok=True)
         write = ["-f", _MUXERS[fmt], "-y", str(part)]
         faststart = ["-movflags", "+faststart"] if fmt == "mp4" else []
