@@ -1321,7 +1321,8 @@ class ApiAuth:
         request = Request(scope)
         given = request.headers.get("authorization", "")
         token = given[7:] if given.lower().startswith("bearer ") else None
-        token = token or request.query_params.get("access_token")
+        if token is None and request.method == "GET":  # EventSource sends no headers
+            token = request.query_params.get("access_token")
         if token is None:
             await _deny(401, "this API needs Authorization: Bearer <token>", scope, receive, send)
             return

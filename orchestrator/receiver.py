@@ -213,6 +213,12 @@ class Receiver:
         if isinstance(body, JSONResponse):
             self.count(source, "-", "too_large")
             return body
+        if source == "lvb" and self.lvb_key is not None:
+            # Before anything is read or stored: an unsigned body is refused, not kept.
+            problem = lvb_sign_problem(body, self.lvb_key, self.clock())
+            if problem is not None:
+                self.count(source, "-", "bad_sign")
+                return _refuse(401, problem)
         text = body.decode("utf-8", errors="replace")
         try:
             event = parse_event(body, source="lvb" if source == "lvb" else "vod")
@@ -229,11 +235,6 @@ class Receiver:
                 )
             )
             return _refuse(400, str(exc))
-        if source == "lvb" and self.lvb_key is not None:
-            problem = lvb_sign_problem(event.raw, self.lvb_key, self.clock())
-            if problem is not None:
-                self.count(source, event.kind, "bad_sign")
-                return _refuse(401, problem)
         row_id = await self.writer.add(inbox_row(event, text, source), event)
         if row_id is None:
             self.count(source, event.kind, "duplicate")

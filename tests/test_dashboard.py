@@ -603,6 +603,9 @@ async def test_tokens_guard_the_api(tmp_path: Path, sqlite_url: str) -> None:
             assert refused.json()["error"] == "unknown API token"
         query = await service.http.get(url, params={"access_token": "read-secret"})
         assert query.status_code == 200
+        # In a URL only for what EventSource reads: a token there ends up in access logs.
+        posted = await service.http.post(url, json=body, params={"access_token": "admin-secret"})
+        assert posted.status_code == 401
         assert (await service.http.get(f"{service.base}/healthz")).status_code == 200
         sink = f"{service.base}/hooks/sink"
         assert (await service.http.get(sink)).status_code == 401

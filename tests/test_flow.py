@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from orchestrator.demo import recording_finished
 from tests.fakevod import (
     new_file_upload,
     procedure_state_changed,
@@ -442,21 +443,37 @@ async def test_a_step_timing_out_is_retried_then_fails(service: Service) -> None
     assert len(service.vod.submitted) == 2
 
 
-def recording(stream_id: str, file_id: str, start: int, end: int) -> dict[str, Any]:
-    """The live service's recording-finished callback (event_type 100) of one segment."""
-    return {
-        "event_type": 100,
-        "stream_id": stream_id,
-        "channel_id": stream_id,
-        "file_id": file_id,
-        "start_time": start,
-        "end_time": end,
-        "duration": end - start,
-        "file_format": "mp4",
-        "video_url": f"http://files.example/{file_id}.mp4",
-        "t": 4102444800,
-        "sign": "unchecked",
-    }
+def recording(stream_id: str, file_id: str, start: int, end: int, key: str = "") -> dict[str, Any]:
+    """The live service's recording-finished callback (event_type 100) of one segment, signed
+    with ``key`` (checked only where a live callback key is configured)."""
+    body = recording_finished(stream_id, file_id, start, end, key)
+    return {**body, "video_url": f"http://files.example/{file_id}.mp4"}
+
+
+async def test_a_live_callback_is_authenticated_before_it_is_read_or_stored(
+    tmp_path: Path, database_url: str
+) -> None:
+    """With a live callback key, a body without a valid sign is refused (401) and not kept,
+    malformed or not; a signed body that is malformed is kept as invalid (400)."""
+    key = "live-key"
+    async with running_service(
+        tmp_path, database_url, {"session": SESSION}, lvb_callback_key=key
+    ) as service:
+        signed = recording("talk_1", "seg0", 1000, 1060, key)
+        for body, status in [
+            ({**signed, "sign": "0" * 32}, 401),
+            ({**signed, "sign": "0" * 32, "event_type": "abc"}, 401),
+            ({k: v for k, v in signed.items() if k != "sign"}, 401),
+            ({**signed, "event_type": "abc"}, 400),
+            (signed, 200),
+        ]:
+            answer = await service.callback(body, "/callbacks/lvb")
+            assert answer.status_code == status, (body, answer.text)
+        inbox = (await service.http.get(f"{service.base}/api/inbox")).json()["events"]
+        assert sorted(e["status"] for e in inbox) in (
+            ["applied", "invalid"],
+            ["invalid", "pending"],
+        )
 
 
 async def test_a_stream_session_of_three_segments_is_one_run(service: Service) -> None:
