@@ -708,6 +708,7 @@ def test_a_clips_file_info_may_come_as_a_list_of_one() -> None:
             None,
             "fileId is 201 characters; at most 200",
         ),
+        ({"event_type": 100, "stream_id": "s1"}, "file_id", "names the recorded file"),
         ({"event_type": "abc"}, "event_type", "integer"),
         ({"event_type": True}, "event_type", "integer"),
     ],
@@ -819,6 +820,7 @@ def test_missing_optional_fields_still_parse(name: str, data: st.DataObject) -> 
         "fileInfo",
         "fileId",
         "event_type",
+        "file_id",  # a recording's (event_type 100)
         "EventType",
         "ProcedureStateChangeEvent",
         "TaskId",

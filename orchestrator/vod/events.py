@@ -1230,6 +1230,10 @@ def _lvb_event(obj: Mapping[str, JsonValue], source: Source) -> VodEvent:
     }
     occurred = body.event_time
     if event_type == 100:
+        if not body.file_id:
+            raise MalformedEvent(
+                "a recording callback names the recorded file; found no file_id", field="file_id"
+            )
         extra = _callback_ext(body.callback_ext)
         width, height = _resolution(extra.get("resolution"))
         fields |= {
