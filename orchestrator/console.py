@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,8 +28,10 @@ from rich.text import Text
 
 from orchestrator.config import Settings
 
-console = Console()
-err = Console(stderr=True)
+# Messages are not broken at the width: a terminal wraps them itself, and piped output (80
+# columns to rich) keeps each message, and each URL in it, on one line.
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
 Direct = Annotated[
     bool, typer.Option("--direct", help="Use the database directly, not the running server.")
 ]
@@ -110,6 +113,12 @@ NARROWEST = 6
 """Other columns fold down to this (or their header, if shorter) before an ID is touched."""
 
 
+def _has_width(out: Console) -> bool:
+    """Whether the output has a width to fit: a terminal's, or COLUMNS. Piped output has none
+    (rich assumes 80), so its tables are printed whole, a row on one line."""
+    return out.is_terminal or "COLUMNS" in os.environ
+
+
 def print_table(table: Table, out: Console | None = None) -> None:
     """Print a table with its ID columns whole, however narrow the terminal.
 
@@ -131,6 +140,9 @@ def print_table(table: Table, out: Console | None = None) -> None:
     if sum(natural) + overhead <= out.width:
         out.print(table)
         return
+    if not _has_width(out):
+        _print_at(out, table, sum(natural) + overhead)
+        return
     widths = list(natural)
     least = [
         w if keep else min(w, max(NARROWEST, cell_len(str(c.header))))
@@ -146,12 +158,16 @@ def print_table(table: Table, out: Console | None = None) -> None:
         column.width = width
         column.no_wrap = keep
         column.overflow = "ignore" if keep else "fold"
-    width = out.width
-    out.width = budget + overhead  # rich never prints wider than its console
+    _print_at(out, table, budget + overhead)
+
+
+def _print_at(out: Console, table: Table, width: int) -> None:
+    before = out.width
+    out.width = width  # rich never prints wider than its console
     try:
         out.print(table, crop=False)
     finally:
-        out.width = width
+        out.width = before
 
 
 def _when(value: str | None) -> str:

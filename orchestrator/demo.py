@@ -23,7 +23,7 @@ from orchestrator.engine.media import Media
 from orchestrator.engine.upload import Uploaded, upload_file
 from orchestrator.keys import load_keys
 
-console = Console()
+console = Console(soft_wrap=True)  # a URL stays on one line, piped too
 STREAM = "demo"
 
 

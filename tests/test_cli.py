@@ -474,3 +474,32 @@ def test_reload_and_sighup_serve_the_workflow_files_as_they_are_now(tmp_path: Pa
         server.terminate()
         output, _ = server.communicate(timeout=15)
     assert "workflow copy added" in output
+
+
+def test_piped_output_keeps_a_row_and_a_message_on_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Piped into a file or grep there is no width to fit (rich would assume 80 columns and
+    fold 'succeeded' and URLs over lines): a table row stays one line, a message too."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from orchestrator.console import print_table
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    error = "step hls failed: file_not_found (code 10008): " + "ProcessFileByProcedure " * 4
+    table = Table("run", "workflow", "status", "error")
+    table.add_row("run_01a232a5e30c8eae5aa366", "recording-transcode", "succeeded", error)
+    out = io.StringIO()
+    piped = Console(file=out, soft_wrap=True)
+    assert not piped.is_terminal
+    print_table(table, piped)
+    piped.print("stored: http://127.0.0.1:8080/files/" + "x" * 90 + "/f20.mp4")
+    lines = out.getvalue().splitlines()
+    (row,) = [line for line in lines if "run_01a232a5e30c8eae5aa366" in line]
+    assert "succeeded" in row
+    assert error.strip() in row
+    assert lines[-1].endswith("/f20.mp4")
+    assert lines[-1].startswith("stored: http://")
