@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import logging
 import os
 import re
 import tomllib
@@ -36,6 +37,7 @@ from orchestrator.durations import parse_duration
 from orchestrator.netguard import AddressPolicy, parse_allow_entry
 from orchestrator.store.db import DatabaseUrlError, check_url
 
+log = logging.getLogger("vodflow.config")
 DEFAULT_TENCENT_ENDPOINT = "https://vod.api.qcloud.com/v2/index.php"
 
 
@@ -401,11 +403,30 @@ def load_settings(**overrides: Any) -> Settings:
     named where it was given: ``VODFLOW_PORT`` for the environment, ``vodflow.toml: port`` for
     the file."""
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         path, file = read_config_file()
         lines = [_problem(err, overrides, path, file) for err in exc.errors()]
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    _warn_of_near_misses()
+    return settings
+
+
+_warned: set[str] = set()
+
+
+def _warn_of_near_misses() -> None:
+    """A VODFLOW_ variable that is no setting but nearly one (``VODFLOW_PROT``) is ignored,
+    as the environment's other variables are: said once, with the name it was likely meant to
+    be. (A file's unknown key is an error: the file holds settings only.)"""
+    known = [f"VODFLOW_{name.upper()}" for name in Settings.model_fields]
+    for name in os.environ:
+        if not name.startswith("VODFLOW_") or name in known or name in _warned:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+        if close:
+            _warned.add(name)
+            log.warning("%s is not a setting and is ignored; did you mean %s?", name, close[0])
 
 
 def _entries(value: str) -> list[str]:

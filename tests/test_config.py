@@ -129,6 +129,17 @@ def test_a_database_url_vodflow_cannot_use_is_refused_with_the_two_it_can(
     assert sync_url(load_settings().sqlalchemy_url).drivername == "postgresql+psycopg"
 
 
+def test_a_misspelled_variable_is_named_with_the_setting_it_was_likely_meant_to_be(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("VODFLOW_PROT", "9000")
+    monkeypatch.setenv("VODFLOW_SOMETHING_ELSE", "1")  # no setting is near it: not ours to judge
+    assert load_settings().port == 8080
+    assert [r.getMessage() for r in caplog.records if r.name == "vodflow.config"] == [
+        "VODFLOW_PROT is not a setting and is ignored; did you mean VODFLOW_PORT?"
+    ]
+
+
 def test_secret_pair_must_be_complete(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VODFLOW_VOD_SECRET_ID", "AKIDx")
     with pytest.raises(SettingsError, match="must be set together"):
