@@ -90,16 +90,24 @@ def _call(
     path: str,
     *,
     server_only: bool = False,
+    errors_as_json: bool = False,
     **kw: Any,
 ) -> Any:
+    """The API's answer; an error is printed (with ``errors_as_json``, the answer's JSON on
+    standard output, for a script under ``--json``) and the command exits 1."""
+
     async def go() -> Any:
         async with api(settings, direct, server_only=server_only) as client:
             answer = await client.request(method, path, **kw)
         if answer.status_code >= 400:
             try:
-                detail = answer.json().get("error", answer.text)
+                body = answer.json()
+                detail = body.get("error", answer.text)
             except ValueError:
-                detail = answer.text
+                body, detail = None, answer.text
+            if errors_as_json and isinstance(body, dict):
+                _print_json(body)
+                raise typer.Exit(1)
             err.print(f"vodflow: {detail}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(1)
         return answer.json()
@@ -305,7 +313,14 @@ def register(app: typer.Typer, settings: Any) -> None:
         """Read the workflow files again in the running server (as SIGHUP does) and print what
         changed. Every file is checked first: when one is invalid nothing changes, each problem
         is printed, and the command exits 1 (as it does when no server answers)."""
-        result = _call(settings(), False, "POST", "/api/workflows/reload", server_only=True)
+        result = _call(
+            settings(),
+            False,
+            "POST",
+            "/api/workflows/reload",
+            server_only=True,
+            errors_as_json=as_json,
+        )
         if as_json:
             _print_json(result)
             return

@@ -239,6 +239,18 @@ class TimerPage(ApiModel):
     next_cursor: str | None
 
 
+class WorkflowProblem(ApiModel):
+    file: str
+    line: int
+    column: int
+    path: str = Field(description="Where in the file: steps[0].process.procedure, say.")
+    message: str
+
+
+class ReloadRefused(Problem):
+    problems: list[WorkflowProblem] = Field(description="Every problem, for a program to read.")
+
+
 class SessionInfo(ApiModel):
     id: int
     workflow: str
@@ -670,7 +682,12 @@ async def reload_workflows(request: Request) -> Response:
     try:
         reloaded = await services.registry.reload(services.db)
     except WorkflowError as exc:
-        return problem(422, f"the workflows were not reloaded (nothing changed):\n{exc}")
+        refused = ReloadRefused(
+            error=f"the workflows were not reloaded (nothing changed):\n{exc}",
+            status=422,
+            problems=[WorkflowProblem(**asdict(p)) for p in exc.problems],
+        )
+        return ok(refused, 422)
     return ok(ReloadResult(**asdict(reloaded)))
 
 

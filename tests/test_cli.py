@@ -456,6 +456,15 @@ def test_reload_and_sighup_serve_the_workflow_files_as_they_are_now(tmp_path: Pa
         assert refused.returncode == 1
         assert "the workflows were not reloaded (nothing changed)" in refused.stderr
         assert f"{folder / 'broken.yaml'}:" in refused.stderr
+        as_json = subprocess.run(
+            [*vodflow, "reload", "--json"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert as_json.returncode == 1
+        problems = json.loads(as_json.stdout)["problems"]
+        assert [(p["file"], p["path"]) for p in problems] == [
+            (str(folder / "broken.yaml"), "triggers"),
+            (str(folder / "broken.yaml"), "steps"),
+        ]
 
         (folder / "broken.yaml").unlink()
         renamed = shipped.replace("name: recording-transcode", "name: copy")

@@ -998,6 +998,14 @@ async def test_reloading_the_workflows_serves_the_new_files_and_leaves_runs_in_f
         error = refused.json()["error"]
         assert error.startswith("the workflows were not reloaded (nothing changed):")
         assert f"{folder / 'session.yaml'}:3:71: triggers[0].quiet: expected a duration" in error
+        (first,) = refused.json()["problems"]  # the same, for a program to read
+        assert (first["file"], first["line"], first["column"], first["path"]) == (
+            str(folder / "session.yaml"),
+            3,
+            71,
+            "triggers[0].quiet",
+        )
+        assert first["message"].startswith("expected a duration")
         after = {
             w["name"]: w["version"]
             for w in (await service.http.get(f"{api}/workflows")).json()["workflows"]
