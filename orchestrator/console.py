@@ -209,17 +209,32 @@ def register(app: typer.Typer, settings: Any) -> None:
             list[str] | None, typer.Option("--status", help="Only these statuses.")
         ] = None,
         workflow: Annotated[str | None, typer.Option(help="Only this workflow.")] = None,
-        stream_id: Annotated[str | None, typer.Option("--stream-id")] = None,
+        stream_id: Annotated[
+            str | None, typer.Option("--stream-id", help="Only this stream's.")
+        ] = None,
+        file_id: Annotated[str | None, typer.Option("--file-id", help="Only this file's.")] = None,
+        since: Annotated[
+            str | None, typer.Option(help="Created at or after (ISO 8601; UTC without offset).")
+        ] = None,
+        until: Annotated[str | None, typer.Option(help="Created before (ISO 8601).")] = None,
+        cursor: Annotated[
+            str | None, typer.Option(help="The next page: nextCursor of a --json answer.")
+        ] = None,
         limit: int = 50,
         direct: Direct = False,
         as_json: AsJson = False,
     ) -> None:
         """Runs, newest first."""
         params: dict[str, Any] = {"limit": limit, "status": status or []}
-        if workflow:
-            params["workflow"] = workflow
-        if stream_id:
-            params["streamId"] = stream_id
+        given = {
+            "workflow": workflow,
+            "streamId": stream_id,
+            "fileId": file_id,
+            "since": since,
+            "until": until,
+            "cursor": cursor,
+        }
+        params |= {name: value for name, value in given.items() if value}
         page = _call(settings(), direct, "GET", "/api/runs", params=params)
         if as_json:
             _print_json(page)

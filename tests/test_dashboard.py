@@ -695,8 +695,19 @@ async def test_cli_talks_to_the_server_or_the_database(
     service: Service, tmp_path: Path, sqlite_url: str
 ) -> None:
     run_id = await finished_run(service)
+    other = await finished_run(service, "f2")
     listed = json.loads(await _vodflow(service, tmp_path, sqlite_url, "runs", "--json"))
-    assert [r["id"] for r in listed["runs"]] == [run_id]
+    assert [r["id"] for r in listed["runs"]] == [other, run_id]
+    by_file = await _vodflow(service, tmp_path, sqlite_url, "runs", "--file-id", "f1", "--json")
+    assert [r["id"] for r in json.loads(by_file)["runs"]] == [run_id]
+    first = json.loads(
+        await _vodflow(service, tmp_path, sqlite_url, "runs", "--limit", "1", "--json")
+    )
+    args = ("runs", "--limit", "1", "--cursor", first["nextCursor"], "--json")
+    second = json.loads(await _vodflow(service, tmp_path, sqlite_url, *args))
+    assert [r["id"] for r in first["runs"] + second["runs"]] == [other, run_id]
+    later = ("runs", "--since", "2999-01-01", "--json")
+    assert json.loads(await _vodflow(service, tmp_path, sqlite_url, *later))["runs"] == []
     table = await _vodflow(service, tmp_path, sqlite_url, "run", "show", run_id)
     assert "submit_succeeded" in table
     assert "transcode" in table
