@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -108,11 +109,23 @@ def _call(
             if errors_as_json and isinstance(body, dict):
                 _print_json(body)
                 raise typer.Exit(1)
+            detail = _as_option(detail, kw.get("params") or {})
             err.print(f"vodflow: {detail}", highlight=False, markup=False, soft_wrap=True)
             raise typer.Exit(1)
         return answer.json()
 
     return asyncio.run(go())
+
+
+def _as_option(detail: str, params: dict[str, Any]) -> str:
+    """The API's "query parameter fileId: ..." as the command's "--file-id: ...": the user gave
+    an option, not a query parameter."""
+    for name in params:
+        api = f"query parameter {name}:"
+        if detail.startswith(api):
+            option = re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
+            return f"--{option}:{detail.removeprefix(api)}"
+    return detail
 
 
 IDS = ("run", "task", "id")

@@ -134,7 +134,9 @@ async def test_unknown_status_values_are_refused_naming_the_allowed_ones(
         assert bad.json()["error"].startswith("query parameter status: 'bogus' is not "), path
         assert bad.json()["error"].endswith(f"; expected one of: {allowed}"), path
     out = await _vodflow(service, tmp_path, sqlite_url, "runs", "--status", "bogus", returncode=1)
-    assert "vodflow: query parameter status: 'bogus' is not a run status or health" in out
+    assert "vodflow: --status: 'bogus' is not a run status or health" in out  # what was typed
+    out = await _vodflow(service, tmp_path, sqlite_url, "runs", "--limit", "0", returncode=1)
+    assert "vodflow: --limit: Input should be greater than or equal to 1" in out
 
 
 async def test_runs_filter_by_the_health_overdue_and_failing(service: Service) -> None:
