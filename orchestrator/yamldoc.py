@@ -27,6 +27,15 @@ class YamlSyntaxError(ValueError):
         self.reason = reason
 
 
+_HINTS = (
+    ("expected <block end>", "check this line's indentation against the lines above"),
+    ("mapping values are not allowed here", "a value with ': ' in it needs quotes"),
+    ("found character '\\t'", "YAML indents with spaces, not tabs"),
+    ("could not find expected ':'", "a key needs ': ' after it"),
+)
+"""What the parser's words usually mean in a workflow file."""
+
+
 def load(text: str) -> Any:
     """Parse YAML keeping positions; duplicate keys are errors."""
     yaml = YAML(typ="rt")
@@ -36,7 +45,9 @@ def load(text: str) -> Any:
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        raise YamlSyntaxError(line, col, str(exc.problem or exc)) from None
+        reason = str(exc.problem or exc)
+        hint = next((h for words, h in _HINTS if words in reason), None)
+        raise YamlSyntaxError(line, col, f"{reason} ({hint})" if hint else reason) from None
     except Exception as exc:  # ruamel raises a few unmarked errors (e.g. duplicate keys)
         raise YamlSyntaxError(1, 1, str(exc)) from None
 

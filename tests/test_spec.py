@@ -263,6 +263,24 @@ def test_yaml_syntax_errors_have_positions() -> None:
     assert msg.startswith("wf.yaml:3:1: not valid YAML")
 
 
+@pytest.mark.parametrize(
+    ("source", "where", "hint"),
+    [
+        (
+            "name: x\ntriggers: [{type: manual}]\nsteps:\n  - name: a\n   verify: false\n",
+            "5:4",
+            "(check this line's indentation against the lines above)",
+        ),
+        ("name: x\nsteps:\n  - name: a: b\n", "3:12", "(a value with ': ' in it needs quotes)"),
+        ("name: x\n\ttriggers: []\n", "2:1", "(YAML indents with spaces, not tabs)"),
+    ],
+)
+def test_yaml_syntax_errors_say_what_they_usually_mean(source: str, where: str, hint: str) -> None:
+    (msg,) = problems(source)
+    assert msg.startswith(f"wf.yaml:{where}: not valid YAML: ")
+    assert msg.endswith(hint)
+
+
 def test_duplicate_workflow_names_across_files(tmp_path: Path) -> None:
     (tmp_path / "a.yaml").write_text(VALID)
     (tmp_path / "b.yaml").write_text(VALID)
