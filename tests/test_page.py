@@ -32,6 +32,7 @@ from playwright.async_api import (
 
 from orchestrator.app import create_app
 from orchestrator.config import Settings, load_settings
+from orchestrator.demo import recording_finished
 from orchestrator.engine.ffmpeg import FFmpeg
 from orchestrator.engine.media import Media
 from orchestrator.engine.upload import upload_file
@@ -293,6 +294,32 @@ async def test_the_page_asks_for_the_api_token_once(
         await expect(page.locator("tr.run", has_text="t1")).to_be_visible()
         await expect(dialog).to_be_hidden()
         await page.close()  # its event stream would hold the server's shutdown
+        assert errors == []
+
+
+@pytest.mark.browser
+async def test_stream_sessions_collecting_recordings_are_shown_before_their_run(
+    tmp_path: Path, sqlite_url: str, browser: Browser
+) -> None:
+    session = """
+name: session
+triggers: [{type: stream.session, quiet: 10m}]
+steps:
+  - name: join
+    process:
+      gen: {concat: {fileIdList: "{{ trigger.fileIds }}", dstType: mp4}}
+      procedure: TranscodeAndSprite
+    verify: false
+"""
+    async with running_service(tmp_path, sqlite_url, {"session": session}) as service:
+        for n in range(2):
+            body = recording_finished("talk_4", f"seg{n}", 1000 + 60 * n, 1060 + 60 * n, "")
+            assert (await service.callback(body, "/callbacks/lvb")).status_code == 200
+        page, errors = await open_page(browser, f"{service.base}/")
+        await expect(page.locator("#stat-sessions")).to_have_text("1")
+        sub = page.locator("#stat-sessions-sub")
+        await expect(sub).to_contain_text(re.compile(r"talk_4: 2 recordings, run in (9|10) min"))
+        await expect(page.locator("#empty")).to_be_visible()  # no run yet
         assert errors == []
 
 

@@ -370,6 +370,8 @@ function runsPage() {
       $("stat-stalled").textContent = s.stalledTasks;
       $("stat-stalled-box").classList.toggle("alert", s.stalledTasks > 0 || stuck.length > 0);
       $("stat-stalled-sub").textContent = ["callbacks past their expected time", ...stuck].join(" · ");
+      $("stat-sessions").textContent = s.openSessions;
+      sessions(s.openSessions);
       $("stat-quota").textContent = `${s.quota.used} / ${s.quota.limit}`;
       $("stat-quota-meter").max = s.quota.limit;
       $("stat-quota-meter").value = s.quota.used;
@@ -380,6 +382,21 @@ function runsPage() {
     } catch (error) { /* keep the last figures */ }
   }
   const statsSoon = debounced(stats, 1000);
+
+  // A stream session is no run until its stream has been quiet: say which are collecting.
+  async function sessions(count) {
+    const sub = $("stat-sessions-sub");
+    if (!count) { sub.textContent = "stream sessions not yet quiet"; return; }
+    try {
+      const page = await api("/api/sessions?status=open&limit=3");
+      const items = page.sessions.map((s) => {
+        const n = s.segments.length;
+        return [`${s.streamId}: ${n} recording${n === 1 ? "" : "s"}, run `, when(s.closesAt)];
+      });
+      sub.replaceChildren(...items.flatMap((parts, i) => (i ? [" · ", ...parts] : parts)));
+      if (count > items.length) sub.append(` · ${count - items.length} more (GET /api/sessions)`);
+    } catch (error) { /* keep the last list */ }
+  }
 
   function applyFilters() {
     const data = new FormData(form);
