@@ -538,6 +538,22 @@ def register(app: typer.Typer, settings: Any) -> None:
             raise typer.Exit(1)
         console.print(f"timer {timer_id} of run {timer['runId']}: {timer['status']}")
 
+    session_app = typer.Typer(help="One stream session.", no_args_is_help=True)
+    app.add_typer(session_app, name="session")
+
+    @session_app.command("cancel")
+    def cancel_session(session_id: int, direct: Direct = False) -> None:
+        """Cancel an open stream session: the recordings it collected start no run. Exits 1
+        when it has closed (its run started: cancel the run instead)."""
+        result = _call(settings(), direct, "POST", f"/api/sessions/{session_id}/cancel")
+        session = result["session"]
+        what = "cancelled" if result["changed"] else "already cancelled"
+        console.print(
+            f"session {session_id} ({session['workflow']}, stream {session['streamId']}, "
+            f"{len(session['segments'])} recording(s)): {what}",
+            highlight=False,
+        )
+
 
 def _print_action(result: dict[str, Any], *, done: bool) -> None:
     """An operator's action's answer; exit 1 when the run is not as asked (a script must not

@@ -38,7 +38,7 @@ from orchestrator import machine as m
 from orchestrator.openapi import ApiModel, Endpoint, Problem, document
 from orchestrator.runner import TriggerRefused
 from orchestrator.spec import WorkflowError
-from orchestrator.store import queues, views
+from orchestrator.store import queues, views, windows
 from orchestrator.store.db import Database
 from orchestrator.store.queues import INBOX_STATUSES, TIMER_STATUSES, InboxStatus
 from orchestrator.store.tasks import find_task
@@ -255,7 +255,9 @@ class SessionInfo(ApiModel):
     id: int
     workflow: str
     stream_id: str
-    status: str = Field(description="open (collecting recordings) or closed")
+    status: str = Field(
+        description="open (collecting recordings), closed (its run started) or cancelled"
+    )
     opened_at: datetime
     last_activity_at: datetime = Field(description="The stream's last recording or end.")
     closes_at: datetime = Field(
@@ -266,6 +268,11 @@ class SessionInfo(ApiModel):
         description="The recordings collected, in arrival order (fileId, times, ...)."
     )
     run_id: str | None = Field(description="The run a closed session started.")
+
+
+class SessionCancelled(ApiModel):
+    changed: bool = Field(description="False when it was cancelled already.")
+    session: SessionInfo
 
 
 class SessionPage(ApiModel):
@@ -406,7 +413,9 @@ class EventQuery(ApiModel):
 
 
 class SessionQuery(ApiModel):
-    status: SessionStatuses = _statuses(SESSION_STATUSES, "open or closed; repeat for both.")
+    status: SessionStatuses = _statuses(
+        SESSION_STATUSES, "open, closed or cancelled; repeat for several."
+    )
     workflow: str | None = None
     stream_id: str | None = None
     cursor: str | None = None
@@ -909,6 +918,21 @@ async def list_sessions(request: Request) -> Response:
     return ok(SessionPage(sessions=[SessionInfo(**r) for r in rows], next_cursor=cursor))
 
 
+async def cancel_session(request: Request) -> Response:
+    """An open session cancelled: the recordings it collected start no run (a later recording
+    of the stream opens a new session). A closed one started its run already: 409."""
+    session_id = _id_param(request, "session_id", "session")
+    db = _services(request).db
+    changed = await db.write(windows.cancel_window, session_id)
+    row = await db.query(views.session, session_id)
+    if row is None:
+        return problem(404, f"no session {session_id}")
+    if row["status"] == "closed":
+        started = f"its run {row['run_id']}" if row["run_id"] else "no run (its workflow is gone)"
+        return problem(409, f"session {session_id} has closed and started {started}")
+    return ok(SessionCancelled(changed=changed, session=SessionInfo(**row)))
+
+
 async def replay_timer(request: Request) -> Response:
     """A failed timer made pending again, and the timer sweep run at once: the answer says
     whether it fired this time or failed again (with the new error)."""
@@ -1259,6 +1283,15 @@ ENDPOINTS: list[Endpoint] = [
         SessionPage,
         query=SessionQuery,
         errors=(422,),
+    ),
+    Endpoint(
+        "POST",
+        "/api/sessions/{session_id}/cancel",
+        cancel_session,
+        "Cancel an open stream session: its recordings start no run",
+        SessionCancelled,
+        scope="admin",
+        errors=(404, 409),
     ),
     Endpoint("GET", "/api/stats", get_stats, "Overview for the dashboard and alerting", Stats),
     Endpoint(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -540,12 +541,55 @@ async def test_an_open_session_is_listed_with_its_recordings_until_its_run_start
         listed = await vodflow_cli(service, tmp_path, database_url, *args)
         assert run["id"] in listed
         assert "talk_4" in listed
+        again = await service.http.post(f"{url}/{session['id']}/cancel")
+        assert again.status_code == 409
+        assert again.json()["error"] == (
+            f"session {session['id']} has closed and started its run {run['id']}"
+        )
         refused = await service.http.get(url, params={"status": "collecting"})
         assert refused.status_code == 422
         assert (
             "'collecting' is not a session status; expected one of: open, closed"
             in (refused.json()["error"])
         )
+
+
+async def test_a_cancelled_session_starts_no_run(tmp_path: Path, database_url: str) -> None:
+    slow = SESSION.replace("quiet: 1s", "quiet: 1h")
+    async with running_service(tmp_path, database_url, {"session": slow}) as service:
+        body = recording("talk_5", "seg0", 1000, 1060)
+        assert (await service.callback(body, "/callbacks/lvb")).status_code == 200
+        url = f"{service.base}/api/sessions"
+
+        async def opened() -> int | None:
+            listed = (await service.http.get(url, params={"status": "open"})).json()
+            return next((s["id"] for s in listed["sessions"]), None)
+
+        session_id = await service.wait(opened)
+        out = await vodflow_cli(
+            service, tmp_path, database_url, "session", "cancel", str(session_id)
+        )
+        assert out.strip() == (
+            f"session {session_id} (session, stream talk_5, 1 recording(s)): cancelled"
+        )
+        again = (await service.http.post(f"{url}/{session_id}/cancel")).json()
+        assert (again["changed"], again["session"]["status"]) == (False, "cancelled")
+        runner = service.app.state.services.runner
+        clock = runner.clock
+        runner.clock = lambda: clock() + timedelta(hours=2)  # long past its quiet hour
+        try:
+            closed = await service.app.state.services.sweeper.run_job("sessions")
+        finally:
+            runner.clock = clock
+        assert closed == {"closed": 0, "runs_started": 0}
+        assert [r for r in await service.runs() if r["workflow"] == "session"] == []
+        # A later recording of the stream opens a session of its own.
+        later = recording("talk_5", "seg1", 1070, 1130)
+        assert (await service.callback(later, "/callbacks/lvb")).status_code == 200
+        newer = await service.wait(opened)
+        assert newer != session_id
+        missing = await service.http.post(f"{url}/999999/cancel")
+        assert missing.status_code == 404
 
 
 async def test_a_run_cancelled_while_its_submit_waits_for_the_quota_sends_nothing(

@@ -101,7 +101,7 @@ def list_timers(
     return _newest_first(conn, query, timers, status, {"run_id": run_id}, before, limit)
 
 
-SESSION_STATUSES = ("open", "closed")
+SESSION_STATUSES = ("open", "closed", "cancelled")
 
 
 def list_sessions(
@@ -118,6 +118,12 @@ def list_sessions(
     query = sa.select(*(c for c in windows.c if not c.name.startswith("lease_")))
     equal = {"workflow": workflow, "stream_id": stream_id}
     return _newest_first(conn, query, windows, status, equal, before, limit)
+
+
+def session(conn: sa.Connection, session_id: int) -> dict[str, Any] | None:
+    columns = (c for c in windows.c if not c.name.startswith("lease_"))
+    row = conn.execute(sa.select(*columns).where(windows.c.id == session_id)).mappings().first()
+    return dict(row) if row else None
 
 
 def timer(conn: sa.Connection, timer_id: int) -> dict[str, Any] | None:

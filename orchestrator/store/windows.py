@@ -130,3 +130,14 @@ def close_window(conn: sa.Connection, window_id: int, run_id: str | None) -> Non
     conn.execute(
         windows.update().where(windows.c.id == window_id).values(status="closed", run_id=run_id)
     )
+
+
+def cancel_window(conn: sa.Connection, window_id: int) -> bool:
+    """An open window cancelled: its recordings start no run. False when it is not open
+    (closed meanwhile, with or without a run, or cancelled already)."""
+    result = conn.execute(
+        windows.update()
+        .where(windows.c.id == window_id, windows.c.status == lit("open"))
+        .values(status="cancelled")
+    )
+    return bool(result.rowcount)
