@@ -499,33 +499,38 @@ class Runner:
         (one event's change it cannot store), each event alone, so the one that fails is
         marked failed (for an operator to replay once fixed) and the others are applied,
         instead of the whole batch failing again at every drain."""
-        together = Batch()
+        tried = self._in_savepoint(conn, items, now, batch)
+        if not isinstance(tried, Exception):
+            return tried
+        if len(items) > 1:
+            log.warning(
+                "applying %d task events together failed (%s); each alone", len(items), tried
+            )
+            tried_alone = [(item, self._in_savepoint(conn, [item], now, batch)) for item in items]
+        else:
+            tried_alone = [(items[0], tried)]
+        outcomes: list[tuple[int, str, str | None, str | None]] = []
+        for (event_id, _), result in tried_alone:
+            if isinstance(result, Exception):
+                log.error("applying inbox event %s failed", event_id, exc_info=result)
+                note = f"{type(result).__name__}: {result}"
+                outcomes.append((event_id, InboxStatus.FAILED, None, note))
+            else:
+                outcomes.extend(result)
+        return outcomes
+
+    def _in_savepoint(
+        self, conn: sa.Connection, items: list[tuple[int, VodEvent]], now: datetime, batch: Batch
+    ) -> list[tuple[int, str, str | None, str | None]] | Exception:
+        """The events' outcomes, their effects added to ``batch``; or, rolled back to the
+        savepoint, what made them fail."""
+        part = Batch()
         try:
             with driver.savepoint(conn):
-                outcomes = self._apply_task_events(conn, items, now, together)
+                outcomes = self._apply_task_events(conn, items, now, part)
         except Exception as exc:
-            if len(items) > 1:
-                log.warning(
-                    "applying %d task events together failed (%s); applying each alone",
-                    len(items),
-                    exc,
-                )
-        else:
-            batch.take(together)
-            return outcomes
-        outcomes = []
-        for event_id, event in items:
-            alone = Batch()
-            try:
-                with driver.savepoint(conn):
-                    outcomes.extend(self._apply_task_events(conn, [(event_id, event)], now, alone))
-            except Exception as exc:
-                log.exception("applying inbox event %s failed", event_id)
-                outcomes.append(
-                    (event_id, InboxStatus.FAILED, None, f"{type(exc).__name__}: {exc}")
-                )
-            else:
-                batch.take(alone)
+            return exc
+        batch.take(part)
         return outcomes
 
     def _apply_task_events(
