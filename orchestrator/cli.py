@@ -118,12 +118,21 @@ def db_upgrade(
     from orchestrator.store import migrate
 
     settings = _settings()
+    url = settings.sqlalchemy_url
     try:
-        migrate.upgrade(settings.sqlalchemy_url, revision)
+        before = migrate.database_revisions(url)
+        migrate.upgrade(url, revision)
+        after = migrate.database_revisions(url)
     except migrate.DatabaseUnavailable as exc:
         typer.echo(f"vodflow: {exc}", err=True)
         raise typer.Exit(1) from None
-    typer.echo(f"database is at {revision}: {migrate.redact(settings.sqlalchemy_url)}")
+    if not before:
+        done = f"database created at {revision}"
+    elif before == after:
+        done = f"database already at {revision}"
+    else:
+        done = f"database migrated from {', '.join(sorted(before))} to {revision}"
+    typer.echo(f"{done}: {migrate.redact(url)}")
 
 
 @db_app.command("current")

@@ -148,10 +148,13 @@ def test_db_upgrade_creates_the_sqlite_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VODFLOW_DATA_DIR", str(tmp_path / "data"))
-    result = runner.invoke(app, ["db", "upgrade"])
+    result = runner.invoke(app, ["db", "upgrade", "0005"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "data" / "vodflow.db").exists()
-    assert "database is at head" in result.output
+    assert result.output.startswith("database created at 0005: sqlite:///")
+    result = runner.invoke(app, ["db", "upgrade"])
+    assert result.output.startswith("database migrated from 0005 to head: ")
+    assert runner.invoke(app, ["db", "upgrade"]).output.startswith("database already at head: ")
 
 
 def test_a_bad_setting_fails_start_up_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
