@@ -134,6 +134,26 @@ NARROWEST = 6
 """Other columns fold down to this (or their header, if shorter) before an ID is touched."""
 
 
+def output_lines(run: dict[str, Any]) -> list[str]:
+    """What a run's steps made, one line each with its URL: files (clips, joins), videos,
+    sprite indexes and sheets, snapshots, covers."""
+    lines: list[str] = []
+    for step in run["steps"]:
+        outputs, name = step["outputs"] or {}, step["name"]
+        for file in outputs.get("files", []):
+            lines.append(f"{name}: file {file.get('fileId') or '-'} {file.get('url') or ''}")
+        for play in outputs.get("play", []):
+            size = f"{play.get('width')}x{play.get('height')} " if play.get("width") else ""
+            lines.append(f"{name}: video {size}{play['url']}")
+        for sprite in outputs.get("sprites", []):
+            lines.append(f"{name}: sprite index {sprite.get('webVttUrl')}")
+            lines.extend(f"{name}: sprite sheet {image}" for image in sprite.get("imageUrls", []))
+        lines.extend(f"{name}: snapshot {shot['url']}" for shot in outputs.get("snapshots", []))
+        if outputs.get("coverUrl"):
+            lines.append(f"{name}: cover {outputs['coverUrl']}")
+    return [line.rstrip() for line in lines]
+
+
 def _has_width(out: Console) -> bool:
     """Whether the output has a width to fit: a terminal's, or COLUMNS. Piped output has none
     (rich assumes 80), so its tables are printed whole, a row on one line."""
@@ -270,7 +290,7 @@ def register(app: typer.Typer, settings: Any) -> None:
 
     @run_app.command("show")
     def show(run_id: str, direct: Direct = False, as_json: AsJson = False) -> None:
-        """A run's steps, tasks and timeline."""
+        """A run's steps, tasks, outputs, timeline, the callbacks it received and its timers."""
         run = _call(settings(), direct, "GET", f"/api/runs/{run_id}")
         if as_json:
             _print_json(run)
@@ -299,6 +319,11 @@ def register(app: typer.Typer, settings: Any) -> None:
                     else "",
                 )
         print_table(steps)
+        outputs = output_lines(run)
+        if outputs:
+            console.print("outputs:", highlight=False)
+            for line in outputs:
+                console.print(f"  {line}", highlight=False)
         timeline = Table("at", "input", "step", "status", "reason")
         for entry in run["history"]:
             change = entry["fromStatus"]
@@ -308,6 +333,18 @@ def register(app: typer.Typer, settings: Any) -> None:
                 _when(entry["at"]), entry["input"], entry["step"] or "-", change, entry["reason"]
             )
         print_table(timeline)
+        if run["events"]:
+            received = Table("id", "received", "source", "event", "status", "task")
+            for event in run["events"]:
+                received.add_row(
+                    str(event["id"]),
+                    _when(event["receivedAt"]),
+                    event["source"],
+                    event["eventType"],
+                    event["status"],
+                    event["taskId"] or "-",
+                )
+            print_table(received)
         waiting = [t for t in run["timers"] if t["status"] in ("pending", "failed")]
         if waiting:
             print_table(_timer_table(waiting))

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from orchestrator.config import Settings
+from orchestrator.console import output_lines
 from orchestrator.engine.media import Media
 from orchestrator.engine.upload import Uploaded, upload_file
 from orchestrator.keys import load_keys
@@ -205,15 +206,6 @@ def _report(run: dict[str, Any], base: str) -> None:
     console.print(f"run {run['id']}: [{colour}]{run['status']}[/]")
     if run["error"]:
         console.print(f"[red]{run['error']}[/]")
-    for step in run["steps"]:
-        outputs = step["outputs"]
-        for play in outputs.get("play", []):
-            size = f"{play.get('width')}x{play.get('height')}" if play.get("width") else ""
-            console.print(f"  {step['name']}: video {size} {play['url']}")
-        for sprite in outputs.get("sprites", []):
-            console.print(f"  {step['name']}: sprite index {sprite.get('webVttUrl')}")
-            for image in sprite.get("imageUrls", []):
-                console.print(f"  {step['name']}: sprite sheet {image}")
-        for shot in outputs.get("snapshots", []):
-            console.print(f"  {step['name']}: snapshot {shot['url']}")
+    for line in output_lines(run):
+        console.print(f"  {line}", highlight=False)
     console.print(f"dashboard: {base}/runs/{run['id']}")

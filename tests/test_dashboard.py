@@ -713,6 +713,11 @@ async def test_cli_talks_to_the_server_or_the_database(
     table = await _vodflow(service, tmp_path, sqlite_url, "run", "show", run_id)
     assert "submit_succeeded" in table
     assert "transcode" in table
+    # what the dashboard's run page shows: the outputs and the callbacks received
+    assert "  transcode: video 854x480 http://files.example/f1/f20.mp4\n" in table
+    assert "  transcode: sprite index " in table
+    assert "TranscodeComplete" in table
+    assert "CreateImageSpriteComplete" in table
     direct = json.loads(
         await _vodflow(service, tmp_path, sqlite_url, "run", "show", run_id, "--json", "--direct")
     )
