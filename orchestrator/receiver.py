@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from orchestrator.store import queues
-from orchestrator.store.db import Database
+from orchestrator.store.db import UNREACHABLE, Database
 from orchestrator.store.queues import InboxStatus, NewInboxEvent
 from orchestrator.vod.errors import MalformedEvent
 from orchestrator.vod.events import VodEvent, lvb_sign_problem, parse_event
@@ -122,7 +122,7 @@ class InboxWriter:
             try:
                 await self._commit_group(group)
             except Exception as exc:
-                if len(group) == 1 or isinstance(exc, _UNREACHABLE):
+                if len(group) == 1 or isinstance(exc, UNREACHABLE):
                     _settle(group, exc)
                     continue
                 # One row the database refuses must not fail the callbacks committed with it:
@@ -140,16 +140,17 @@ class InboxWriter:
 
     async def _commit_group(self, group: list[_Pending]) -> None:
         ids, after_commit = await self.db.write(self._commit, group)
+        # Committed: from here on nothing may send the group down the failure path (its rows
+        # would be committed again).
         self.batches += 1
         self.rows += len(group)
-        after_commit()
         for pending, row_id in zip(group, ids, strict=True):
             if not pending.done.done():
                 pending.done.set_result(row_id)
-
-
-_UNREACHABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError)
-"""The database itself failing (not one row it refuses): committing rows alone would fail too."""
+        try:
+            after_commit()
+        except Exception:
+            log.exception("announcing a committed group of %d callbacks failed", len(group))
 
 
 def _settle(group: list[_Pending], exc: Exception) -> None:
@@ -219,7 +220,8 @@ class Receiver:
             if problem is not None:
                 self.count(source, "-", "bad_sign")
                 return _refuse(401, problem)
-        text = body.decode("utf-8", errors="replace")
+        # PostgreSQL's text holds no NUL; only a body that is no JSON can carry one raw.
+        text = body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
         try:
             event = parse_event(body, source="lvb" if source == "lvb" else "vod")
         except MalformedEvent as exc:
@@ -235,6 +237,12 @@ class Receiver:
                 )
             )
             return _refuse(400, str(exc))
+        if source != "lvb" and self.lvb_key is not None and event.kind.startswith("lvb."):
+            # A live-service body sent to the VOD endpoint is held to the same sign.
+            problem = lvb_sign_problem(event.raw, self.lvb_key, self.clock())
+            if problem is not None:
+                self.count(source, event.kind, "bad_sign")
+                return _refuse(401, problem)
         row_id = await self.writer.add(inbox_row(event, text, source), event)
         if row_id is None:
             self.count(source, event.kind, "duplicate")

@@ -50,7 +50,7 @@ from orchestrator.actions import Actions, failed
 from orchestrator.registry import Registry
 from orchestrator.spec import LoadedWorkflow, Manual, StreamSession
 from orchestrator.store import driver, queues, views, windows
-from orchestrator.store.db import Database
+from orchestrator.store.db import UNREACHABLE, Database
 from orchestrator.store.queues import InboxStatus, NewInboxEvent
 from orchestrator.store.runs import (
     Changes,
@@ -528,6 +528,8 @@ class Runner:
         try:
             with driver.savepoint(conn):
                 outcomes = self._apply_task_events(conn, items, now, part)
+        except UNREACHABLE:
+            raise  # not these events' fault: the drain is tried again, nothing marked failed
         except Exception as exc:
             return exc
         batch.take(part)

@@ -545,7 +545,7 @@ class Sweeper:
                         event_type="malformed",
                         dedup_key=None,
                         body=(
-                            content
+                            content.replace("\x00", "\ufffd")  # PostgreSQL's text has no NUL
                             if isinstance(content, str)
                             else json.dumps(content, ensure_ascii=False)
                         ),

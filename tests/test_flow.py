@@ -470,11 +470,27 @@ async def test_a_live_callback_is_authenticated_before_it_is_read_or_stored(
         ]:
             answer = await service.callback(body, "/callbacks/lvb")
             assert answer.status_code == status, (body, answer.text)
+        # The same body sent to the VOD endpoint is held to the live service's sign too.
+        forged = {**signed, "sign": "0" * 32, "file_id": "seg9"}
+        assert (await service.callback(forged)).status_code == 401
         inbox = (await service.http.get(f"{service.base}/api/inbox")).json()["events"]
         assert sorted(e["status"] for e in inbox) in (
             ["applied", "invalid"],
             ["invalid", "pending"],
         )
+
+
+async def test_a_body_with_a_nul_byte_is_kept_as_invalid_on_every_database(
+    service: Service,
+) -> None:
+    """PostgreSQL's text holds no NUL: the body is kept with it replaced, not refused with 500
+    (the sender would resend it for ever)."""
+    answer = await service.http.post(
+        f"{service.base}/callbacks/vod", params={"token": TOKEN}, content=b'{"a":\x00}'
+    )
+    assert answer.status_code == 400, answer.text
+    (event,) = (await service.http.get(f"{service.base}/api/inbox?status=invalid")).json()["events"]
+    assert event["body"] == '{"a":\ufffd}'
 
 
 async def test_a_stream_session_of_three_segments_is_one_run(service: Service) -> None:

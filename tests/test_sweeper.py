@@ -8,7 +8,7 @@ import json
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import sqlalchemy as sa
@@ -878,3 +878,65 @@ async def test_a_callback_the_database_refuses_fails_alone_and_its_group_commits
         lambda conn: conn.execute(sa.text("SELECT task_id FROM inbox_events")).scalars().all()
     )
     assert sorted(stored) == ["transcode-a", "transcode-b"]
+
+
+async def test_a_committed_group_is_never_committed_again(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """Once its transaction committed, what follows (announcing the transitions) failing must
+    not send the group down the failure path: its rows would be stored twice and a first
+    receipt answered as a duplicate."""
+    import asyncio
+
+    from orchestrator.receiver import InboxWriter, inbox_row
+    from orchestrator.vod.events import parse_event
+
+    _, _, clock = parts
+
+    def after_commit_fails(conn: sa.Connection, received: list[Any], now: datetime) -> Any:
+        def announce() -> None:
+            raise RuntimeError("a listener broke")
+
+        return announce
+
+    writer = InboxWriter(db, apply=after_commit_fails, clock=clock)
+    events = [
+        parse_event(json.dumps(transcode_complete(f"transcode-{n}", "f1")), source="vod")
+        for n in "ab"
+    ]
+    adds = [writer.add(inbox_row(e, json.dumps(e.raw), "vod"), e) for e in events]
+    added = asyncio.gather(*adds)
+    serving = asyncio.create_task(writer.serve())
+    try:
+        ids = await added
+    finally:
+        serving.cancel()
+    assert all(isinstance(i, int) for i in ids)
+    count = "SELECT count(*) FROM inbox_events"
+    assert await db.query(lambda conn: conn.execute(sa.text(count)).scalar()) == 2
+
+
+async def test_a_database_failing_as_a_whole_leaves_the_events_pending_not_failed(
+    db: Database, parts: tuple[Runner, Sweeper, Clock], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deadlock or a lost connection is not the events' fault: the drain fails and is tried
+    again, and no event is marked failed (which would wait for an operator)."""
+    from orchestrator.receiver import inbox_row
+    from orchestrator.vod.events import parse_event
+
+    runner, _, clock = parts
+    await _waiting_run(db, runner, clock)
+    event = parse_event(json.dumps(transcode_complete("transcode-1", "f1")), source="vod")
+    await db.write(queues.insert_inbox, [inbox_row(event, json.dumps(event.raw), "vod")], clock.now)
+
+    def deadlock(*_: object) -> NoReturn:
+        raise sa.exc.OperationalError("UPDATE runs", {}, Exception("deadlock detected"))
+
+    monkeypatch.setattr(runner, "_apply_task_events", deadlock)
+    with pytest.raises(sa.exc.OperationalError):
+        await runner.drain_inbox()
+    status = "SELECT status FROM inbox_events"
+    assert await db.query(lambda conn: conn.execute(sa.text(status)).scalar()) == "pending"
+    monkeypatch.undo()
+    assert await runner.drain_inbox() == 1
+    assert await db.query(lambda conn: conn.execute(sa.text(status)).scalar()) == "applied"

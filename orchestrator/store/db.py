@@ -34,6 +34,11 @@ class DatabaseUrlError(ValueError):
     pass
 
 
+UNREACHABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError)
+"""The database failing as a whole (down, locked, a deadlock or a timeout), not refusing one
+row: what applying rows one by one would meet again, and what a later try may not."""
+
+
 def check_url(url: str) -> None:
     """Raises ``DatabaseUrlError`` naming the problem when vodflow cannot use ``url``."""
     _parse(url)
