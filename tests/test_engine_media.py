@@ -419,6 +419,36 @@ def test_ffmpeg_dies_with_the_process_that_started_it() -> None:
             os.kill(int(ffmpeg), signal.SIGKILL)  # an orphan left by a failure
 
 
+def test_what_dead_processes_left_half_written_is_deleted_at_start(tmp_path: Path) -> None:
+    """Every FFmpeg run and upload writes under a temporary name of its own; a crash leaves it
+    behind, and the engine deletes such leftovers a day old when it starts."""
+    from orchestrator.engine.tasks import forget_parts
+
+    old, young = time.time() - 2 * 86400, time.time() - 60
+    files = tmp_path / "5285890780000000001"
+    work = files / ".v.mp4.1a2b3c4d.work"
+    work.mkdir(parents=True)
+    (work / "head.ts").write_bytes(b"x")
+    left = {
+        "stale part": files / ".v.f20.mp4.0f0f0f0f.part",
+        "stale upload": tmp_path / ".uploads" / "9a9a9a9a9a9a9a9a.part",
+        "running part": files / ".v.f30.mp4.1b1b1b1b.part",
+        "output": files / "v.f20.mp4",
+    }
+    for path in left.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    for path in (left["stale part"], left["stale upload"], left["output"], work):
+        os.utime(path, (old, old))
+    os.utime(left["running part"], (young, young))
+    assert forget_parts(tmp_path) == 3
+    assert sorted(name for name, path in left.items() if path.exists()) == [
+        "output",
+        "running part",
+    ]
+    assert not work.exists()
+
+
 def _until(check: Callable[[], Any], seconds: float) -> Any:
     """``check()``'s first true answer, asked every 0.1 s; its last answer after ``seconds``."""
     deadline = time.monotonic() + seconds

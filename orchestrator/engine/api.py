@@ -313,7 +313,9 @@ class EngineApi:
             for p in procedures
         ]
         group: Answer = {"status": request.status, "next": "", "taskList": listed}
-        return {"data": [group], "totalCount": total}
+        # The flat list too: what vodflow read before it read Tencent's grouped shape (an
+        # orchestrator not yet upgraded, calling an engine that is).
+        return {"data": [group], "taskList": listed, "totalCount": total}
 
     async def get_procedure_info(self, params: dict[str, str], secret_id: str) -> Answer:
         request: GetProcedureInfoRequest = _parsed(GetProcedureInfoRequest, params)

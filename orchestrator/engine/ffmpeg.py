@@ -30,25 +30,36 @@ from pathlib import Path
 StrPath = str | os.PathLike[str]
 
 
-def _deathsig() -> Callable[[], None] | None:
-    """On Linux, what a child runs before it becomes FFmpeg: the kernel kills FFmpeg when the
-    thread that started it (the event loop's) dies. Else a vodflow killed with -9 leaves its
-    FFmpeg runs going, writing what the restarted engine writes again."""
+def _prctl() -> Callable[[int, int], int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
+        prctl: Callable[[int, int], int] = ctypes.CDLL(None, use_errno=True).prctl
     except (OSError, AttributeError):
         return None
-    set_deathsig = 1  # PR_SET_DEATHSIG
-
-    def die_with_parent() -> None:
-        prctl(set_deathsig, signal.SIGKILL)
-
-    return die_with_parent
+    return prctl
 
 
-die_with_parent = _deathsig()
+_PRCTL = _prctl()  # looked up before any fork: the child only calls it
+_SET_DEATHSIG = 1  # PR_SET_DEATHSIG
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """On Linux, what a child runs before it becomes FFmpeg: the kernel kills FFmpeg when the
+    thread that started it (the event loop's) dies. Else a vodflow killed with -9 leaves its
+    FFmpeg runs going, writing what the restarted engine writes again. A parent that died
+    before the child asked is caught by the child itself."""
+    if _PRCTL is None:
+        return None
+    prctl, parent = _PRCTL, os.getpid()
+
+    def setup() -> None:
+        prctl(_SET_DEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
+
+    return setup
+
 
 # Options every run starts with: never read the terminal, keep stderr to what matters.
 _COMMON = ("-nostdin", "-hide_banner")
@@ -236,7 +247,7 @@ class FFmpeg:
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE if capture_stdout else asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE,
-                preexec_fn=die_with_parent,
+                preexec_fn=die_with_parent(),
             )
         except OSError as exc:
             raise MediaError(f"cannot start ffmpeg {self.exe!r}: {exc}", command=cmd) from exc
@@ -272,7 +283,7 @@ class FFmpeg:
                     stdin=asyncio.subprocess.DEVNULL,
                     stdout=write_fd,
                     stderr=asyncio.subprocess.PIPE,
-                    preexec_fn=die_with_parent,
+                    preexec_fn=die_with_parent(),
                 )
             )
             procs.append(
@@ -282,7 +293,7 @@ class FFmpeg:
                     stdin=read_fd,
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=asyncio.subprocess.PIPE,
-                    preexec_fn=die_with_parent,
+                    preexec_fn=die_with_parent(),
                 )
             )
         except OSError as exc:

@@ -1135,8 +1135,9 @@ def _container(dst: Path, container: str | None) -> str:
 
 
 def _work_dir(dst: Path) -> Path:
-    # Beside the output, on the same file system: intermediate parts can be as big as the result.
-    return dst.with_name(f".{dst.name}.work")
+    """Beside the output, on the same file system (intermediate parts can be as big as the
+    result), and a name of its own: another run of the same task must not share or delete it."""
+    return dst.with_name(f".{dst.name}.{secrets.token_hex(4)}.work")
 
 
 def _quote(path: Path) -> str:

@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -161,6 +162,7 @@ class TaskRunner:
         self.tasks_ready = tasks_ready
         self.events_added = events_added
         self._loops: list[asyncio.Task[None]] = []
+        self._sweep: asyncio.Task[int] | None = None
         self._running: set[str] = set()
         """The tasks this runner's workers are running (the heartbeat keeps their leases)."""
 
@@ -169,6 +171,9 @@ class TaskRunner:
 
     async def start(self) -> None:
         await self._release_the_dead()
+        self._sweep = asyncio.create_task(
+            asyncio.to_thread(forget_parts, self.storage.root), name="engine-parts"
+        )
         self._loops = [
             asyncio.create_task(self._worker(), name=f"engine-worker-{n}")
             for n in range(self.workers)
@@ -535,3 +540,29 @@ def _apply(task: EngineTask, outcome: Outcome) -> None:
             code=outcome.code,
             message=outcome.message,
         )
+
+
+PART_AGE = timedelta(days=1)
+"""A temporary file or folder (``*.part``: an output being written, an upload being received;
+``.*.work``: a clip's or join's pieces) untouched this long was left by a process that died:
+no FFmpeg run or upload takes that long."""
+
+
+def forget_parts(root: Path, now: float | None = None) -> int:
+    """Delete what dead processes left half written under the media ``root``: each FFmpeg run
+    and upload writes under a temporary name of its own, renamed or removed when it ends, and
+    a crash leaves it behind. Returns how many were deleted."""
+    cutoff = (time.time() if now is None else now) - PART_AGE.total_seconds()
+    deleted = 0
+    for left in [*root.rglob("*.part"), *root.rglob(".*.work")]:
+        with contextlib.suppress(OSError):  # gone meanwhile, or not ours to delete
+            if left.stat().st_mtime >= cutoff:
+                continue
+            if left.is_dir():
+                shutil.rmtree(left)
+            else:
+                left.unlink()
+            deleted += 1
+    if deleted:
+        log.info("engine: deleted %d temporary file(s) left by processes that died", deleted)
+    return deleted

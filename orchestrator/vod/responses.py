@@ -175,8 +175,9 @@ class GetTaskListResponse(VodResponse):
 
     Tencent documents the answer grouped by status: ``data: [{status, next, taskList: [...]}]``
     (the field table calls the list ``vodTaskList``, the example ``taskList``; both are read,
-    and an entry without a ``status`` takes its group's). A flat top-level ``taskList`` is read
-    too. ``next`` (the group's last ID, for paging) is not followed: a task is looked for by
+    and an entry without a ``status`` takes its group's). A flat top-level ``taskList`` (what
+    the engine also sends, for orchestrators older than this) is read when the groups list
+    nothing. ``next`` (the group's last ID, for paging) is not followed: a task is looked for by
     fileId, whose recent tasks fit in the ``maxCount`` of 100 asked for.
     """
 
@@ -190,8 +191,7 @@ class GetTaskListResponse(VodResponse):
         groups = answer.get("data")
         if not isinstance(groups, list):
             return super()._from_answer(answer)
-        flat = answer.get("taskList")
-        entries: list[JsonValue] = list(flat) if isinstance(flat, list) else []
+        entries: list[JsonValue] = []
         for group in groups:
             if not isinstance(group, dict):
                 continue
@@ -200,6 +200,8 @@ class GetTaskListResponse(VodResponse):
                 if isinstance(entry, dict) and "status" not in entry:
                     entry = {"status": group.get("status"), **entry}
                 entries.append(entry)
+        if not entries:  # grouped data with nothing listed in it: a flat list, if any
+            return super()._from_answer({**answer, "data": None})
         return super()._from_answer({**answer, "taskList": entries})
 
 
