@@ -334,17 +334,7 @@ def register(app: typer.Typer, settings: Any) -> None:
             )
         print_table(timeline)
         if run["events"]:
-            received = Table("id", "received", "source", "event", "status", "task")
-            for event in run["events"]:
-                received.add_row(
-                    str(event["id"]),
-                    _when(event["receivedAt"]),
-                    event["source"],
-                    event["eventType"],
-                    event["status"],
-                    event["taskId"] or "-",
-                )
-            print_table(received)
+            print_table(_event_table(run["events"]))
         waiting = [t for t in run["timers"] if t["status"] in ("pending", "failed")]
         if waiting:
             print_table(_timer_table(waiting))
@@ -469,19 +459,7 @@ def register(app: typer.Typer, settings: Any) -> None:
         if as_json:
             _print_json(page)
             return
-        table = Table("id", "received", "source", "type", "status", "task", "run", "note")
-        for event in page["events"]:
-            table.add_row(
-                str(event["id"]),
-                _when(event["receivedAt"]),
-                event["source"],
-                event["eventType"],
-                event["status"],
-                event["taskId"] or "-",
-                event["runId"] or "-",
-                _brief(event["note"]),
-            )
-        print_table(table)
+        print_table(_event_table(page["events"], with_run=True))
         if not page["events"]:
             print("no events", file=sys.stderr)
 
@@ -618,6 +596,24 @@ def exit_unless_migrated(settings: Settings) -> None:
 def _print_json(value: Any) -> None:
     """What ``--json`` prints: the API's answer as it came, indented."""
     print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _event_table(events: list[dict[str, Any]], *, with_run: bool = False) -> Table:
+    table = Table(
+        "id", "received", "source", "type", "status", "task", *(["run"] if with_run else []), "note"
+    )
+    for event in events:
+        table.add_row(
+            str(event["id"]),
+            _when(event["receivedAt"]),
+            event["source"],
+            event["eventType"],
+            event["status"],
+            event["taskId"] or "-",
+            *([event["runId"] or "-"] if with_run else []),
+            _brief(event["note"]),
+        )
+    return table
 
 
 def _timer_table(timers: list[dict[str, Any]], *, with_run: bool = False) -> Table:
