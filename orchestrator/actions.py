@@ -182,6 +182,8 @@ class Actions:
             )
             for entry in answer.task_list:
                 extra = entry.model_extra or {}
+                if (entry.type or "procedure").lower() != "procedure":
+                    continue  # a sub-task, or another job: the procedure stands for its tasks
                 if extra.get("procedure") not in (None, procedure):
                     continue
                 echoed = extra.get("request")

@@ -80,11 +80,13 @@ class FakeVod:
                 )
             return JSONResponse({"code": 0, "message": "", **answer})
         if action == "GetTaskList":
-            # Tencent's documented shape: grouped by status, entries without fileId or procedure.
+            # Tencent's documented shape: grouped by status, entries without fileId or procedure,
+            # a procedure's own tasks listed too (each of its kind), here ahead of it.
             entries = [
-                {"vodTaskId": s.procedure_id, "type": "procedure", "createTime": s.created}
+                {"vodTaskId": task_id, "type": kind, "createTime": s.created}
                 for s in self.submitted
                 if params.get("fileId") in (None, s.params.get("fileId"))
+                for kind, task_id in [*s.tasks.items(), ("procedure", s.procedure_id)]
             ]
             group = {"status": params.get("status"), "next": "", "taskList": entries}
             return JSONResponse({"code": 0, "message": "", "data": [group]})
