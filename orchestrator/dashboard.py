@@ -268,6 +268,9 @@ class SessionInfo(ApiModel):
         description="The recordings collected, in arrival order (fileId, times, ...)."
     )
     run_id: str | None = Field(description="The run a closed session started.")
+    version: str | None = Field(
+        description="The workflow's version when the session opened: the one its run runs."
+    )
 
 
 class SessionCancelled(ApiModel):

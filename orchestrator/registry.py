@@ -165,11 +165,23 @@ class Registry:
             .mappings()
             .first()
         )
+        return None if row is None else self.loaded(conn, row["version"])
+
+    def loaded(self, conn: sa.Connection, version: str) -> LoadedWorkflow | None:
+        """Workflow ``version`` as loaded now, or as recorded in the database when it was."""
+        for item in self.current.values():
+            if item.version == version:
+                return item
+        row = (
+            conn.execute(sa.select(versions).where(versions.c.version == version))
+            .mappings()
+            .first()
+        )
         if row is None:
             return None
-        spec = self.spec_for(conn, row["version"])
+        spec = self.spec_for(conn, version)
         return LoadedWorkflow(
-            spec=spec, path=Path(row["path"]), source=row["source"], version=row["version"]
+            spec=spec, path=Path(row["path"]), source=row["source"], version=version
         )
 
     def spec_for(self, conn: sa.Connection, version: str) -> Workflow:

@@ -461,14 +461,29 @@ class Sweeper:
     ) -> tuple[LoadedWorkflow | None, str]:
         """The workflow a closing session runs, and what the run's history says started it.
 
-        A workflow whose file went away while its session was open still runs the session, with
-        the version of it loaded last: the recordings were accepted under it, and runs in flight
-        keep their version too. Cancel the run if it is not wanted."""
+        The version it opened under, as a run keeps the version it started with: its
+        recordings were accepted under it, and a workflow changed since (or removed) may no
+        longer collect sessions at all. A session opened before vodflow recorded that runs
+        the version loaded now, or the one loaded last when the workflow is gone. Cancel the
+        session (or its run) if it is not wanted."""
         name, stream_id = window["workflow"], window["stream_id"]
         started_by = (
             f"stream {stream_id} quiet since {window['last_activity_at'].isoformat()} "
             f"({len(window['segments'])} recording(s))"
         )
+        opened_under = window.get("version")
+        if opened_under is not None:
+            workflow = self.runner.registry.loaded(conn, opened_under)
+            now = self.runner.registry.current.get(name)
+            if workflow is not None:
+                if now is None:
+                    why = f"workflow {name} is no longer loaded, so its version {opened_under}"
+                elif now.version != opened_under:
+                    why = f"workflow {name} is at version {now.version} now; {opened_under}"
+                else:
+                    return workflow, started_by
+                log.warning("session %s of stream %s: %s runs it", window["id"], stream_id, why)
+                return workflow, f"{started_by}; {why} runs it (the version it opened under)"
         workflow = self.runner.registry.current.get(name)
         if workflow is not None:
             return workflow, started_by

@@ -295,7 +295,7 @@ def test_serve_refuses_a_database_that_was_never_migrated(
     assert result.exit_code == 1
     assert result.output == (
         f"vodflow: the database {url} is not migrated (revision none: no tables yet; "
-        "this vodflow needs 0006): run `vodflow db upgrade`\n"
+        "this vodflow needs 0007): run `vodflow db upgrade`\n"
     )
     assert not (tmp_path / "data" / "vodflow.db").exists()  # the check created nothing
 
@@ -311,7 +311,7 @@ def test_commands_on_the_database_refuse_one_behind_or_ahead_of_the_code(
     assert runner.invoke(app, ["db", "upgrade", "0003"]).exit_code == 0
     behind = runner.invoke(app, ["runs", "--direct"])
     assert behind.exit_code == 1
-    assert "(revision 0003; this vodflow needs 0006): run `vodflow db upgrade`" in behind.output
+    assert "(revision 0003; this vodflow needs 0007): run `vodflow db upgrade`" in behind.output
     with sqlite3.connect(tmp_path / "data" / "vodflow.db") as conn:
         conn.execute("UPDATE alembic_version SET version_num = '0099'")
     ahead = runner.invoke(app, ["serve"])

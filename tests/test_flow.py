@@ -599,6 +599,20 @@ async def test_a_cancelled_session_starts_no_run(tmp_path: Path, database_url: s
             runner.clock = clock
         assert closed == {"closed": 0, "runs_started": 0}
         assert [r for r in await service.runs() if r["workflow"] == "session"] == []
+        # The same recording announced again (VOD's NewFileUpload after the live service's
+        # callback) does not bring the session back.
+        assert (await service.callback(new_file_upload("seg0", "talk_5"))).status_code == 200
+
+        async def noted() -> str | None:
+            events = (await service.http.get(f"{service.base}/api/inbox")).json()["events"]
+            upload = [e for e in events if e["eventType"] == "NewFileUpload"]
+            return upload[0]["note"] if upload and upload[0]["status"] == "applied" else None
+
+        note = await service.wait(noted)
+        assert f"recording seg0 was in session's session {session_id} of stream talk_5" in note
+        assert "cancelled: not collected again" in note
+        open_now = (await service.http.get(url, params={"status": "open"})).json()["sessions"]
+        assert open_now == []
         # A later recording of the stream opens a session of its own.
         later = recording("talk_5", "seg1", 1070, 1130)
         assert (await service.callback(later, "/callbacks/lvb")).status_code == 200
@@ -606,6 +620,68 @@ async def test_a_cancelled_session_starts_no_run(tmp_path: Path, database_url: s
         assert newer != session_id
         missing = await service.http.post(f"{url}/999999/cancel")
         assert missing.status_code == 404
+
+
+async def test_a_recording_announced_again_after_its_session_closed_starts_no_second_run(
+    service: Service,
+) -> None:
+    """The live service's callback and VOD's NewFileUpload describe the same recording; the
+    later one arriving after the session closed must not open a session, and a run, of its
+    own."""
+    assert (
+        await service.callback(recording("talk_8", "seg0", 1000, 1060), "/callbacks/lvb")
+    ).status_code == 200
+
+    async def started() -> str | None:
+        runs = [r for r in await service.runs() if r["workflow"] == "session"]
+        return runs[0]["id"] if runs else None
+
+    run_id = await service.wait(started)
+    assert (await service.callback(new_file_upload("seg0", "talk_8"))).status_code == 200
+    await asyncio.sleep(2)  # longer than the session's quiet second
+    assert [r["id"] for r in await service.runs() if r["workflow"] == "session"] == [run_id]
+    sessions = (
+        await service.http.get(f"{service.base}/api/sessions", params={"streamId": "talk_8"})
+    ).json()
+    assert [(s["status"], s["runId"]) for s in sessions["sessions"]] == [("closed", run_id)]
+
+
+async def test_a_session_runs_the_version_it_opened_under(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A workflow changed while a session collects (here its trigger no longer a session at
+    all): the session's recordings were accepted under the old version, and its run runs it,
+    as a run keeps the version it started with."""
+    slow = SESSION.replace("quiet: 1s", "quiet: 2s")
+    async with running_service(tmp_path, database_url, {"session": slow}) as service:
+        opened = (await service.http.get(f"{service.base}/api/workflows")).json()["workflows"]
+        (version,) = [w["version"] for w in opened if w["name"] == "session"]
+        body = recording("talk_3", "seg0", 1000, 1060)
+        assert (await service.callback(body, "/callbacks/lvb")).status_code == 200
+
+        async def collecting() -> dict[str, Any] | None:
+            sessions = (await service.http.get(f"{service.base}/api/sessions")).json()
+            return next(iter(sessions["sessions"]), None)
+
+        session = await service.wait(collecting)
+        assert session["version"] == version
+        changed = slow.replace("type: stream.session", "type: recording.finished").replace(
+            ", quiet: 2s", ""
+        )
+        (tmp_path / "workflows" / "session.yaml").write_text(changed)
+        reloaded = await service.http.post(f"{service.base}/api/workflows/reload")
+        assert reloaded.json()["changed"] == ["session"]
+
+        async def started() -> dict[str, Any] | None:
+            runs = [r for r in await service.runs() if r["workflow"] == "session"]
+            return await service.run(runs[0]["id"]) if runs else None
+
+        run = await service.wait(started)
+        assert run["version"] == version
+        assert run["context"]["fileIds"] == ["seg0"]
+        assert run["history"][0]["detail"]["event"].endswith(
+            "runs it (the version it opened under)"
+        )
 
 
 async def test_a_run_cancelled_while_its_submit_waits_for_the_quota_sends_nothing(
@@ -690,7 +766,7 @@ async def test_a_session_whose_workflow_was_removed_still_runs_with_its_last_ver
         assert run["context"]["fileIds"] == ["seg0"]
         started = run["history"][0]["detail"]["event"]
         gone = f"workflow session is no longer loaded, so its version {version} runs it"
-        assert started.endswith(gone)
+        assert started.endswith(f"{gone} (the version it opened under)")
         await service.submitted()
         assert service.vod.submitted[0].params["gen.clip.streamInfo.streamId"] == "talk_9"
 

@@ -246,6 +246,7 @@ class StreamWindow(SQLModel, table=True):
     __tablename__ = "stream_windows"
     __table_args__ = (
         sa.Index("ix_windows_closes", "closes_at", **pending_only("status", "open")),
+        sa.Index("ix_windows_stream", "workflow", "stream_id"),
         sa.Index(
             "ux_windows_open",
             "workflow",
@@ -264,6 +265,9 @@ class StreamWindow(SQLModel, table=True):
     closes_at: datetime = _time(nullable=False)
     segments: Any = _json(nullable=False)
     run_id: str | None = Field(default=None, max_length=40)
+    version: str | None = Field(default=None, max_length=32)
+    """The workflow's version when the session opened: the one its run runs (none for a
+    session opened before vodflow recorded it)."""
     lease_owner: str | None = Field(default=None, max_length=80)
     lease_until: datetime | None = _time()
 

@@ -25,6 +25,7 @@ def add_segment(
     now: datetime,
     quiet: timedelta,
     max_length: timedelta,
+    version: str | None = None,
 ) -> tuple[int, bool]:
     """Add a recording to the stream's open window (opening one). Returns (window id, added).
 
@@ -43,6 +44,7 @@ def add_segment(
                 last_activity_at=now,
                 closes_at=now + quiet,
                 segments=[],
+                version=version,
             ).on_conflict_do_nothing(index_elements=["workflow", "stream_id"], index_where=OPEN)
         )
         row = (
@@ -83,6 +85,34 @@ def add_segment(
         .values(segments=segments, last_activity_at=now, closes_at=closes)
     )
     return int(row["id"]), added
+
+
+def session_of_file(
+    conn: sa.Connection, *, workflow: str, stream_id: str, file_id: str
+) -> dict[str, Any] | None:
+    """The closed or cancelled session of this workflow and stream that held the recording
+    ``file_id`` (its newest), or None. A recording is announced twice (the live service's
+    callback and VOD's NewFileUpload): the later one must not open a session of its own, and
+    so start a second run, or bring back a session an operator cancelled."""
+    rows = conn.execute(
+        sa.select(windows.c.id, windows.c.status, windows.c.run_id, windows.c.segments)
+        .where(
+            windows.c.workflow == workflow,
+            windows.c.stream_id == stream_id,
+            windows.c.status != lit("open"),
+        )
+        .order_by(windows.c.id.desc())
+        .limit(RECENT_SESSIONS)
+    ).mappings()
+    for row in rows:
+        if any(s.get("fileId") == file_id for s in row["segments"] or []):
+            return dict(row)
+    return None
+
+
+RECENT_SESSIONS = 20
+"""How many of a stream's ended sessions a recording is looked for in: announcements of one
+recording come minutes apart, sessions hours."""
 
 
 def touch_stream(
