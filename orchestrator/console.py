@@ -491,11 +491,14 @@ def register(app: typer.Typer, settings: Any) -> None:
     def sessions(
         status: Annotated[
             list[str] | None,
-            typer.Option("--status", help="open or closed (default: open)."),
+            typer.Option("--status", help="open, closed or cancelled (default: open)."),
         ] = None,
         workflow: Annotated[str | None, typer.Option("--workflow", help="Only its.")] = None,
         stream_id: Annotated[
             str | None, typer.Option("--stream-id", help="Only this stream's.")
+        ] = None,
+        cursor: Annotated[
+            str | None, typer.Option(help="The next page: nextCursor of a --json answer.")
         ] = None,
         limit: int = 50,
         direct: Direct = False,
@@ -504,10 +507,8 @@ def register(app: typer.Typer, settings: Any) -> None:
         """stream.session windows, newest first: by default those still collecting a stream's
         recordings, with when each closes and starts its run."""
         params: dict[str, Any] = {"status": status or ["open"], "limit": limit}
-        if workflow:
-            params["workflow"] = workflow
-        if stream_id:
-            params["streamId"] = stream_id
+        given = {"workflow": workflow, "streamId": stream_id, "cursor": cursor}
+        params |= {name: value for name, value in given.items() if value}
         page = _call(settings(), direct, "GET", "/api/sessions", params=params)
         if as_json:
             _print_json(page)
@@ -521,11 +522,13 @@ def register(app: typer.Typer, settings: Any) -> None:
                 _status(session["status"]),
                 str(len(session["segments"])),
                 _when(session["openedAt"]),
-                session["runId"] or _when(session["closesAt"]),
+                _session_end(session),
             )
         print_table(table)
         if not page["sessions"]:
             print("no sessions", file=sys.stderr)
+        elif page["nextCursor"]:
+            print(f"more: --cursor {page['nextCursor']}", file=sys.stderr)
 
     event_app = typer.Typer(help="One inbox event.", no_args_is_help=True)
     app.add_typer(event_app, name="event")
@@ -596,6 +599,13 @@ def exit_unless_migrated(settings: Settings) -> None:
 def _print_json(value: Any) -> None:
     """What ``--json`` prints: the API's answer as it came, indented."""
     print(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _session_end(session: dict[str, Any]) -> str:
+    """When an open session closes; the run a closed one started; nothing for a cancelled one."""
+    if session["status"] == "open":
+        return _when(session["closesAt"])
+    return str(session["runId"] or "-")
 
 
 def _event_table(events: list[dict[str, Any]], *, with_run: bool = False) -> Table:

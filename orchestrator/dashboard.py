@@ -471,10 +471,9 @@ class Invalid(Exception):
 def _id_param(request: Request, name: str, what: str) -> int:
     """A numeric ID from the path; any other text, or a number no row can have, names nothing
     there (404)."""
-    try:
-        number = int(request.path_params[name])
-    except ValueError:
-        number = -1
+    given: str = request.path_params[name]
+    # Digits only: int() also reads " 1", "1_0" and other scripts' digits.
+    number = int(given) if given.isascii() and given.isdigit() else -1
     if not 0 <= number < 2**63:
         raise Invalid(f"no {what} {request.path_params[name]!r}", status=404)
     return number

@@ -409,6 +409,9 @@ async def test_what_vodflow_cannot_store_or_find_is_a_4xx_not_a_500(service: Ser
         assert (await http.get(base + path)).status_code == 404, path
     huge = "99999999999999999999999"
     for method, path in [
+        ("GET", "/api/inbox/%201"),  # int() would read " 1", "1_0" and other scripts' digits
+        ("GET", "/api/inbox/1_0"),
+        ("POST", "/api/sessions/%D9%A3/cancel"),
         ("GET", f"/api/inbox/{huge}"),
         ("POST", f"/api/inbox/{huge}/replay"),
         ("POST", f"/api/timers/{huge}/replay"),

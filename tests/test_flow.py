@@ -620,6 +620,18 @@ async def test_a_cancelled_session_starts_no_run(tmp_path: Path, database_url: s
         assert newer != session_id
         missing = await service.http.post(f"{url}/999999/cancel")
         assert missing.status_code == 404
+        # Both, a page at a time, through the command.
+        listing = ("sessions", "--status", "open", "--status", "cancelled", "--limit", "1")
+        first = json.loads(await vodflow_cli(service, tmp_path, database_url, *listing, "--json"))
+        more = (*listing, "--cursor", first["nextCursor"], "--json")
+        second = json.loads(await vodflow_cli(service, tmp_path, database_url, *more))
+        assert [s["id"] for s in first["sessions"] + second["sessions"]] == [newer, session_id]
+        table = await vodflow_cli(
+            service, tmp_path, database_url, "sessions", "--status", "cancelled"
+        )
+        (row,) = [line for line in table.splitlines() if "talk_5" in line]
+        assert "cancelled" in row
+        assert row.rstrip(" │").endswith("-")  # no close time: it will not close
 
 
 async def test_a_recording_announced_again_after_its_session_closed_starts_no_second_run(

@@ -318,7 +318,9 @@ steps:
         page, errors = await open_page(browser, f"{service.base}/")
         await expect(page.locator("#stat-sessions")).to_have_text("1")
         sub = page.locator("#stat-sessions-sub")
-        await expect(sub).to_contain_text(re.compile(r"talk_4: 2 recordings, run in (9|10) min"))
+        await expect(sub).to_contain_text(
+            re.compile(r"talk_4 \(session\): 2 recordings, run in (9|10) min")
+        )
         await expect(page.locator("#empty")).to_be_visible()  # no run yet
         assert errors == []
 

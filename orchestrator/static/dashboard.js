@@ -391,7 +391,7 @@ function runsPage() {
       const page = await api("/api/sessions?status=open&limit=3");
       const items = page.sessions.map((s) => {
         const n = s.segments.length;
-        return [`${s.streamId}: ${n} recording${n === 1 ? "" : "s"}, run `, when(s.closesAt)];
+        return [`${s.streamId} (${s.workflow}): ${n} recording${n === 1 ? "" : "s"}, run `, when(s.closesAt)];
       });
       sub.replaceChildren(...items.flatMap((parts, i) => (i ? [" · ", ...parts] : parts)));
       if (count > items.length) sub.append(` · ${count - items.length} more (GET /api/sessions)`);
