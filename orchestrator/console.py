@@ -37,6 +37,7 @@ Direct = Annotated[
     bool, typer.Option("--direct", help="Use the database directly, not the running server.")
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+Cursor = Annotated[str | None, typer.Option(help="The next page: nextCursor of a --json answer.")]
 
 
 @asynccontextmanager
@@ -236,6 +237,16 @@ def _status(text: str) -> str:
 def register(app: typer.Typer, settings: Any) -> None:
     """Add the commands to the `vodflow` app; ``settings`` reads the settings when called."""
 
+    def listing(path: str, direct: bool, as_json: bool, **params: Any) -> Any:
+        """A page of ``path``, asked with the options given (those left out are not sent);
+        None once ``--json`` printed it."""
+        given = {name: value for name, value in params.items() if value not in (None, "")}
+        page = _call(settings(), direct, "GET", path, params=given)
+        if as_json:
+            _print_json(page)
+            return None
+        return page
+
     @app.command("runs")
     def runs(
         status: Annotated[
@@ -250,27 +261,26 @@ def register(app: typer.Typer, settings: Any) -> None:
             str | None, typer.Option(help="Created at or after (ISO 8601; UTC without offset).")
         ] = None,
         until: Annotated[str | None, typer.Option(help="Created before (ISO 8601).")] = None,
-        cursor: Annotated[
-            str | None, typer.Option(help="The next page: nextCursor of a --json answer.")
-        ] = None,
+        cursor: Cursor = None,
         limit: int = 50,
         direct: Direct = False,
         as_json: AsJson = False,
     ) -> None:
         """Runs, newest first."""
-        params: dict[str, Any] = {"limit": limit, "status": status or []}
-        given = {
-            "workflow": workflow,
-            "streamId": stream_id,
-            "fileId": file_id,
-            "since": since,
-            "until": until,
-            "cursor": cursor,
-        }
-        params |= {name: value for name, value in given.items() if value}
-        page = _call(settings(), direct, "GET", "/api/runs", params=params)
-        if as_json:
-            _print_json(page)
+        page = listing(
+            "/api/runs",
+            direct,
+            as_json,
+            limit=limit,
+            status=status or [],
+            workflow=workflow,
+            streamId=stream_id,
+            fileId=file_id,
+            since=since,
+            until=until,
+            cursor=cursor,
+        )
+        if page is None:
             return
         table = Table("run", "workflow", "status", "step", "stream / file", "created", "error")
         for run in page["runs"]:
@@ -451,13 +461,17 @@ def register(app: typer.Typer, settings: Any) -> None:
         statuses = (
             list(status or []) + (["orphan"] if orphans else []) + (["invalid"] if invalid else [])
         )
-        params: dict[str, Any] = {"status": statuses, "limit": limit}
-        for key, value in (("runId", run), ("taskId", task), ("fileId", file)):
-            if value:
-                params[key] = value
-        page = _call(settings(), direct, "GET", "/api/inbox", params=params)
-        if as_json:
-            _print_json(page)
+        page = listing(
+            "/api/inbox",
+            direct,
+            as_json,
+            status=statuses,
+            limit=limit,
+            runId=run,
+            taskId=task,
+            fileId=file,
+        )
+        if page is None:
             return
         print_table(_event_table(page["events"], with_run=True))
         if not page["events"]:
@@ -476,12 +490,10 @@ def register(app: typer.Typer, settings: Any) -> None:
     ) -> None:
         """Timers, newest first; by default those that could not be applied (their runs wait
         until one is replayed with `vodflow timer replay`)."""
-        params: dict[str, Any] = {"status": status or ["failed"], "limit": limit}
-        if run:
-            params["runId"] = run
-        page = _call(settings(), direct, "GET", "/api/timers", params=params)
-        if as_json:
-            _print_json(page)
+        page = listing(
+            "/api/timers", direct, as_json, status=status or ["failed"], limit=limit, runId=run
+        )
+        if page is None:
             return
         print_table(_timer_table(page["timers"], with_run=True))
         if not page["timers"]:
@@ -497,21 +509,24 @@ def register(app: typer.Typer, settings: Any) -> None:
         stream_id: Annotated[
             str | None, typer.Option("--stream-id", help="Only this stream's.")
         ] = None,
-        cursor: Annotated[
-            str | None, typer.Option(help="The next page: nextCursor of a --json answer.")
-        ] = None,
+        cursor: Cursor = None,
         limit: int = 50,
         direct: Direct = False,
         as_json: AsJson = False,
     ) -> None:
         """stream.session windows, newest first: by default those still collecting a stream's
         recordings, with when each closes and starts its run."""
-        params: dict[str, Any] = {"status": status or ["open"], "limit": limit}
-        given = {"workflow": workflow, "streamId": stream_id, "cursor": cursor}
-        params |= {name: value for name, value in given.items() if value}
-        page = _call(settings(), direct, "GET", "/api/sessions", params=params)
-        if as_json:
-            _print_json(page)
+        page = listing(
+            "/api/sessions",
+            direct,
+            as_json,
+            status=status or ["open"],
+            limit=limit,
+            workflow=workflow,
+            streamId=stream_id,
+            cursor=cursor,
+        )
+        if page is None:
             return
         table = Table("id", "workflow", "stream", "status", "recordings", "opened", "closes / run")
         for session in page["sessions"]:
