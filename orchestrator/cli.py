@@ -75,11 +75,21 @@ def validate(
             "starts and the exact ProcessFileByProcedure parameters each step would send.",
         ),
     ] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Print the result as JSON (the workflows, or every problem with its file, "
+            "line, column and path) for editors and CI.",
+        ),
+    ] = False,
 ) -> None:
     """Check workflow files; print every problem as file:line:column.
 
     When the settings make VOD this vodflow's embedded engine, procedure names are checked
     against the engine's procedures; on another VOD (Tencent Cloud) they are left to it."""
+    from dataclasses import asdict
+
     from orchestrator.engine.procedures import ProceduresError
     from orchestrator.registry import known_procedures
 
@@ -89,6 +99,9 @@ def validate(
         typer.echo(f"vodflow: {exc}", err=True)
         raise typer.Exit(2) from None
     except WorkflowError as exc:
+        if as_json:
+            typer.echo(json.dumps({"problems": [asdict(p) for p in exc.problems]}, indent=2))
+            raise typer.Exit(1) from None
         for problem in exc.problems:
             typer.echo(str(problem), err=True)
         typer.echo(f"{len(exc.problems)} problem(s) found", err=True)
@@ -105,6 +118,13 @@ def validate(
         except DryRunError as exc:
             typer.echo(f"vodflow: {exc}", err=True)
             raise typer.Exit(1) from None
+        return
+    if as_json and dry_run is None:
+        found = [
+            {"path": str(item.path), "name": item.spec.name, "version": item.version}
+            for item in loaded
+        ]
+        typer.echo(json.dumps({"workflows": found, "problems": []}, indent=2))
         return
     for item in loaded:
         typer.echo(f"ok  {item.path}  ({item.spec.name}, version {item.version})")

@@ -309,6 +309,9 @@ def register(app: typer.Typer, settings: Any) -> None:
             f"[bold]{run['id']}[/]  {run['workflow']} (version {run['version']})  "
             f"{_status(run['health'])}"
         )
+        first = run["history"][0] if run["history"] else None
+        if first is not None and first["input"] == "trigger" and first["detail"].get("event"):
+            console.print(f"started by {first['detail']['event']}", highlight=False)
         if run["error"]:
             console.print(f"[red]{run['error']}[/]")
         steps = Table("step", "status", "attempt", "task", "kind", "task status", "waited")

@@ -48,6 +48,26 @@ def test_validate_prints_every_problem_and_exits_non_zero(tmp_path: Path) -> Non
     assert "5 problem(s) found" in out
 
 
+def test_validate_as_json_for_editors_and_ci(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("name: a\ntriggers: [{type: manul}]\nsteps: []\n")
+    refused = runner.invoke(app, ["validate", "--json", str(tmp_path)])
+    assert refused.exit_code == 1
+    problems = json.loads(refused.stdout)["problems"]
+    assert [(p["line"], p["column"], p["path"]) for p in problems] == [
+        (2, 19, "triggers[0]"),
+        (3, 8, "steps"),
+    ]
+    assert problems[0]["file"] == str(tmp_path / "a.yaml")
+    accepted = runner.invoke(app, ["validate", "--json", str(ROOT / "workflows")])
+    assert accepted.exit_code == 0, accepted.output
+    answer = json.loads(accepted.stdout)
+    assert answer["problems"] == []
+    assert sorted(w["name"] for w in answer["workflows"]) == [
+        "lecture-replay",
+        "recording-transcode",
+    ]
+
+
 def test_validate_says_when_there_is_nothing_to_validate(tmp_path: Path) -> None:
     result = runner.invoke(app, ["validate", str(tmp_path)])
     assert result.exit_code == 1

@@ -714,6 +714,7 @@ async def test_cli_talks_to_the_server_or_the_database(
     later = ("runs", "--since", "2999-01-01", "--json")
     assert json.loads(await _vodflow(service, tmp_path, sqlite_url, *later))["runs"] == []
     table = await _vodflow(service, tmp_path, sqlite_url, "run", "show", run_id)
+    assert "\nstarted by inbox event 1 (NewFileUpload from vod)\n" in table
     assert "submit_succeeded" in table
     assert "transcode" in table
     # what the dashboard's run page shows: the outputs and the callbacks received
