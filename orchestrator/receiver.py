@@ -220,8 +220,7 @@ class Receiver:
             if problem is not None:
                 self.count(source, "-", "bad_sign")
                 return _refuse(401, problem)
-        # PostgreSQL's text holds no NUL; only a body that is no JSON can carry one raw.
-        text = body.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+        text = body.decode("utf-8", errors="replace")
         try:
             event = parse_event(body, source="lvb" if source == "lvb" else "vod")
         except MalformedEvent as exc:

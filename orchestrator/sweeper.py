@@ -474,12 +474,12 @@ class Sweeper:
         opened_under = window.get("version")
         if opened_under is not None:
             workflow = self.runner.registry.loaded(conn, opened_under)
-            now = self.runner.registry.current.get(name)
+            current = self.runner.registry.current.get(name)
             if workflow is not None:
-                if now is None:
+                if current is None:
                     why = f"workflow {name} is no longer loaded, so its version {opened_under}"
-                elif now.version != opened_under:
-                    why = f"workflow {name} is at version {now.version} now; {opened_under}"
+                elif current.version != opened_under:
+                    why = f"workflow {name} is at version {current.version} now; {opened_under}"
                 else:
                     return workflow, started_by
                 log.warning("session %s of stream %s: %s runs it", window["id"], stream_id, why)
@@ -560,7 +560,7 @@ class Sweeper:
                         event_type="malformed",
                         dedup_key=None,
                         body=(
-                            content.replace("\x00", "\ufffd")  # PostgreSQL's text has no NUL
+                            content
                             if isinstance(content, str)
                             else json.dumps(content, ensure_ascii=False)
                         ),

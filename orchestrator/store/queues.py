@@ -92,7 +92,9 @@ def _inbox_values(event: NewInboxEvent, now: datetime) -> dict[str, Any]:
         "source": event.source,
         "event_type": event.event_type,
         "dedup_key": event.dedup_key,
-        "body": event.body,
+        # As received, but for NUL, which PostgreSQL's text cannot hold (only a body that is
+        # no JSON carries one raw, and it is kept for inspection, not read again).
+        "body": event.body.replace("\x00", "\ufffd"),
         "status": event.status,
         "task_id": event.task_id,
         "file_id": event.file_id,
