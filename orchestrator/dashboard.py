@@ -468,13 +468,17 @@ class Invalid(Exception):
         self.status = status
 
 
+ROW_IDS = range(2**63)
+"""The ids a row can have (a 64-bit integer column)."""
+
+
 def _id_param(request: Request, name: str, what: str) -> int:
     """A numeric ID from the path; any other text, or a number no row can have, names nothing
     there (404)."""
     given: str = request.path_params[name]
     # Digits only: int() also reads " 1", "1_0" and other scripts' digits.
     number = int(given) if given.isascii() and given.isdigit() else -1
-    if not 0 <= number < 2**63:
+    if number not in ROW_IDS:
         raise Invalid(f"no {what} {request.path_params[name]!r}", status=404)
     return number
 
@@ -573,7 +577,7 @@ def _id_cursor(value: str | None) -> int | None:
     if value is None:
         return None
     cursor = _decode_cursor(value)
-    if isinstance(cursor, bool) or not isinstance(cursor, int) or not 0 <= cursor < 2**63:
+    if isinstance(cursor, bool) or not isinstance(cursor, int) or cursor not in ROW_IDS:
         raise Invalid("query parameter cursor: not a cursor this API gave")
     return cursor
 
@@ -924,9 +928,11 @@ async def cancel_session(request: Request) -> Response:
     """An open session cancelled: the recordings it collected start no run (a later recording
     of the stream opens a new session). A closed one started its run already: 409."""
     session_id = _id_param(request, "session_id", "session")
-    db = _services(request).db
-    changed = await db.write(windows.cancel_window, session_id)
-    row = await db.query(views.session, session_id)
+
+    def cancel(conn: Any) -> tuple[bool, dict[str, Any] | None]:
+        return windows.cancel_window(conn, session_id), views.session(conn, session_id)
+
+    changed, row = await _services(request).db.write(cancel)
     if row is None:
         return problem(404, f"no session {session_id}")
     if row["status"] == "closed":
