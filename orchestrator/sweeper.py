@@ -52,6 +52,7 @@ from orchestrator.store.queues import InboxStatus, NewInboxEvent
 from orchestrator.vod.client import PULL_EVENT_WAIT, VodClient
 from orchestrator.vod.errors import ErrorClass, MalformedEvent, VodError
 from orchestrator.vod.events import (
+    FINISHED,
     event_from_task_info,
     pull_event_items,
     task_info_callback,
@@ -370,7 +371,7 @@ class Sweeper:
             log.warning("asking VOD about task %s failed: %s", task_id, exc)
             return "errors"
         status = (answer.status or "").upper()
-        if answer.data and status in ("FINISH", "FINISHED", ""):
+        if answer.data and (status in FINISHED or not status):
             try:
                 event = event_from_task_info(answer, task_id)
             except MalformedEvent as exc:

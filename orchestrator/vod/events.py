@@ -385,7 +385,7 @@ def event_from_task_info(info: GetTaskInfoResponse | Body, task_id: str | None =
         info = GetTaskInfoResponse.parse(info)
     kind = _task_info_kind(info)
     occurred = _timestamp(info.finish_time)
-    finished = info.status is None or info.status.upper() in {"FINISH", "FINISHED"}
+    finished = info.status is None or info.status.upper() in FINISHED
     raw: dict[str, JsonValue] = info.model_dump(mode="json", by_alias=True, exclude_none=True)
     body = task_info_callback(info, task_id)
     if body is not None and (finished or kind == PROCEDURE_EVENT):
@@ -506,8 +506,9 @@ def _timestamp(seconds: int | float | None) -> datetime | None:
         return None
 
 
-_FINISHED = frozenset({"FINISH", "FINISHED"})
-"""A procedure's ended status: ``FINISH`` in its callback, ``FINISHED`` in GetTaskInfo's table."""
+FINISHED = frozenset({"FINISH", "FINISHED"})
+"""A task's ended status word: ``FINISH`` in a procedure's callback, ``FINISHED`` in
+GetTaskInfo's table."""
 
 
 def _outcome(status: int | str | None) -> tuple[bool | None, int | None]:
@@ -842,7 +843,7 @@ def _procedure_fields(
     meta: MediaMeta | None,
     files: Sequence[FileOutput] = (),
 ) -> dict[str, object]:
-    terminal = status in _FINISHED
+    terminal = status in FINISHED
     fields: dict[str, object] = {
         "task_id": task_id,
         "file_id": file_id,
