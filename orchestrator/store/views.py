@@ -102,6 +102,8 @@ def list_timers(
 
 
 SESSION_STATUSES = ("open", "closed", "cancelled")
+_SESSION_COLUMNS = tuple(c for c in windows.c if not c.name.startswith("lease_"))
+"""A session as the API shows it: all but the sweeper's lease."""
 
 
 def list_sessions(
@@ -115,14 +117,14 @@ def list_sessions(
 ) -> list[dict[str, Any]]:
     """stream.session windows, newest first: open ones collecting a stream's recordings until
     it has been quiet, closed ones with the run they started."""
-    query = sa.select(*(c for c in windows.c if not c.name.startswith("lease_")))
+    query = sa.select(*_SESSION_COLUMNS)
     equal = {"workflow": workflow, "stream_id": stream_id}
     return _newest_first(conn, query, windows, status, equal, before, limit)
 
 
 def session(conn: sa.Connection, session_id: int) -> dict[str, Any] | None:
-    columns = (c for c in windows.c if not c.name.startswith("lease_"))
-    row = conn.execute(sa.select(*columns).where(windows.c.id == session_id)).mappings().first()
+    query = sa.select(*_SESSION_COLUMNS).where(windows.c.id == session_id)
+    row = conn.execute(query).mappings().first()
     return dict(row) if row else None
 
 
