@@ -1033,7 +1033,7 @@ def _check_step_done(ctx: _Ctx, step: StepState) -> str:
         )
     waiting = [t for t in awaited if t.status is TaskStatus.WAITING]
     if waiting:
-        return f"waiting for {len(waiting)} task(s)"
+        return f"waiting for {len(waiting)} task{'' if len(waiting) == 1 else 's'}"
     outputs = _merge_outputs(step)
     step = step.model_copy(update={"outputs": outputs})
     options = ctx.spec(step.name).verify_options

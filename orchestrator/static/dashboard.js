@@ -708,7 +708,7 @@ async function scrubber(vttUrl, knownDuration) {
   }
   for (const image of new Set(cues.map((c) => c.image))) new Image().src = image;  // warm the cache
   $("scrubber").hidden = false;
-  note.textContent = `${cues.length} thumbnails; hover the bar to preview, click to seek.`;
+  note.textContent = `${cues.length} thumbnail${cues.length === 1 ? "" : "s"}; hover the bar to preview, click to seek.`;
   const total = () => (isFinite(video.duration) && video.duration > 0 ? video.duration
     : knownDuration || cues[cues.length - 1].end);
   const cueAt = (t) => cues.find((c) => t >= c.start && t < c.end) || (t >= cues[cues.length - 1].end ? cues[cues.length - 1] : cues[0]);
