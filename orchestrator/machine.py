@@ -448,9 +448,24 @@ class Decision:
 # --- The decision function --------------------------------------------------------------------
 
 
-def decide(workflow: Workflow, state: RunState, event: Input, now: datetime) -> Decision:
-    """Apply one input to a run. Pure: the same arguments always give the same decision."""
-    ctx = _Ctx(workflow, state, now)
+DEFAULT_EXPECTED = timedelta(minutes=10)
+"""How long a task's callback is waited for before VOD is asked, for a step without
+``expected``: ``VODFLOW_TASK_POLL_AFTER``'s default."""
+
+
+def decide(
+    workflow: Workflow,
+    state: RunState,
+    event: Input,
+    now: datetime,
+    *,
+    expected: timedelta = DEFAULT_EXPECTED,
+) -> Decision:
+    """Apply one input to a run. Pure: the same arguments always give the same decision.
+
+    ``expected`` is the deployment's wait for a task's callback, for steps that name none.
+    """
+    ctx = _Ctx(workflow, state, now, expected)
     reason = _HANDLERS[type(event)](ctx, event)
     new = ctx.state.model_copy(update={"status": _run_status(ctx.state), "updated_at": now})
     ended_now = not state.status.terminal or new.finished_at is None  # (re-opened by a retry)
@@ -475,10 +490,13 @@ def decide(workflow: Workflow, state: RunState, event: Input, now: datetime) -> 
 class _Ctx:
     """Mutable scratch space for one decision; the inputs themselves are never mutated."""
 
-    def __init__(self, workflow: Workflow, state: RunState, now: datetime) -> None:
+    def __init__(
+        self, workflow: Workflow, state: RunState, now: datetime, expected: timedelta
+    ) -> None:
         self.workflow = workflow
         self.state = state
         self.now = now
+        self.expected = expected
         self.commands: list[Command] = []
         self.step_name: str | None = None
 
@@ -555,7 +573,7 @@ def _on_submit_succeeded(ctx: _Ctx, event: SubmitSucceeded) -> str:
         ctx.set_step(step.model_copy(update={"outputs": dict(event.outputs)}))
         return _succeed_step(ctx, ctx.state.step(step.name), "webhook delivered")
 
-    expected = ctx.now + (spec.expected or timedelta(minutes=10))
+    expected = ctx.now + (spec.expected or ctx.expected)
     tasks = list(step.tasks)
     adopted = []
     for ref in event.tasks:

@@ -162,7 +162,7 @@ class Runner:
         registry: Registry,
         actions: Actions,
         *,
-        default_expected: timedelta = timedelta(minutes=10),
+        default_expected: timedelta = m.DEFAULT_EXPECTED,
         clock: Callable[[], datetime] = utcnow,
         owner: str | None = None,
         batch: int = 64,
@@ -249,7 +249,7 @@ class Runner:
         if before is None:
             return None
         spec = self.registry.spec_for(conn, before.version)
-        decision = m.decide(spec, before, event, now)
+        decision = m.decide(spec, before, event, now, expected=self.default_expected)
         self._save(conn, before, decision, now, batch)
         return decision
 
@@ -295,7 +295,9 @@ class Runner:
         )
         if not created:
             return None
-        decision = m.decide(spec, state, m.Trigger(event=started_by), now)
+        decision = m.decide(
+            spec, state, m.Trigger(event=started_by), now, expected=self.default_expected
+        )
         self._save(conn, state, decision, now, batch)
         return run_id
 
@@ -573,7 +575,13 @@ class Runner:
                 if state is None:
                     raise LookupError(f"run {owner.run_id} of task {owner.task_id} is missing")
                 spec = self.registry.spec_for(conn, state.version)
-                decision = m.decide(spec, state, task_input(event, owner.task_id), now)
+                decision = m.decide(
+                    spec,
+                    state,
+                    task_input(event, owner.task_id),
+                    now,
+                    expected=self.default_expected,
+                )
             except Exception as exc:
                 log.exception("applying inbox event %s failed", event_id)
                 note = f"{type(exc).__name__}: {exc}"

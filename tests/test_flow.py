@@ -96,6 +96,21 @@ async def test_recording_finished_runs_to_success_with_callbacks(service: Servic
     ]
 
 
+async def test_a_step_without_expected_waits_task_poll_after(
+    tmp_path: Path, database_url: str
+) -> None:
+    """VODFLOW_TASK_POLL_AFTER is the wait for a task's callback of a step that names none."""
+    workflow = TRANSCODE.replace("    expected: 1s\n", "") % {"timeout": "1h"}
+    async with running_service(
+        tmp_path, database_url, {"transcode": workflow}, task_poll_after="20s"
+    ) as service:
+        await service.callback(new_file_upload("f1"))
+        run_id = await service.one_run()
+        await service.submitted()
+        run = await service.status_is(run_id, "awaiting_callback")
+        assert [t["expectedSeconds"] for t in run["steps"][0]["tasks"]] == [20, 20]
+
+
 async def test_the_same_recording_announced_twice_starts_one_run(service: Service) -> None:
     await service.callback(new_file_upload("f1"))
     dup = await service.callback(new_file_upload("f1"))
