@@ -837,6 +837,7 @@ def _on_manual_retry(ctx: _Ctx, event: ManualRetry) -> str:
                 update={
                     "status": StepStatus.PENDING,
                     "budget_from": step.attempt,
+                    "started_at": None,  # a new start: its duration counts from it
                     "error": None,
                     "error_class": None,
                     "finished_at": None,
