@@ -934,6 +934,16 @@ def notify_payload(
     return {"type": kind, "timestamp": now.isoformat(), "data": data}
 
 
+def webhook_id(run_id: str, step: str, payload: Mapping[str, JsonValue]) -> str:
+    """A notify message's ``webhook-id``: the same for every delivery of one message (attempts,
+    retries by hand), so receivers dedupe them, as Standard Webhooks asks; another when the
+    message says something else (a retry from an earlier step that produced other outputs), so
+    a receiver that dedupes does not drop it. The timestamp is not part of the message."""
+    content = {"type": payload.get("type"), "data": payload.get("data")}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return f"msg_{run_id}_{step}_{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
 def _begin_attempt(ctx: _Ctx, step: StepState) -> str:
     spec = ctx.spec(step.name)
     attempt = step.attempt + 1
@@ -968,6 +978,14 @@ def _begin_attempt(ctx: _Ctx, step: StepState) -> str:
 def _send(ctx: _Ctx, step: StepState, *, resend: bool) -> str:
     """Emit the command that performs the current attempt's action."""
     spec = ctx.spec(step.name)
+    payload: dict[str, JsonValue] = {}
+    if spec.kind == "notify":
+        # Built before the step counts as sent: a payload that cannot be built fails the step
+        # with nothing in flight, so the run can be retried.
+        try:
+            payload = notify_payload(spec, ctx.state, _template_context(ctx), ctx.now)
+        except template.TemplateError as exc:
+            return _fail_step(ctx, step, ErrorClass.TEMPLATE, f"cannot build the payload: {exc}")
     sends = step.sends + 1
     step = step.model_copy(
         update={
@@ -992,10 +1010,6 @@ def _send(ctx: _Ctx, step: StepState, *, resend: bool) -> str:
         )
     else:
         assert spec.notify is not None
-        try:
-            payload = notify_payload(spec, ctx.state, _template_context(ctx), ctx.now)
-        except template.TemplateError as exc:
-            return _fail_step(ctx, step, ErrorClass.TEMPLATE, f"cannot build the payload: {exc}")
         ctx.commands.append(
             Notify(
                 run_id=ctx.state.run_id,
@@ -1003,8 +1017,7 @@ def _send(ctx: _Ctx, step: StepState, *, resend: bool) -> str:
                 attempt=step.attempt,
                 url=str(step.request["url"]),
                 payload=payload,
-                # Receivers dedupe on webhook-id, so it stays the same across attempts.
-                webhook_id=f"msg_{ctx.state.run_id}_{step.name}",
+                webhook_id=webhook_id(ctx.state.run_id, step.name, payload),
                 timeout=spec.notify.timeout.total_seconds(),
                 idempotency_key=key,
             )

@@ -154,7 +154,7 @@ def test_all_awaited_tasks_succeeding_verifies_then_advances_to_notify() -> None
     assert notify.url == "http://hooks.example/s1"
     assert notify.payload["type"] == "vodflow.run.outputs"
     assert notify.payload["data"]["outputs"]["transcode"]["fileId"] == "f1"
-    assert notify.webhook_id == "msg_run1_tell"
+    assert notify.webhook_id.startswith("msg_run1_tell_")
     run.feed(m.SubmitSucceeded(step="tell", attempt=1, outputs={"status": 204}))
     assert run.state.status is m.RunStatus.SUCCEEDED
     (finish,) = run.commands(m.Finish)
@@ -619,6 +619,71 @@ def test_a_notify_steps_event_type_is_templated_like_its_data() -> None:
     (notify,) = run.commands(m.Notify)
     assert notify.payload["type"] == "replay.s1"
     assert notify.payload["data"]["n"] == 3
+
+
+# A manual trigger's fields are not known when the file loads: a missing one fails at run time.
+NOTIFY_DATA = WORKFLOW_SOURCE.replace("type: recording.finished", "type: manual").replace(
+    'notify: {url: "http://hooks.example/{{ trigger.streamId }}"}',
+    'notify: {url: /u, data: {note: "{{ trigger.note }}"}}',
+)
+
+
+def _at_notify(run: Run, transcode_task: str = "tr1", attempt: int = 1) -> Run:
+    run.event(transcode_task, outputs={"fileId": transcode_task})
+    run.event("sp1" if attempt == 1 else f"sp{attempt}")
+    run.feed(m.VerifySucceeded(step="transcode", attempt=attempt))
+    return run
+
+
+def test_a_payload_that_cannot_be_built_fails_with_nothing_in_flight_and_can_be_retried() -> None:
+    run = _at_notify(Run(parse_workflow(NOTIFY_DATA)).start().submitted())
+    assert run.state.status is m.RunStatus.FAILED
+    assert "cannot build the payload: trigger.note is missing" in (run.state.error or "")
+    assert not run.step("tell").in_flight
+    assert run.commands(m.Notify) == []
+    run.feed(m.ManualRetry(actor="ops"))
+    assert "retried by ops from step tell" in run.last.history.reason
+    assert not run.step("tell").in_flight  # failed again: the same payload cannot be built
+
+
+def test_a_webhook_id_is_kept_across_attempts_and_changes_with_the_message() -> None:
+    run = _at_notify(Run().start().submitted())
+    (first,) = run.commands(m.Notify)
+    run.feed(m.SubmitFailed(step="tell", attempt=1, error_class="internal", message="503"))
+    run.feed(m.TimerFired(timer="retry", step="tell", attempt=1), after=60)
+    (second,) = run.commands(m.Notify)
+    assert second.attempt == 2
+    assert second.webhook_id == first.webhook_id
+    assert second.payload["timestamp"] != first.payload["timestamp"]
+    # A retry from the step before: other outputs, another message.
+    run.feed(m.SubmitFailed(step="tell", attempt=2, error_class="internal", message="503"))
+    run.feed(m.ManualRetry(actor="ops", step="transcode"))
+    run.submitted(2, ("tr2", "transcode"), ("sp2", "imageSprite"))
+    _at_notify(run, "tr2", attempt=2)
+    (third,) = run.commands(m.Notify)
+    assert third.payload["data"]["outputs"]["transcode"]["fileId"] == "tr2"
+    assert third.webhook_id != first.webhook_id
+
+
+def test_a_retry_by_hand_starts_the_steps_clock_again() -> None:
+    run = Run().start()
+    first_start = run.step().started_at
+    run.feed(m.SubmitFailed(step="transcode", attempt=1, error_class="auth", message="4100"))
+    run.feed(m.ManualRetry(actor="ops"), after=3600)
+    assert run.step().started_at == run.now != first_start
+
+
+def test_a_step_without_expected_waits_the_deployments_default() -> None:
+    workflow = parse_workflow(WORKFLOW_SOURCE.replace("    expected: 5m\n", ""))
+    state = m.new_run("r", workflow, "v1", {"fileId": "f1", "streamId": "s1"}, T0)
+    state = m.decide(workflow, state, m.Trigger(), T0).state
+    submitted = m.SubmitSucceeded(
+        step="transcode", attempt=1, tasks=(m.TaskRef(task_id="t", kind="transcode"),)
+    )
+    default = m.decide(workflow, state, submitted, T0).state.step("transcode")
+    assert default.tasks[0].expected_at == T0 + m.DEFAULT_EXPECTED == T0 + timedelta(minutes=10)
+    chosen = m.decide(workflow, state, submitted, T0, expected=timedelta(seconds=20))
+    assert chosen.state.step("transcode").tasks[0].expected_at == T0 + timedelta(seconds=20)
 
 
 def test_backoff_is_exponential_capped_and_deterministic() -> None:
