@@ -104,7 +104,8 @@ def validate(
             raise typer.Exit(1) from None
         for problem in exc.problems:
             typer.echo(str(problem), err=True)
-        typer.echo(f"{len(exc.problems)} problem(s) found", err=True)
+        count = len(exc.problems)
+        typer.echo(f"{count} problem{'' if count == 1 else 's'} found", err=True)
         raise typer.Exit(1) from None
     if not loaded:
         where = ", ".join(str(p) for p in paths)

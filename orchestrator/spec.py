@@ -134,10 +134,11 @@ class Backoff(_Model):
 RetryOn = Literal[
     "internal", "transport", "timeout", "verification",
     "invalid_params", "file_not_found", "procedure_invalid", "auth", "rejected", "media",
-    "template",
 ]  # fmt: skip
 """The failure classes a retry policy may name: every class but VOD's frequency limit (backed
-off without spending an attempt) and duplicate tasks (recovered)."""
+off without spending an attempt), duplicate tasks (recovered) and templates that cannot be
+rendered (another attempt would render the same values: the step fails, to be retried by hand
+once the workflow or the trigger's fields are fixed)."""
 
 DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("internal", "transport", "timeout", "verification")
 """Failures another attempt can fix; the others fail the step at once unless a policy names
@@ -624,6 +625,13 @@ PROCESS_OUTPUTS = (
     "duration",
 )  # fmt: skip
 NOTIFY_OUTPUTS = ("status", "webhookId", "url")
+NOT_FOR_NOTIFY = {
+    "wait_for": "the VOD tasks a step waits for",
+    "timeout": "the wait for VOD's tasks (a notify step's request has notify.timeout)",
+    "expected": "when a VOD task's callback is due",
+    "verify": "checks of VOD's outputs",
+}
+"""Step options that mean nothing to a notify step, refused rather than silently ignored."""
 
 
 def _check_semantics(spec: Workflow, doc: Mapping[str, Any]) -> list[tuple[list[PathElem], str]]:
@@ -656,8 +664,6 @@ def _check_semantics(spec: Workflow, doc: Mapping[str, Any]) -> list[tuple[list[
         if step.process is not None:
             found.extend(_check_process(step.process, [*where, "process"]))
         if isinstance(step.wait_for, list):
-            if step.kind == "notify":
-                found.append(([*where, "wait_for"], "only process steps wait for VOD tasks"))
             for k_index, kind in enumerate(step.wait_for):
                 if kind not in TASK_KINDS:
                     hint = get_close_matches(kind, TASK_KINDS, n=1)
@@ -665,6 +671,10 @@ def _check_semantics(spec: Workflow, doc: Mapping[str, Any]) -> list[tuple[list[
                     msg += f"; did you mean {hint[0]!r}?" if hint else ""
                     msg += f" (expected one of: {', '.join(TASK_KINDS)})"
                     found.append(([*where, "wait_for", k_index], msg))
+        if step.kind == "notify":
+            for key, why in NOT_FOR_NOTIFY.items():
+                if key in step.model_fields_set:
+                    found.append(([*where, key], f"only process steps have {key}: {why}"))
         earlier = {s.name: s for s in spec.steps[:s_index]}
         later = [s.name for s in spec.steps[s_index + 1 :]]
         step_doc = doc["steps"][s_index]

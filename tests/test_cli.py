@@ -45,7 +45,7 @@ def test_validate_prints_every_problem_and_exits_non_zero(tmp_path: Path) -> Non
     assert f"{tmp_path / 'a.yaml'}:3:8: steps: expected a list with at least 1 item" in out
     assert f"{tmp_path / 'b.yaml'}:1:1: triggers: required key 'triggers' is missing" in out
     assert "did you mean 'url'?" in out
-    assert "5 problem(s) found" in out
+    assert "5 problems found" in out
 
 
 def test_validate_as_json_for_editors_and_ci(tmp_path: Path) -> None:
@@ -104,7 +104,7 @@ def test_validate_checks_procedure_names_when_vod_is_the_embedded_engine(
     assert result.exit_code == 1
     assert result.output == (
         f"{wf}:7:7: steps[0].process.procedure: unknown procedure 'NoSuchProcedure' "
-        f"{BUILT_IN_PROCEDURES}\n1 problem(s) found\n"
+        f"{BUILT_IN_PROCEDURES}\n1 problem found\n"
     )
     wf.write_text(UNKNOWN_PROCEDURE.replace("NoSuchProcedure", "TranscodeAndSprites"))
     result = runner.invoke(app, ["validate", str(wf.parent)])

@@ -246,6 +246,30 @@ def test_step_needs_exactly_one_action_and_unique_names() -> None:
     assert "step name 'transcode' is already used by steps[0]" in found[0]
 
 
+def test_options_of_process_steps_are_refused_on_a_notify_step() -> None:
+    """A notify step's timeout, expected, verify or wait_for would be ignored: refused instead."""
+    found = problems(
+        VALID + "  - name: tell\n    notify: {url: /u}\n    timeout: 1s\n    expected: 1s\n"
+        "    verify: false\n    wait_for: [transcode]\n"
+    )
+    assert [p.split(": ", 3)[1:] for p in found] == [
+        ["steps[1].timeout", "only process steps have timeout",
+         "the wait for VOD's tasks (a notify step's request has notify.timeout)"],
+        ["steps[1].expected", "only process steps have expected",
+         "when a VOD task's callback is due"],
+        ["steps[1].verify", "only process steps have verify", "checks of VOD's outputs"],
+        ["steps[1].wait_for", "only process steps have wait_for",
+         "the VOD tasks a step waits for"],
+    ]  # fmt: skip
+
+
+def test_template_failures_are_not_a_retry_class() -> None:
+    """Another attempt would render the same values; the README says so."""
+    (msg,) = problems(VALID.replace("steps:", "retry: {on: [internal, template]}\nsteps:"))
+    assert "retry.on[1]: expected " in msg
+    assert 'found "template"' in msg
+
+
 def test_a_webhook_url_is_an_http_url_or_a_path_on_this_vodflow() -> None:
     for good in ("https://cms.example/hooks", "http://127.0.0.1:9/x", "/hooks/sink"):
         parse_workflow(VALID + f"  - name: tell\n    notify: {{url: {good!r}}}\n", "wf.yaml")
@@ -347,7 +371,8 @@ def test_verify_is_on_off_or_options_with_positions_for_bad_ones() -> None:
 
 def test_a_retry_policy_may_name_every_failure_class_but_those_handled_apart() -> None:
     named = set(typing.get_args(RetryOn))
-    assert named == {c.value for c in ErrorClass} - {"frequency_limit", "duplicate_task"}
+    handled_apart = {"frequency_limit", "duplicate_task", "template"}
+    assert named == {c.value for c in ErrorClass} - handled_apart
     assert set(DEFAULT_RETRY_ON) == {"internal", "transport", "timeout", "verification"}
     source = VALID.replace("steps:", "retry: {on: [timeout, duplicate_task]}\nsteps:")
     (problem,) = problems(source)
