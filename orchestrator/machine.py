@@ -657,7 +657,8 @@ def _on_submit_failed(ctx: _Ctx, event: SubmitFailed) -> str:
     _answered(ctx, event.step, event.attempt)
     stale = _stale(ctx, event.step, event.attempt, (StepStatus.SUBMITTING, StepStatus.RECOVERING))
     if stale:
-        return stale
+        # What became of the request ("not sent: the run had already ended") comes first.
+        return f"{event.message}; {stale}"
     step = ctx.state.step(event.step)
     code = f" (code {event.code})" if event.code is not None else ""
     what = f"{event.error_class}{code}: {event.message}"
@@ -744,7 +745,8 @@ def _on_task_event(ctx: _Ctx, event: TaskEvent) -> str:
 def _on_verify(ctx: _Ctx, event: VerifySucceeded | VerifyFailed) -> str:
     stale = _stale(ctx, event.step, event.attempt, (StepStatus.VERIFYING,))
     if stale:
-        return stale
+        # What became of the check ("not checked: the run had already ended") comes first.
+        return f"{event.reason}; {stale}" if isinstance(event, VerifyFailed) else stale
     step = ctx.state.step(event.step)
     if isinstance(event, VerifyFailed):
         return _fail_attempt(

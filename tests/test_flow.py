@@ -738,7 +738,9 @@ async def test_a_run_cancelled_while_its_submit_waits_for_the_quota_sends_nothin
         assert len(service.vod.calls_of("ProcessFileByProcedure")) == 1
         last = run["history"][-1]
         assert last["detail"]["message"] == "not sent: the run had already ended (cancelled)"
-        assert last["reason"] == "ignored: the run already cancelled"
+        assert last["reason"] == (
+            "not sent: the run had already ended (cancelled); ignored: the run already cancelled"
+        )
 
         retried = await service.http.post(f"{url}/{run_id}/retry", json={})
         assert retried.json()["changed"] is True
