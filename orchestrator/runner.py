@@ -745,7 +745,9 @@ class Runner:
                 command,
                 tries=row["tries"],
                 since=row["created_at"],
-                unwanted=lambda: self.db.query(_unwanted, row["run_id"], command),
+                unwanted=lambda: self.db.write(
+                    _unwanted, row, self.owner, self.clock(), self.lease, command
+                ),
             )
             await self._record(row, outcome)
         except Exception as exc:
@@ -804,22 +806,46 @@ class Runner:
             await asyncio.gather(*list(self._inflight), return_exceptions=True)
 
 
-def _unwanted(conn: sa.Connection, run_id: str, command: m.Command) -> str | None:
-    """Why an outbox command is no longer worth carrying out, or None while it is.
+SENT_WHILE = {
+    m.Submit: m.StepStatus.SUBMITTING,
+    m.Notify: m.StepStatus.SUBMITTING,
+    m.Verify: m.StepStatus.VERIFYING,
+}
+"""The status of a command's step while the command is wanted (a Recover is never unwanted)."""
+
+
+def _unwanted(
+    conn: sa.Connection,
+    row: Mapping[str, Any],
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    command: m.Command,
+) -> str | None:
+    """Why an outbox command is no longer to be carried out by this process, or None while it
+    is; asked right before it goes out.
 
     A command waits in the outbox (behind others, or for VOD's quota) after the transition that
     wrote it; if its run was cancelled, or ended otherwise, meanwhile, sending it would start a
     VOD job (or a webhook, or a check) nobody waits for, as a workflow engine does not start the
-    activities of a cancelled workflow."""
+    activities of a cancelled workflow. And a process that stood still past its lease (a paused
+    VM, a database it could not reach) may find the command handed to another process, which
+    has sent it: its lease is renewed here, or the command is not sent (see
+    :func:`queues.hold_outbox_lease`)."""
     assert isinstance(command, m.OUTBOUND)
+    if not queues.hold_outbox_lease(conn, row["id"], owner, now, lease):
+        return "another process took the command over (this one held it past its lease)"
+    run_id = row["run_id"]
     found = step_progress(conn, run_id, command.step)
     if found is None:
         return f"run {run_id} has no step {command.step}"
-    status, attempt = m.RunStatus(found[0]), found[1]
+    status, step_status, attempt = m.RunStatus(found[0]), m.StepStatus(found[1]), found[2]
     if status.terminal:
         return f"the run had already ended ({status})"
     if attempt != command.attempt:
         return f"step {command.step} is on attempt {attempt}, this was attempt {command.attempt}"
+    if step_status is not SENT_WHILE[type(command)]:
+        return f"step {command.step} is {step_status} already"
     return None
 
 

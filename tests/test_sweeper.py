@@ -301,6 +301,91 @@ async def test_a_command_waiting_in_progress_keeps_its_lease_and_a_dead_owners_i
     assert (status, owner) == ("in_flight", "another")  # the late outcome is not recorded
 
 
+class AskingFirst(Blocking):
+    """Actions that ask whether the command is still wanted once released, as the VOD client
+    does once the quota lets a submit go, and send only if it is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[m.Command] = []
+        self.reasons: list[str | None] = []
+
+    async def perform(self, command: m.Command, **kw: Any) -> m.Input:
+        self.started.append(command)
+        await self.release.wait()
+        self.reasons.append(await kw["unwanted"]())
+        if self.reasons[-1] is None:
+            self.sent.append(command)
+        assert isinstance(command, m.Submit)
+        failed = {"error_class": ErrorClass.INTERNAL, "message": "test"}
+        return m.SubmitFailed(step=command.step, attempt=command.attempt, **failed)
+
+
+async def test_a_command_handed_over_while_its_owner_stood_still_is_not_sent_by_it(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """A runner that stood still past its lease (a paused VM) while a command waited for VOD's
+    quota must not send it when it resumes: another process has it now, and may have sent it.
+    Asked right before sending, the lease is renewed when it is still the runner's, and the
+    command is not sent when it is not."""
+    runner, sweeper, clock = parts
+    runner.lease = timedelta(seconds=30)
+    for handed_over in (False, True):
+        actions = AskingFirst()
+        runner.actions = actions  # type: ignore[assignment]
+        await _submits_waiting(db, runner, clock, 1)
+        assert await runner.drain_outbox() == 1
+        while not actions.started:
+            await asyncio.sleep(0.01)
+        clock.now += timedelta(seconds=31)  # no renewal: the runner stood still
+        if handed_over:
+            assert await sweeper.expire_leases() == {"expired_leases": 1}
+            (taken,) = await db.write(queues.claim_outbox, "another", clock.now, runner.lease, 10)
+        actions.release.set()
+        await runner.idle()
+        if handed_over:
+            assert actions.sent == []
+            assert actions.reasons == [
+                "another process took the command over (this one held it past its lease)"
+            ]
+            status, owner, _ = (await _leases(db))[-1]
+            assert (status, owner) == ("in_flight", "another")  # its outcome is not recorded
+        else:
+            # Not handed over yet: the lease is the runner's again for a whole lease, and sent.
+            assert actions.reasons == [None]
+            assert len(actions.sent) == 1
+            status, _, _ = (await _leases(db))[-1]
+            assert status == "done"
+
+
+async def test_a_command_whose_step_moved_on_is_not_sent(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """A submit whose step is no longer waiting to be submitted (its answer recorded by
+    another process that sent it) is not sent again, though its run goes on."""
+    runner, _, clock = parts
+    actions = AskingFirst()
+    runner.actions = actions  # type: ignore[assignment]
+    await _submits_waiting(db, runner, clock, 1)
+    assert await runner.drain_outbox() == 1
+    while not actions.started:
+        await asyncio.sleep(0.01)
+    (command,) = actions.started
+    assert isinstance(command, m.Submit)
+    answered = m.SubmitSucceeded(
+        step=command.step,
+        attempt=command.attempt,
+        tasks=(m.TaskRef(task_id="t-1", kind="transcode"),),
+    )
+    await db.write(
+        lambda conn: runner.transition(conn, command.run_id, answered, clock.now, Batch())
+    )
+    actions.release.set()
+    await runner.idle()
+    assert actions.sent == []
+    assert actions.reasons == [f"step {command.step} is awaiting_callback already"]
+
+
 async def test_the_runner_claims_only_the_commands_it_can_start(
     db: Database, parts: tuple[Runner, Sweeper, Clock]
 ) -> None:

@@ -342,6 +342,25 @@ def finish_outbox(
     return bool(done.rowcount)
 
 
+def hold_outbox_lease(
+    conn: sa.Connection, command_id: int, owner: str, now: datetime, lease: timedelta
+) -> bool:
+    """Renew ``owner``'s lease on one command right before it is carried out: False when it is
+    not ``owner``'s any more (the process stood still past its lease, and the command was handed
+    to another, which may have carried it out already). Renewed, the command cannot be handed
+    over for a whole lease, so the send that follows is the only one."""
+    held = conn.execute(
+        outbox.update()
+        .where(
+            outbox.c.id == command_id,
+            outbox.c.status == lit("in_flight"),
+            outbox.c.lease_owner == owner,
+        )
+        .values(lease_until=now + lease)
+    )
+    return bool(held.rowcount)
+
+
 def renew_outbox_leases(
     conn: sa.Connection, owner: str, command_ids: Sequence[int], now: datetime, lease: timedelta
 ) -> tuple[list[int], list[int]]:

@@ -369,14 +369,15 @@ def _timer_row(command: m.ScheduleTimer) -> dict[str, Any]:
     }
 
 
-def step_progress(conn: sa.Connection, run_id: str, step: str) -> tuple[str, int] | None:
-    """(the run's status, the step's attempt), or None when the run has no such step."""
+def step_progress(conn: sa.Connection, run_id: str, step: str) -> tuple[str, str, int] | None:
+    """(the run's status, the step's status, its attempt), or None when the run has no such
+    step."""
     row = conn.execute(
-        sa.select(runs.c.status, steps.c.attempt)
+        sa.select(runs.c.status, steps.c.status, steps.c.attempt)
         .join(steps, steps.c.run_id == runs.c.id)
         .where(runs.c.id == run_id, steps.c.name == step)
     ).first()
-    return None if row is None else (str(row[0]), int(row[1]))
+    return None if row is None else (str(row[0]), str(row[1]), int(row[2]))
 
 
 def run_history(conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
