@@ -309,9 +309,11 @@ class AskingFirst(Blocking):
         super().__init__()
         self.sent: list[m.Command] = []
         self.reasons: list[str | None] = []
+        self.begun = asyncio.Event()
 
     async def perform(self, command: m.Command, **kw: Any) -> m.Input:
         self.started.append(command)
+        self.begun.set()
         await self.release.wait()
         self.reasons.append(await kw["unwanted"]())
         if self.reasons[-1] is None:
@@ -335,12 +337,12 @@ async def test_a_command_handed_over_while_its_owner_stood_still_is_not_sent_by_
         runner.actions = actions  # type: ignore[assignment]
         await _submits_waiting(db, runner, clock, 1)
         assert await runner.drain_outbox() == 1
-        while not actions.started:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(actions.begun.wait(), 10)
         clock.now += timedelta(seconds=31)  # no renewal: the runner stood still
         if handed_over:
             assert await sweeper.expire_leases() == {"expired_leases": 1}
             (taken,) = await db.write(queues.claim_outbox, "another", clock.now, runner.lease, 10)
+            assert taken["tries"] == 2
         actions.release.set()
         await runner.idle()
         if handed_over:
@@ -368,8 +370,7 @@ async def test_a_command_whose_step_moved_on_is_not_sent(
     runner.actions = actions  # type: ignore[assignment]
     await _submits_waiting(db, runner, clock, 1)
     assert await runner.drain_outbox() == 1
-    while not actions.started:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(actions.begun.wait(), 10)
     (command,) = actions.started
     assert isinstance(command, m.Submit)
     answered = m.SubmitSucceeded(
