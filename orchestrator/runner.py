@@ -644,21 +644,7 @@ class Runner:
             if isinstance(trigger, StreamSession):
                 stream_id = str(found.context.fields["streamId"])
                 segment = dict(found.context.fields)
-                file_id = segment.get("fileId")
-                ended = (
-                    windows.session_of_file(
-                        conn, workflow=spec.name, stream_id=stream_id, file_id=file_id
-                    )
-                    if isinstance(file_id, str)
-                    else None
-                )
-                if ended is not None:
-                    notes.append(
-                        f"recording {file_id} was in {spec.name}'s session {ended['id']} of "
-                        f"stream {stream_id}, {ended['status']}: not collected again"
-                    )
-                    continue
-                window_id, added = windows.add_segment(
+                collected = windows.add_segment(
                     conn,
                     workflow=spec.name,
                     stream_id=stream_id,
@@ -668,8 +654,15 @@ class Runner:
                     max_length=trigger.max_length,
                     version=found.workflow.version,
                 )
-                verb = "joined" if added else "updated its recording in"
-                notes.append(f"{verb} {spec.name}'s session {window_id} of stream {stream_id}")
+                session = f"{spec.name}'s session {collected.window_id} of stream {stream_id}"
+                if collected.ended is not None:
+                    notes.append(
+                        f"recording {segment.get('fileId')} was in {session}, "
+                        f"{collected.ended}: not collected again"
+                    )
+                else:
+                    verb = "joined" if collected.added else "updated its recording in"
+                    notes.append(f"{verb} {session}")
                 continue
             run_id = self.start_run(
                 conn,

@@ -460,7 +460,8 @@ async def test_timer_commands_of_different_runs_share_statements_in_order(
 def test_a_recording_arriving_as_its_session_closes_opens_the_next_one(pg_url: str) -> None:
     """On PostgreSQL a replica's session sweep can close the stream's open window while a
     recording is joining it (the insert saw it open, the lock waits for the sweep): the
-    recording opens the next session instead of failing with no window to join."""
+    recording opens the next session instead of failing with no window to join, unless the
+    session that closed held it already."""
     migrate.upgrade(pg_url)
     engine = sa.create_engine(sync_url(pg_url))
     then = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
@@ -468,32 +469,45 @@ def test_a_recording_arriving_as_its_session_closes_opens_the_next_one(pg_url: s
     session: dict[str, Any] = {"workflow": "wf", "stream_id": "s", "quiet": quiet}
     session["max_length"] = timedelta(hours=1)
     with engine.begin() as conn:
-        first, _ = windows.add_segment(conn, segment={"fileId": "a"}, now=then, **session)
-    joined: list[tuple[int, bool]] = []
-    failed: list[BaseException] = []
+        closing = windows.add_segment(conn, segment={"fileId": "a"}, now=then, **session)
+    # "b" joins as "a"'s session closes: it opens the next session. Then "b" is announced
+    # again (the live service's callback after VOD's NewFileUpload) as that session closes:
+    # it is not collected again, so it opens no third session and starts no second run.
+    for round_, expected_new in ((1, True), (2, False)):
+        now = then + 2 * round_ * quiet
+        joined: list[windows.Collected] = []
+        failed: list[BaseException] = []
 
-    def join() -> None:
-        try:
-            with engine.begin() as conn:
-                later = then + 2 * quiet
-                joined.append(
-                    windows.add_segment(conn, segment={"fileId": "b"}, now=later, **session)
-                )
-        except BaseException as exc:
-            failed.append(exc)
+        def join(now: datetime = now, joined: list = joined, failed: list = failed) -> None:
+            try:
+                with engine.begin() as conn:
+                    segment = {"fileId": "b"}
+                    joined.append(windows.add_segment(conn, segment=segment, now=now, **session))
+            except BaseException as exc:
+                failed.append(exc)
 
-    with engine.connect() as sweep:
-        with sweep.begin():
-            (due,) = windows.claim_due_windows(sweep, then + 2 * quiet, 10)
-            joining = threading.Thread(target=join)
-            joining.start()
-            time.sleep(0.5)  # the recording's lock now waits for the sweep's
-            windows.close_window(sweep, due["id"], None)
-        joining.join(10)
+        with engine.connect() as sweep:
+            with sweep.begin():
+                (due,) = windows.claim_due_windows(sweep, now, 10)
+                joining = threading.Thread(target=join)
+                joining.start()
+                time.sleep(0.5)  # the recording's lock now waits for the sweep's
+                windows.close_window(sweep, due["id"], None)
+            joining.join(10)
+        assert failed == []
+        (collected,) = joined
+        if expected_new:
+            assert collected.window_id != closing.window_id
+            assert (collected.added, collected.ended) == (True, None)
+            closing = collected
+        else:
+            assert collected == windows.Collected(closing.window_id, added=False, ended="closed")
+    with engine.connect() as conn:
+        still_open = conn.execute(
+            sa.text("SELECT count(*) FROM stream_windows WHERE status = 'open'")
+        ).scalar_one()
     engine.dispose()
-    assert failed == []
-    ((second, added),) = joined
-    assert (second != first, added) == (True, True)
+    assert still_open == 0  # the window the second announcement opened is gone again
 
 
 async def test_tasks_nothing_waits_on_any_more_are_not_late(db: Database, now: datetime) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -16,6 +17,19 @@ windows = StreamWindow.__table__  # type: ignore[attr-defined]
 OPEN = sa.text("status = 'open'")
 
 
+@dataclass(frozen=True)
+class Collected:
+    """What became of a recording announced to a stream session."""
+
+    window_id: int
+    added: bool
+    """False: announced before, in the same window (what the later one knows is filled in), or
+    in an ended one (``ended``)."""
+    ended: str | None = None
+    """The status (closed, cancelled) of the ended session that held the recording already:
+    it is not collected again, so it starts no second run."""
+
+
 def add_segment(
     conn: sa.Connection,
     *,
@@ -26,16 +40,30 @@ def add_segment(
     quiet: timedelta,
     max_length: timedelta,
     version: str | None = None,
-) -> tuple[int, bool]:
-    """Add a recording to the stream's open window (opening one). Returns (window id, added).
+) -> Collected:
+    """Add a recording to the stream's open window (opening one), unless one of the stream's
+    ended sessions held it already.
 
     On PostgreSQL the open window can be closing in another transaction (a replica's session
     sweep) between the insert that found it and the lock that waits for it: the lock then finds
-    no open window, and the next try opens a new one."""
+    no open window, and the next try opens a new one. So the ended sessions are looked at again
+    once the window is locked: the one that closed meanwhile may hold this recording (announced
+    twice, and the first announcement went into it), and a window this call opened is then
+    removed again."""
+    file_id = segment.get("fileId")
+
+    def ended() -> dict[str, Any] | None:
+        if not isinstance(file_id, str):
+            return None
+        return session_of_file(conn, workflow=workflow, stream_id=stream_id, file_id=file_id)
+
+    earlier = ended()
+    if earlier is not None:
+        return Collected(int(earlier["id"]), added=False, ended=earlier["status"])
     insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(windows)
     row = None
     for _ in range(3):
-        conn.execute(
+        opened = conn.execute(
             insert.values(
                 workflow=workflow,
                 stream_id=stream_id,
@@ -45,8 +73,10 @@ def add_segment(
                 closes_at=now + quiet,
                 segments=[],
                 version=version,
-            ).on_conflict_do_nothing(index_elements=["workflow", "stream_id"], index_where=OPEN)
-        )
+            )
+            .on_conflict_do_nothing(index_elements=["workflow", "stream_id"], index_where=OPEN)
+            .returning(windows.c.id)
+        ).scalar_one_or_none()
         row = (
             (
                 conn.execute(
@@ -62,15 +92,22 @@ def add_segment(
             .mappings()
             .one_or_none()
         )
-        if row is not None:
-            break
+        if row is None:
+            continue
+        if conn.dialect.name == "postgresql":  # SQLite runs one writer at a time
+            earlier = ended()  # a session closed since the first look may hold it
+            if earlier is not None:
+                if opened is not None:
+                    conn.execute(windows.delete().where(windows.c.id == opened))
+                return Collected(int(earlier["id"]), added=False, ended=earlier["status"])
+        break
     if row is None:
         raise LookupError(
             f"{workflow}'s session of stream {stream_id}: every window opened for it was "
             "closed before the recording could join it"
         )
     segments: list[dict[str, Any]] = list(row["segments"] or [])
-    same = [n for n, s in enumerate(segments) if s.get("fileId") == segment.get("fileId")]
+    same = [n for n, s in enumerate(segments) if s.get("fileId") == file_id]
     added = not same
     if added:
         segments.append(segment)
@@ -84,7 +121,7 @@ def add_segment(
         .where(windows.c.id == row["id"])
         .values(segments=segments, last_activity_at=now, closes_at=closes)
     )
-    return int(row["id"]), added
+    return Collected(int(row["id"]), added=added)
 
 
 def session_of_file(
