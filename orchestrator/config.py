@@ -13,6 +13,7 @@ import ipaddress
 import logging
 import os
 import re
+import shutil
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,7 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+from pydantic_settings import SettingsError as SourceError
 
 from orchestrator.durations import parse_duration
 from orchestrator.netguard import AddressPolicy, parse_allow_entry
@@ -233,6 +235,19 @@ class Settings(BaseSettings):
                 raise ValueError(str(exc).removeprefix("VODFLOW_DATABASE_URL: ")) from None
         return value
 
+    @field_validator("ffmpeg")
+    @classmethod
+    def _ffmpeg(cls, value: Path | None) -> Path | None:
+        if value is not None and not (value.is_file() and os.access(value, os.X_OK)):
+            found = shutil.which(str(value))
+            if found is None:
+                raise ValueError(
+                    "not an executable file nor a command on PATH; expected the path of an "
+                    "FFmpeg binary, or unset for the one vodflow installs"
+                )
+            return Path(found)
+        return value
+
     @field_validator("task_poll_after", "retention")
     @classmethod
     def _duration(cls, value: str) -> str:
@@ -384,10 +399,11 @@ def _problem(err: Any, overrides: dict[str, Any], path: Path, file: dict[str, An
     msg = str(err["msg"]).removeprefix("Value error, ")
     msg = msg.replace("Input should be ", "expected ", 1)
     got = err.get("input")
-    shown = "" if isinstance(got, dict) else f" (got {got!r})"
+    key = str(loc[0]) if loc else ""
+    # A secret's value is not repeated where it was wrong (start-up errors reach logs).
+    shown = "" if isinstance(got, dict) or key in SECRET_SETTINGS else f" (got {got!r})"
     if not loc:
         return f"settings: {msg}{shown}"
-    key = str(loc[0])
     if not _from_file(key, overrides, file):
         return f"VODFLOW_{key.upper()}: {msg}{shown}"
     name = ".".join(str(part) for part in loc)
@@ -396,6 +412,13 @@ def _problem(err: Any, overrides: dict[str, Any], path: Path, file: dict[str, An
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"{path}: {name}: unknown setting{hint}"
     return f"{path}: {name}: {msg}{shown}"
+
+
+SECRET_SETTINGS = frozenset(
+    {name for name, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}
+    | {"database_url"}  # its password
+)
+"""Settings whose values are never shown in an error."""
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -408,6 +431,14 @@ def load_settings(**overrides: Any) -> Settings:
         path, file = read_config_file()
         lines = [_problem(err, overrides, path, file) for err in exc.errors()]
         raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    except SourceError as exc:
+        # A structured setting (a JSON object in the environment) that is not JSON at all.
+        field = re.search(r'field "(\w+)"', str(exc))
+        name = f"VODFLOW_{field.group(1).upper()}" if field else "a setting"
+        raise SettingsError(
+            f"invalid configuration:\n  {name}: not valid JSON; expected a JSON object such as "
+            '{"AKID...": "the SecretKey"}'
+        ) from None
     _warn_of_near_misses()
     return settings
 

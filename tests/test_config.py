@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -124,6 +125,17 @@ def test_a_database_url_vodflow_cannot_use_is_refused_with_the_two_it_can(
         with pytest.raises(SettingsError) as info:
             load_settings()
         assert f"VODFLOW_DATABASE_URL: {words}" in str(info.value)
+    # Two slashes: "x" read as a host, and no file. A URL that does not parse keeps its
+    # password out of the message (start-up errors reach logs).
+    for url, words in [
+        ("sqlite://data/vodflow.db", "'sqlite://data/vodflow.db' names no SQLite file; expected"),
+        ("postgresql://u:S3cret@db:54x/v", "'postgresql://u:***@db:54x/v' is not a database URL"),
+    ]:
+        monkeypatch.setenv("VODFLOW_DATABASE_URL", url)
+        with pytest.raises(SettingsError) as info:
+            load_settings()
+        assert f"VODFLOW_DATABASE_URL: {words}" in str(info.value)
+        assert "S3cret" not in str(info.value)
     # libpq's and most hosts' spelling of a PostgreSQL URL.
     monkeypatch.setenv("VODFLOW_DATABASE_URL", "postgres://vodflow@db.example:5432/vodflow")
     assert sync_url(load_settings().sqlalchemy_url).drivername == "postgresql+psycopg"
@@ -138,6 +150,39 @@ def test_a_misspelled_variable_is_named_with_the_setting_it_was_likely_meant_to_
     assert [r.getMessage() for r in caplog.records if r.name == "vodflow.config"] == [
         "VODFLOW_PROT is not a setting and is ignored; did you mean VODFLOW_PORT?"
     ]
+
+
+def test_a_secrets_bad_value_is_not_shown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "vodflow.toml").write_text(
+        'callback_token = 918273645546372819\napi_token = ["tokA_SECRET"]\nport = "x"\n'
+    )
+    monkeypatch.setenv("VODFLOW_CONFIG", str(tmp_path / "vodflow.toml"))
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    text = str(info.value)
+    assert "callback_token: expected a valid string\n" in text
+    assert "918273645546372819" not in text
+    assert "tokA_SECRET" not in text
+    assert "port: expected a valid integer, unable to parse string as an integer (got 'x')" in text
+
+
+def test_a_json_setting_that_is_not_json_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VODFLOW_ENGINE_EXTRA_KEYS", "{AKIDx: key")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "VODFLOW_ENGINE_EXTRA_KEYS: not valid JSON; expected a JSON object" in str(info.value)
+    assert "AKIDx" not in str(info.value)
+
+
+def test_ffmpeg_must_be_an_executable_or_a_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VODFLOW_FFMPEG", str(tmp_path / "nope"))
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "VODFLOW_FFMPEG: not an executable file nor a command on PATH" in str(info.value)
+    monkeypatch.setenv("VODFLOW_FFMPEG", "sh")  # a command on PATH is found there
+    assert load_settings().ffmpeg == Path(shutil.which("sh") or "")
 
 
 def test_secret_pair_must_be_complete(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ timeout instead of one failing with "database is locked" when it upgrades a read
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -49,7 +50,7 @@ def _parse(url: str) -> URL:
         parsed = make_url(url)
     except Exception as exc:
         raise DatabaseUrlError(
-            f"VODFLOW_DATABASE_URL: {url!r} is not a database URL; expected "
+            f"VODFLOW_DATABASE_URL: {_masked(url)!r} is not a database URL; expected "
             "sqlite:///path/to/file.db or postgresql://user@host:5432/dbname"
         ) from exc
     if parsed.drivername in ("postgres", "postgres+psycopg"):
@@ -60,7 +61,19 @@ def _parse(url: str) -> URL:
         raise DatabaseUrlError(
             f"VODFLOW_DATABASE_URL: unsupported database {backend!r}; expected sqlite or postgresql"
         )
+    if backend == "sqlite" and (parsed.host or not parsed.database):
+        raise DatabaseUrlError(
+            f"VODFLOW_DATABASE_URL: {_masked(url)!r} names no SQLite file; expected three "
+            "slashes before a relative path (sqlite:///data/vodflow.db), four before an absolute "
+            "one (sqlite:////var/lib/vodflow/vodflow.db)"
+        )
     return parsed
+
+
+def _masked(url: str) -> str:
+    """``url`` with its password, if it has one, shown as ``***`` (as SQLAlchemy shows a URL it
+    could read)."""
+    return re.sub(r"(//[^/@:]*:)[^@/]*@", r"\1***@", url)
 
 
 def async_url(url: str) -> URL:
