@@ -50,7 +50,7 @@ from orchestrator.actions import Actions, failed
 from orchestrator.registry import Registry
 from orchestrator.spec import LoadedWorkflow, Manual, StreamSession
 from orchestrator.store import driver, queues, views, windows
-from orchestrator.store.db import UNREACHABLE, Database
+from orchestrator.store.db import UNREACHABLE, Database, log_failure
 from orchestrator.store.queues import InboxStatus, NewInboxEvent
 from orchestrator.store.runs import (
     Changes,
@@ -206,7 +206,7 @@ class Runner:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("%s drain failed; retrying", name)
+                log_failure(log, f"{name} drain")
                 busy = 0
                 await asyncio.sleep(self.poll_every)
             if busy:
@@ -728,7 +728,7 @@ class Runner:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("renewing outbox leases failed; trying again")
+                log_failure(log, "renewing outbox leases")
 
     async def _perform(self, row: dict[str, Any]) -> None:
         command: m.Command | None = None

@@ -47,7 +47,7 @@ from orchestrator.runner import Batch, Runner
 from orchestrator.spec import LoadedWorkflow
 from orchestrator.store import driver, queues, tasks, windows
 from orchestrator.store import jobs as job_store
-from orchestrator.store.db import Database
+from orchestrator.store.db import Database, log_failure
 from orchestrator.store.queues import InboxStatus, NewInboxEvent
 from orchestrator.vod.client import PULL_EVENT_WAIT, VodClient
 from orchestrator.vod.errors import ErrorClass, MalformedEvent, VodError
@@ -206,10 +206,10 @@ class Sweeper:
             # `stop` cancelled it: the service is shutting down, which is not the job failing
             # (APScheduler would log it as an error).
             log.debug("sweeper job %s cancelled by stop", name)
-        except Exception as exc:
-            # Its heartbeat could not be written (the database is down): one line per run, not
-            # a traceback from asyncio or APScheduler each time. /healthz reports the database.
-            log.warning("sweeper job %s did not run: %s: %s", name, type(exc).__name__, exc)
+        except Exception:
+            # Its heartbeat could not be written (the database is down): a line once a minute,
+            # not a traceback from asyncio or APScheduler each time. /healthz reports it too.
+            log_failure(log, f"sweeper job {name}: recording its run")
 
     async def run_job(self, name: str) -> dict[str, int]:
         """Run one job now, recording its heartbeat and findings."""
@@ -226,7 +226,7 @@ class Sweeper:
         try:
             findings = await job()
         except Exception as exc:
-            log.exception("sweeper job %s failed", name)
+            log_failure(log, f"sweeper job {name}")
             error = f"{type(exc).__name__}: {exc}"
             await self.db.write(
                 job_store.job_finished, name, self.now, replica=replica, error=error

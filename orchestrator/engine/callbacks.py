@@ -29,7 +29,7 @@ import httpx
 from orchestrator import __version__
 from orchestrator.engine.wakeup import Wakeup
 from orchestrator.store import engine as store
-from orchestrator.store.db import Database
+from orchestrator.store.db import Database, log_failure
 from orchestrator.store.tables import EngineEvent
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class CallbackSender:
             try:
                 sent = await self.send_due()
             except Exception:
-                log.exception("engine callbacks: sending failed; trying again")
+                log_failure(log, "engine callbacks: sending")
                 sent = 0
             if sent == 0:
                 await self.events_added.wait(await self._idle_time(), ticket)

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from orchestrator.config import Settings
 from orchestrator.store import claims
-from orchestrator.store.db import Database, sync_url
+from orchestrator.store.db import Database, log_failure, sync_url
 from orchestrator.store.migrate import redact
 
 log = logging.getLogger("vodflow.engine")
@@ -131,7 +131,7 @@ class EngineClaim:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("engine: renewing its claim on the database failed; trying again")
+                log_failure(log, "engine: renewing its claim on the database")
                 continue
             if other is None:
                 log.warning("engine: its claim on the database had lapsed; claimed it again")

@@ -47,7 +47,7 @@ from orchestrator.engine.media import Media, SnapshotTemplate, SpriteTemplate, T
 from orchestrator.engine.storage import Storage, file_digest
 from orchestrator.engine.wakeup import Wakeup
 from orchestrator.store import engine as store
-from orchestrator.store.db import Database
+from orchestrator.store.db import Database, log_failure
 from orchestrator.store.tables import EngineEvent, EngineFile, EngineTask
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,7 @@ class TaskRunner:
                         conn, self.owner, now, now + timedelta(seconds=self.lease)
                     )
             except Exception:
-                log.exception("engine worker: claiming a task failed; trying again")
+                log_failure(log, "engine worker: claiming a task")
                 await asyncio.sleep(POLL_SECONDS)
                 continue
             if task is None:

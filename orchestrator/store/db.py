@@ -12,7 +12,10 @@ timeout instead of one failing with "database is locked" when it upgrades a read
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -38,6 +41,33 @@ class DatabaseUrlError(ValueError):
 UNREACHABLE = (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError)
 """The database failing as a whole (down, locked, a deadlock or a timeout), not refusing one
 row: what applying rows one by one would meet again, and what a later try may not."""
+
+
+_said_at: dict[str, float] = {}
+SAY_AGAIN_AFTER = 60.0
+"""Seconds before a loop says again that the database does not answer."""
+
+
+def log_failure(logger: logging.Logger, what: str) -> None:
+    """Log the exception being handled by a loop that will try ``what`` again.
+
+    A database that does not answer fails every loop, every second, the same way: that is one
+    line without a traceback, said again at most once a minute per loop (``/healthz`` says it
+    too); anything else is logged whole, each time."""
+    exc = sys.exc_info()[1]
+    if not isinstance(exc, UNREACHABLE):
+        logger.exception("%s failed; trying again", what)
+        return
+    now = time.monotonic()
+    if _said_at.get(what, -SAY_AGAIN_AFTER) + SAY_AGAIN_AFTER > now:
+        return
+    _said_at[what] = now
+    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+    logger.warning(
+        "%s failed: the database does not answer (%s); trying again (said once a minute)",
+        what,
+        reason,
+    )
 
 
 def check_url(url: str) -> None:
