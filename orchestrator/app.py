@@ -46,7 +46,7 @@ from orchestrator.registry import Registry
 from orchestrator.runner import Runner
 from orchestrator.spec import WorkflowError
 from orchestrator.store import views
-from orchestrator.store.db import Database
+from orchestrator.store.db import UNREACHABLE, Database, log_failure
 from orchestrator.store.migrate import redact
 from orchestrator.sweeper import Sweeper
 from orchestrator.verify import OutputChecker, url_duration
@@ -241,6 +241,18 @@ class DatabaseHealth:
         self.down = False
 
 
+async def database_unreachable(request: Request, exc: Exception) -> JSONResponse:
+    """A request the database did not answer for (down, its disk full, locked too long): 503 in
+    the API's error shape, so a client, VOD's callback retries included, tries again later; one
+    log line a minute, not a traceback per request."""
+    log_failure(log, "answering requests", "they are answered 503")
+    # The driver's words (host, port, user) go to the log only, as /healthz's do.
+    reason = "the database does not answer (the server's log says why); nothing was done"
+    return JSONResponse(
+        {"error": reason, "status": 503}, status_code=503, headers={"Retry-After": "5"}
+    )
+
+
 async def healthz(request: Request) -> JSONResponse:
     services: Services = request.app.state.services
     url = services.settings.sqlalchemy_url
@@ -392,7 +404,10 @@ def create_app(
     app = Starlette(
         routes=routes,
         lifespan=lifespan,
-        exception_handlers={HTTPException: dashboard.http_error},
+        exception_handlers={
+            HTTPException: dashboard.http_error,
+            **dict.fromkeys(UNREACHABLE, database_unreachable),
+        },
         middleware=[
             Middleware(ApiAuth, admin=admin, read=read),
             Middleware(

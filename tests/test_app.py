@@ -9,7 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from orchestrator.store import db as db_module
 from tests.conftest import PG_ADMIN_URL
+from tests.fakevod import new_file_upload
 from tests.harness import TIMES_OUT, running_service
 from tests.servers import TcpProxy
 
@@ -53,5 +55,43 @@ async def test_healthz_keeps_the_drivers_reason_for_the_log_once_per_change(
         assert f"{proxy.port}/test" in said[0]
         assert "does not answer: " in said[0]
         assert said[1].endswith("answers again")
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.pg
+async def test_requests_the_database_cannot_answer_are_503_in_the_apis_shape(
+    tmp_path: Path, pg_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the database gone, the API, the CLI's requests and VOD's callbacks get a 503 that
+    says so (VOD retries its callbacks), not a plain "Internal Server Error"; the log says why
+    once, not with a traceback per request."""
+    monkeypatch.setattr(db_module, "_said_at", {})
+    proxy = TcpProxy(("127.0.0.1", 5432))
+    proxy.start()
+    url = pg_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")
+    try:
+        async with running_service(tmp_path, url, {"times-out": TIMES_OUT}) as service:
+            assert (await service.http.get(f"{service.base}/api/runs")).status_code == 200
+            caplog.set_level(logging.INFO)
+            proxy.stop()
+            answers = [
+                await service.http.get(f"{service.base}/api/runs"),
+                await service.http.get(f"{service.base}/api/stats"),
+                await service.callback(new_file_upload("f1")),
+            ]
+            for answer in answers:
+                assert answer.status_code == 503, answer.text
+                assert answer.headers["retry-after"] == "5"
+                assert answer.json() == {
+                    "error": "the database does not answer (the server's log says why); "
+                    "nothing was done",
+                    "status": 503,
+                }
+            proxy.start()
+        said = [r for r in caplog.records if r.getMessage().startswith("answering requests")]
+        assert len(said) == 1
+        assert "the database does not answer (" in said[0].getMessage()
+        assert not [r for r in caplog.records if r.exc_info and "uvicorn" in r.name]
     finally:
         proxy.stop()

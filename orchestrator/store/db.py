@@ -48,7 +48,7 @@ SAY_AGAIN_AFTER = 60.0
 """Seconds before a loop says again that the database does not answer."""
 
 
-def log_failure(logger: logging.Logger, what: str) -> None:
+def log_failure(logger: logging.Logger, what: str, then: str = "trying again") -> None:
     """Log the exception being handled by a loop that will try ``what`` again.
 
     A database that does not answer fails every loop, every second, the same way: that is one
@@ -56,18 +56,23 @@ def log_failure(logger: logging.Logger, what: str) -> None:
     too); anything else is logged whole, each time."""
     exc = sys.exc_info()[1]
     if not isinstance(exc, UNREACHABLE):
-        logger.exception("%s failed; trying again", what)
+        logger.exception("%s failed; %s", what, then)
         return
     now = time.monotonic()
     if _said_at.get(what, -SAY_AGAIN_AFTER) + SAY_AGAIN_AFTER > now:
         return
     _said_at[what] = now
-    reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
     logger.warning(
-        "%s failed: the database does not answer (%s); trying again (said once a minute)",
+        "%s failed: the database does not answer (%s); %s (said once a minute)",
         what,
-        reason,
+        unreachable_reason(exc),
+        then,
     )
+
+
+def unreachable_reason(exc: BaseException) -> str:
+    """The driver's own words for a database that does not answer, on one line."""
+    return str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
 
 
 def check_url(url: str) -> None:
