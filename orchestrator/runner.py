@@ -332,10 +332,17 @@ class Runner:
             raise TriggerRefused(
                 422, f"workflow {workflow_name!r} has no manual trigger; add `- type: manual`"
             )
-        missing = [name for name in manual[0].params if name not in params]
+        # A null or empty value is no value: it would render as "null" or "" into a request.
+        missing = [name for name in manual[0].params if params.get(name) in (None, "")]
         if missing:
             raise TriggerRefused(
-                422, f"workflow {workflow_name!r} needs params: {', '.join(missing)}"
+                422,
+                f"workflow {workflow_name!r} needs params: {', '.join(missing)} "
+                "(each given, not null or empty)",
+            )
+        if idempotency_key is not None and not idempotency_key.strip():
+            raise TriggerRefused(
+                422, "idempotencyKey is empty: give a key, or leave it out for no deduplication"
             )
         if not manual[0].matches(params):
             raise TriggerRefused(

@@ -876,9 +876,13 @@ async def test_manual_trigger_with_idempotency_key(service: Service) -> None:
         200,
         first_long.json()["runId"],
     )
-    missing = await service.http.post(url, json={"workflow": "transcode", "params": {}})
-    assert missing.status_code == 422
-    assert "needs params: fileId" in missing.json()["error"]
+    for params in ({}, {"fileId": None}, {"fileId": ""}):
+        missing = await service.http.post(url, json={"workflow": "transcode", "params": params})
+        assert missing.status_code == 422
+        assert "needs params: fileId (each given, not null or empty)" in missing.json()["error"]
+    empty_key = await service.http.post(url, json={**body, "idempotencyKey": " "})
+    assert empty_key.status_code == 422
+    assert empty_key.json()["error"].startswith("idempotencyKey is empty: give a key")
     unknown = await service.http.post(url, json={"workflow": "nope"})
     assert unknown.status_code == 404
 
