@@ -8,6 +8,7 @@ input: this module decides nothing about runs.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -20,7 +21,7 @@ from pydantic import JsonValue
 from standardwebhooks.webhooks import Webhook
 
 from orchestrator import machine as m
-from orchestrator.verify import OutputChecker, OutputRefused
+from orchestrator.verify import OutputChecker, OutputRefused, OutputsUnreachable
 from orchestrator.vod.client import VodClient
 from orchestrator.vod.errors import ErrorClass, FrequencyLimit, InvalidRequestParams, VodError
 from orchestrator.vod.params import ProcessFileByProcedureRequest, flatten
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 CLOCK_SKEW = timedelta(seconds=30)
 """How far VOD's clock may be behind ours when comparing a job's ``createTime`` with ours."""
 
+
+CHECK_PATIENCE = 300.0
+"""Seconds an output check waits, trying again, for an output server that does not answer
+before the attempt fails."""
 
 Unwanted = Callable[[], Awaitable[str | None]]
 """Why a command should no longer be carried out (its run ended, its step moved on), or None."""
@@ -57,6 +62,7 @@ class Actions:
         self.webhook = Webhook(webhook_secret) if webhook_secret else None
         self.checker = checker
         self.clock = clock
+        self.check_patience = CHECK_PATIENCE
 
     async def perform(
         self,
@@ -250,18 +256,39 @@ class Actions:
     # --- verify -------------------------------------------------------------------------
 
     async def _verify(self, command: m.Verify, tries: int) -> m.Input:
-        try:
-            problem = await self.checker.check(
-                command.outputs, tolerance=command.duration_tolerance, slack=command.duration_slack
-            )
-        except OutputRefused as exc:
-            # Another attempt would be refused the same way: the step fails now.
-            return m.VerifyFailed(
-                step=command.step,
-                attempt=command.attempt,
-                reason=str(exc),
-                error_class=ErrorClass.REJECTED,
-            )
+        waited = 0.0
+        while True:
+            try:
+                problem = await self.checker.check(
+                    command.outputs,
+                    tolerance=command.duration_tolerance,
+                    slack=command.duration_slack,
+                )
+                break
+            except OutputsUnreachable as exc:
+                # Not a verdict on the outputs: their server is restarting, say. Checked again
+                # for a while before the attempt fails (and the step's policy starts a new job).
+                if waited >= self.check_patience:
+                    return m.VerifyFailed(
+                        step=command.step,
+                        attempt=command.attempt,
+                        reason=f"could not be checked for {waited:.0f} s: {exc}",
+                        error_class=ErrorClass.TRANSPORT,
+                    )
+                pause = min(max(waited, 1.0), 30.0, self.check_patience - waited)
+                log.warning(
+                    "outputs of run %s: %s; checked again in %.0f s", command.run_id, exc, pause
+                )
+                await asyncio.sleep(pause)
+                waited += pause
+            except OutputRefused as exc:
+                # Another attempt would be refused the same way: the step fails now.
+                return m.VerifyFailed(
+                    step=command.step,
+                    attempt=command.attempt,
+                    reason=str(exc),
+                    error_class=ErrorClass.REJECTED,
+                )
         if problem is None:
             return m.VerifySucceeded(step=command.step, attempt=command.attempt)
         return m.VerifyFailed(step=command.step, attempt=command.attempt, reason=problem)

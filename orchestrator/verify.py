@@ -66,6 +66,12 @@ class OutputRefused(Exception):
     """An output URL the checker will not fetch: not http(s), or on the local network."""
 
 
+class OutputsUnreachable(Exception):
+    """The server of an output did not answer, or answered 5xx: the outputs could not be
+    checked, which says nothing of whether they are usable (the output server may be
+    restarting), so the check is to be tried again rather than failed."""
+
+
 _HTTP_OPTIONS: dict[str, list[str]] = {}
 _FETCHING_DEMUXERS = {"hls", "applehttp", "dash", "concat", "imf", "webm_dash_manifest"}
 
@@ -281,7 +287,8 @@ class OutputChecker:
         slack: float = DURATION_SLACK.total_seconds(),
     ) -> str | None:
         """None when the outputs are usable; else the first reason they are not. Raises
-        OutputRefused for a URL that is not to be fetched at all. A transcode's duration may be
+        OutputRefused for a URL that is not to be fetched at all, OutputsUnreachable when an
+        output's server does not answer (or answers 5xx). A transcode's duration may be
         ``max(slack, tolerance × the input's)`` seconds from its input's (the step's ``verify``
         options)."""
         reached: dict[str, str] = {}
@@ -304,7 +311,7 @@ class OutputChecker:
                     durations = await self._hls_durations(target)
                 else:
                     durations = [(target, await self.probe(target))]
-            except OutputRefused:
+            except (OutputRefused, OutputsUnreachable):
                 raise
             except Exception as exc:
                 return f"cannot read transcode {play_url}: {exc}"
@@ -345,6 +352,11 @@ class OutputChecker:
                 answer = await self.http.send(request, follow_redirects=False, stream=stream)
             except Refused as exc:
                 raise OutputRefused(f"output {request.url} refused: {exc}") from None
+            except httpx.TransportError as exc:
+                raise OutputsUnreachable(f"output {request.url} cannot be fetched: {exc}") from None
+            if answer.status_code >= 500:
+                await answer.aclose()
+                raise OutputsUnreachable(f"output {request.url} answered HTTP {answer.status_code}")
             if answer.next_request is None:
                 return answer
             await answer.aclose()

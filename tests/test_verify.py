@@ -139,6 +139,48 @@ async def test_a_verify_command_is_checked_with_its_steps_tolerance(files: str) 
     assert isinstance(loose, m.VerifySucceeded)
 
 
+async def test_an_output_server_that_does_not_answer_is_waited_for_not_failed(
+    media_dir: Path,
+) -> None:
+    """An output server restarting (a 503, a refused connection) says nothing of the outputs:
+    the check is tried again, and the step's attempt goes on once the server answers, instead
+    of failing and starting a second VOD job."""
+    answered: list[int] = []
+    files = StaticFiles(directory=media_dir)
+
+    async def restarting(scope: Any, receive: Any, send: Any) -> None:
+        if len(answered) < 2:
+            answered.append(503)
+            await PlainTextResponse("restarting", status_code=503)(scope, receive, send)
+            return
+        answered.append(200)
+        await files(scope, receive, send)
+
+    def verify(base: str) -> m.Verify:
+        return m.Verify(
+            run_id="run_1",
+            step="transcode",
+            attempt=1,
+            idempotency_key="run_1/transcode/1/verify",
+            outputs=outputs(base),
+        )
+
+    actions = Actions(
+        cast(Any, None), cast(Any, None), webhook_secret=None, checker=await checker()
+    )
+    async with serving(Starlette(routes=[Mount("/files", restarting)])) as base:
+        outcome = await actions.perform(verify(f"{base}/files"), tries=1)
+    assert isinstance(outcome, m.VerifySucceeded)
+    assert answered[:3] == [503, 503, 200]
+    # Never answering: the attempt fails once the patience is spent, as a transport failure
+    # (retried by the default policy), saying what could not be reached.
+    actions.check_patience = 0
+    gone = await actions.perform(verify(f"{base}/files"), tries=1)
+    assert isinstance(gone, m.VerifyFailed)
+    assert gone.error_class is ErrorClass.TRANSPORT
+    assert gone.reason.startswith(f"could not be checked for 0 s: output {base}/files/f20.mp4 ")
+
+
 async def test_sprite_cues_must_cover_the_media(files: str) -> None:
     problem = await (await checker(duration=30.0)).check({**outputs(files), "play": []})
     assert problem is not None
