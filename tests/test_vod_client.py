@@ -199,10 +199,11 @@ async def test_timeouts_and_unreachable_endpoints_are_transport_errors() -> None
 
     app = Starlette(routes=[Route("/v2/index.php", endpoint, methods=["POST"])])
     async with serving(app) as base, client(base, timeout=0.2, attempts=1) as c:
-        with pytest.raises(VodTimeout, match=r"no answer from .* within 0\.2s"):
+        with pytest.raises(VodTimeout, match=r"^GetTaskInfo: no answer from .* within 0\.2s$"):
             await c.get_task_info("t1")
     async with client("http://127.0.0.1:9", attempts=1) as c:
-        with pytest.raises(TransportError, match="cannot reach"):
+        # The action named once (it was "GetTaskInfo: GetTaskInfo: cannot reach ...").
+        with pytest.raises(TransportError, match=r"^GetTaskInfo: cannot reach http://127"):
             await c.get_task_info("t1")
 
 

@@ -262,25 +262,21 @@ class VodClient:
                 answer = await self.http.get(url, params=signed, timeout=wait)
         except httpx.TimeoutException as exc:
             raise VodTimeout(
-                f"{action}: no answer from {self.endpoint} within {wait:g}s",
+                f"no answer from {self.endpoint} within {wait:g}s",
                 action=action,
             ) from exc
         except httpx.TransportError as exc:
-            raise TransportError(
-                f"{action}: cannot reach {self.endpoint}: {exc!s}", action=action
-            ) from exc
+            raise TransportError(f"cannot reach {self.endpoint}: {exc!s}", action=action) from exc
         if answer.status_code >= 500:
             raise TransportError(
-                f"{action}: {self.endpoint} answered HTTP {answer.status_code}", action=action
+                f"{self.endpoint} answered HTTP {answer.status_code}", action=action
             )
         if answer.status_code >= 400 and not _is_json_object(answer.content):
             # VOD answers its errors in a 200 (the engine's upload endpoint in a 4xx, with the
             # same envelope). A 4xx without one is not VOD: a wrong endpoint, not worth a retry.
             status = answer.status_code
             if status in (408, 429):
-                raise TransportError(
-                    f"{action}: {self.endpoint} answered HTTP {status}", action=action
-                )
+                raise TransportError(f"{self.endpoint} answered HTTP {status}", action=action)
             raise InvalidParameter(
                 f"{self.endpoint} answered HTTP {status} without a VOD answer: check "
                 "VODFLOW_VOD_ENDPOINT (Tencent's is https://vod.api.qcloud.com/v2/index.php, "
