@@ -41,7 +41,9 @@ from orchestrator.vod.events import VodEvent, lvb_sign_problem, parse_event
 log = logging.getLogger("vodflow.receiver")
 
 
-def inbox_row(event: VodEvent, body: str, source: str) -> NewInboxEvent:
+def inbox_row(
+    event: VodEvent, body: str, source: str, received_at: datetime | None = None
+) -> NewInboxEvent:
     return NewInboxEvent(
         source=source,
         event_type=event.kind[:80],
@@ -50,6 +52,7 @@ def inbox_row(event: VodEvent, body: str, source: str) -> NewInboxEvent:
         task_id=event.task_id,
         file_id=event.file_id,
         stream_id=event.stream_id,
+        received_at=received_at,
     )
 
 
@@ -207,6 +210,7 @@ class Receiver:
         return await self._accept(request, "lvb")
 
     async def _accept(self, request: Request, source: str) -> JSONResponse:
+        arrived = self.writer.clock()
         if not self._authorized(request):
             self.count(source, "-", "unauthorized")
             return _refuse(401, "missing or wrong callback token (?token= or X-Vodflow-Token)")
@@ -242,7 +246,7 @@ class Receiver:
             if problem is not None:
                 self.count(source, event.kind, "bad_sign")
                 return _refuse(401, problem)
-        row_id = await self.writer.add(inbox_row(event, text, source), event)
+        row_id = await self.writer.add(inbox_row(event, text, source, arrived), event)
         if row_id is None:
             self.count(source, event.kind, "duplicate")
             return JSONResponse({"code": 0, "message": "duplicate: already received"})

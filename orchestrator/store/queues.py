@@ -54,6 +54,9 @@ class NewInboxEvent:
     stream_id: str | None = None
     status: str = InboxStatus.PENDING
     note: str | None = None
+    received_at: datetime | None = None
+    """When the request arrived, if it waited for its group's transaction (else that
+    transaction's time): the callback latency the dashboard shows counts from it."""
 
 
 def insert_inbox(
@@ -88,7 +91,7 @@ def insert_inbox(
 
 def _inbox_values(event: NewInboxEvent, now: datetime) -> dict[str, Any]:
     return {
-        "received_at": now,
+        "received_at": event.received_at or now,
         "source": event.source,
         "event_type": event.event_type,
         "dedup_key": event.dedup_key,
