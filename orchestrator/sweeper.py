@@ -326,7 +326,9 @@ class Sweeper:
         due = await self.db.write(
             tasks.claim_due_polls, self.runner.owner, self.now, self.lease, self.batch
         )
-        found = {"stalled": len(due), "recovered": 0, "still_running": 0, "lost": 0, "errors": 0}
+        # "asked", not "stalled": a task of an ended run or of an attempt that timed out is asked
+        # about too (its result is recorded), though nothing waits on it (/api/stats' stalled).
+        found = {"asked": len(due), "recovered": 0, "still_running": 0, "lost": 0, "errors": 0}
         held, held_until = {t["task_id"] for t in due}, self.now + self.lease
         for n, task in enumerate(due):
             if self.now >= held_until - self.lease / 2:

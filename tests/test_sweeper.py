@@ -765,7 +765,7 @@ async def test_a_task_query_batch_that_outlasts_its_lease_keeps_the_rest_of_its_
 
     sweeper.client = SlowVod()  # type: ignore[assignment]
     found = await sweeper.poll_tasks()
-    assert found["stalled"] == 3
+    assert found["asked"] == 3
     assert found["still_running"] + found["errors"] == 3, found
     assert taken_by_another == []
 
@@ -830,7 +830,7 @@ async def test_a_task_vod_no_longer_knows_is_lost_at_once(
     clock.now += timedelta(hours=1)
     sweeper.client = _QueryFails(code)  # type: ignore[assignment]
     found = await sweeper.poll_tasks()
-    assert (found["stalled"], found["lost"], found["errors"]) == (1, 1, 0)
+    assert (found["asked"], found["lost"], found["errors"]) == (1, 1, 0)
     assert await _poll_status(db, "transcode-1") == ("lost", None)
 
 
