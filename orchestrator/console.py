@@ -17,7 +17,7 @@ import re
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import httpx
@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.config import Settings
+from orchestrator.durations import format_duration
 
 # Messages are not broken at the width: a terminal wraps them itself, and piped output (80
 # columns to rich) keeps each message, and each URL in it, on one line.
@@ -161,6 +162,27 @@ def _has_width(out: Console) -> bool:
     return out.is_terminal or "COLUMNS" in os.environ
 
 
+def _attention(health: str, detail: dict[str, Any] | None) -> str:
+    """Why a run that is failing (its attempt's error) or overdue (the task late) needs
+    attention, from its detail."""
+    if detail is None:
+        return ""
+    steps = detail["steps"]
+    if health == "overdue":
+        late = next((t for s in steps for t in s["tasks"] if t["overdue"]), None)
+        if late is not None:
+            waited = format_duration(timedelta(seconds=late["waitedSeconds"]))
+            expected = format_duration(timedelta(seconds=late["expectedSeconds"]))
+            return (
+                f"no callback for the {late['kind']} task after {waited} (expected within "
+                f"{expected}); vodflow asks VOD about it"
+            )
+    step = next((s for s in steps if s["status"] == "retrying" or s["error"]), None)
+    if health == "failing" and step is not None and step["error"]:
+        return f"step {step['name']}, attempt {step['attempt']}: {step['error']}"
+    return ""
+
+
 def print_table(table: Table, out: Console | None = None) -> None:
     """Print a table with its ID columns whole, however narrow the terminal.
 
@@ -284,6 +306,11 @@ def register(app: typer.Typer, settings: Any) -> None:
             return
         table = Table("run", "workflow", "status", "step", "stream / file", "created", "error")
         for run in page["runs"]:
+            detail = None
+            if not run["error"] and run["health"] in ("failing", "overdue"):
+                # The list says too little about a run that needs attention: its detail says
+                # why (as the dashboard's list does).
+                detail = _call(settings(), direct, "GET", f"/api/runs/{run['id']}")
             table.add_row(
                 run["id"],
                 run["workflow"],
@@ -291,7 +318,7 @@ def register(app: typer.Typer, settings: Any) -> None:
                 run["currentStep"] or "-",
                 run["streamId"] or run["fileId"] or "-",
                 _when(run["createdAt"]),
-                _brief(run["error"]),
+                _brief(run["error"] or _attention(run["health"], detail)),
             )
         print_table(table)
 
@@ -542,10 +569,11 @@ def register(app: typer.Typer, settings: Any) -> None:
                 _when(session["openedAt"]),
                 _session_end(session),
             )
-        print_table(table)
         if not page["sessions"]:
             print("no sessions", file=sys.stderr)
-        elif page["nextCursor"]:
+            return
+        print_table(table)
+        if page["nextCursor"]:
             print(f"more: --cursor {page['nextCursor']}", file=sys.stderr)
 
     event_app = typer.Typer(help="One inbox event.", no_args_is_help=True)

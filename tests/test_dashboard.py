@@ -139,7 +139,9 @@ async def test_unknown_status_values_are_refused_naming_the_allowed_ones(
     assert "vodflow: --limit: Input should be greater than or equal to 1" in out
 
 
-async def test_runs_filter_by_the_health_overdue_and_failing(service: Service) -> None:
+async def test_runs_filter_by_the_health_overdue_and_failing(
+    service: Service, tmp_path: Path, sqlite_url: str
+) -> None:
     created = await service.http.post(
         f"{service.base}/api/runs", json={"workflow": "transcode", "params": {"fileId": "f"}}
     )
@@ -160,6 +162,11 @@ async def test_runs_filter_by_the_health_overdue_and_failing(service: Service) -
 
     assert await listed("failing") == [failing]
     assert (await service.run(failing))["health"] == "failing"
+    # The CLI's list says why a failing run needs attention (its run has no error yet), as the
+    # dashboard's list does; a list with nothing in it says so, without an empty table.
+    out = await _vodflow(service, tmp_path, sqlite_url, "runs", "--status", "failing")
+    assert "step transcode, attempt 1: " in out
+    assert (await _vodflow(service, tmp_path, sqlite_url, "sessions")).strip() == ""
     assert await listed("overdue") == []  # its task is expected within the hour
     assert await listed("failed", "failing") == [failing]
     db = service.app.state.services.db
