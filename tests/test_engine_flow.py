@@ -524,7 +524,7 @@ async def test_a_task_of_a_crashed_process_is_taken_over(
     sqlite_url: str, tmp_path: Path, recordings: Recordings, where: str
 ) -> None:
     """On another machine, once its lease has run out; on this one, at once (its process is
-    gone), though its lease would last another hour."""
+    gone), though its lease would last another hour. The events it was sending too."""
     receiver = Receiver()
     folder = tmp_path / "vod"
     now = datetime.now(UTC)
@@ -540,9 +540,12 @@ async def test_a_task_of_a_crashed_process_is_taken_over(
         )
         async with first.db.transaction() as conn:
             claimed = await store.claim_task(conn, owner, now - timedelta(minutes=2), lease_until)
+            sending = await store.claim_pushes(conn, owner, datetime.now(UTC), lease_until, 10)
         assert claimed is not None
         assert claimed.task_id == answer.tasks[0].task_id
+        assert [e.body["eventType"] for e in sending] == ["NewFileUpload"]
     async with running_engine(sqlite_url, folder, receiver=receiver):
+        await receiver.wait_for(lambda b: b["eventType"] == "NewFileUpload")
         event = parse_event(await receiver.task_done(claimed.task_id))
         assert event.success
         await receiver.wait_for(lambda b: b["eventType"] == "ProcedureStateChanged")

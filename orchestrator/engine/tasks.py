@@ -195,8 +195,9 @@ class TaskRunner:
             log.info("engine stopped: %d running task(s) handed back to the queue", released)
 
     async def _release_the_dead(self) -> None:
-        """Re-queue at once what a process on this machine left running when it died, rather
-        than wait for its leases to run out (other machines' tasks are left to their leases)."""
+        """Re-queue at once what a process on this machine left running when it died (tasks,
+        and events it was sending to the callback URL), rather than wait for its leases to run
+        out (other machines' are left to their leases)."""
         host = self.owner.split(":", 1)[0]
         async with self.db.transaction() as conn:
             for owner in await store.lease_owners(conn):
@@ -204,7 +205,13 @@ class TaskRunner:
                 pid = rest.partition(":")[0]
                 if name == host and pid.isdigit() and not _alive(int(pid)):
                     released = await store.release_tasks(conn, owner)
-                    log.info("engine: re-queued %d task(s) of dead process %s", released, owner)
+                    pushes = await store.release_pushes(conn, owner)
+                    log.info(
+                        "engine: re-queued %d task(s) and %d event(s) to send of dead process %s",
+                        released,
+                        pushes,
+                        owner,
+                    )
 
     # --- the loops ---------------------------------------------------------------------------
 

@@ -219,14 +219,29 @@ async def release_tasks(
     return result.rowcount
 
 
-async def lease_owners(conn: AsyncConnection) -> list[str]:
-    """Who holds the running tasks."""
-    rows = await conn.execute(
+async def lease_owners(conn: AsyncConnection) -> set[str]:
+    """Who holds the running tasks, and the events being sent."""
+    running = await conn.execute(
         sa.select(tasks.c.lease_owner)
         .where(tasks.c.status == lit(PROCESSING), tasks.c.lease_owner.is_not(None))
         .distinct()
     )
-    return [str(owner) for owner in rows.scalars()]
+    sending = await conn.execute(
+        sa.select(events.c.lease_owner)
+        .where(events.c.push_status == lit("pending"), events.c.lease_owner.is_not(None))
+        .distinct()
+    )
+    return {str(owner) for owner in [*running.scalars(), *sending.scalars()]}
+
+
+async def release_pushes(conn: AsyncConnection, owner: str) -> int:
+    """Make the events ``owner`` was sending due again (it died mid-send)."""
+    result = await conn.execute(
+        events.update()
+        .where(events.c.lease_owner == owner, events.c.push_status == lit("pending"))
+        .values(lease_owner=None, lease_until=None)
+    )
+    return result.rowcount
 
 
 async def finish_task(
