@@ -13,6 +13,8 @@ from orchestrator.config import Settings, SettingsError, load_settings
 from orchestrator.spec import WorkflowError, json_schema, load_workflows
 
 if TYPE_CHECKING:
+    from types import FrameType
+
     from starlette.types import ASGIApp
 
     from orchestrator.engine import Engine
@@ -169,18 +171,31 @@ def db_current() -> None:
 
 
 def _run_server(application: ASGIApp, settings: Settings) -> None:
-    """Serve on HOST:PORT until stopped. A stopping server waits at most 5 s for open requests:
-    every open dashboard keeps an /api/events stream, and a client may hold a media download;
-    without a bound, stopping would wait for each of them to close."""
+    """Serve on HOST:PORT until stopped. A stopping server first ends the dashboards' live
+    streams (/api/events, which would otherwise stay open until cancelled), then waits at most
+    5 s for open requests: a client may hold a media download; without a bound, stopping would
+    wait for each of them to close."""
     import uvicorn
 
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_level="warning",
-        timeout_graceful_shutdown=5,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            application,
+            host=settings.host,
+            port=settings.port,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
     )
+    services = getattr(getattr(application, "state", None), "services", None)
+    handle_exit = server.handle_exit
+
+    def stopping(sig: int, frame: FrameType | None) -> None:
+        if services is not None:
+            services.live.end_streams()
+        handle_exit(sig, frame)
+
+    server.handle_exit = stopping  # type: ignore[method-assign]
+    server.run()
 
 
 @app.command()

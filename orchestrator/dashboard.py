@@ -1054,7 +1054,7 @@ async def live_events(request: Request) -> Response:
                 last = row["id"]
                 yield _sse(row)
         quiet = 0.0
-        while not sub.overflowed and not await request.is_disconnected():
+        while not (sub.overflowed or hub.closing or await request.is_disconnected()):
             try:
                 rows = await asyncio.wait_for(sub.queue.get(), 1.0)
             except TimeoutError:
@@ -1125,9 +1125,16 @@ class LiveHub:
         self._poller: asyncio.Task[None] | None = None
         self._last = 0
         self._starting = asyncio.Lock()
+        self.closing = False
+        """Set when the server stops: every stream ends within a second (each browser's
+        EventSource reconnects, to whichever server answers then)."""
 
     def notify(self, *_: object) -> None:
         self._wake.set()
+
+    def end_streams(self) -> None:
+        """End every stream (the server is stopping); safe from a signal handler."""
+        self.closing = True
 
     @property
     def streams(self) -> int:
