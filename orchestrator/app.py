@@ -26,7 +26,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from orchestrator import __version__, dashboard
@@ -167,6 +167,7 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         # Only the depths: the dashboard's stats also read a day of step durations, which
         # would hold the GIL for tens of milliseconds every few seconds on a busy service.
         raw = await db.query(views.queue_depths)
+        jobs = await sweeper.all_health()
         metrics.runs.clear()
         for workflow, by_status in counts.items():
             for status, count in by_status.items():
@@ -176,7 +177,7 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         metrics.outbox_depth.set(raw["outbox_pending"])
         metrics.failed_timers.set(raw["failed_timers"])
         metrics.sweeper_stalled.clear()
-        for job in await sweeper.all_health():  # every replica's, so any one alerts on all
+        for job in jobs:  # every replica's, so any one alerts on all
             metrics.sweeper_stalled.labels(job.name, job.replica).set(int(job.stalled))
         return {}
 
@@ -253,16 +254,34 @@ async def database_unreachable(request: Request, exc: Exception) -> JSONResponse
     )
 
 
-async def healthz(request: Request) -> JSONResponse:
-    services: Services = request.app.state.services
+async def database_answers(services: Services) -> bool:
+    """Ask the database ``SELECT 1``: what /healthz and /metrics (``vodflow_database_up``) say
+    of it, the reason logged when that changes."""
     url = services.settings.sqlalchemy_url
     try:
         await services.db.query(lambda conn: conn.execute(sa.text("SELECT 1")))
     except Exception as exc:
         services.database_health.failed(url, exc)
+        services.metrics.database_up.set(0)
+        return False
+    services.database_health.answered(url)
+    services.metrics.database_up.set(1)
+    return True
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus's scrape; ``vodflow_database_up`` is asked now, as the gauges read from the
+    database keep their last values while it does not answer."""
+    services: Services = request.app.state.services
+    await database_answers(services)
+    return await services.metrics.endpoint(request)
+
+
+async def healthz(request: Request) -> JSONResponse:
+    services: Services = request.app.state.services
+    if not await database_answers(services):
         reason = "not answering (the log has the reason)"
         return JSONResponse({"status": "unavailable", "database": reason}, status_code=503)
-    services.database_health.answered(url)
     sweeps = await services.sweeper.health()
     stalled = [job.name for job in sweeps if job.stalled]
     body: dict[str, object] = {"status": "degraded" if stalled else "ok", "version": __version__}
@@ -393,7 +412,7 @@ def create_app(
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
-        Route("/metrics", services.metrics.endpoint, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
         *services.receiver.routes,
         *services.sink.routes,
         *dashboard.routes,

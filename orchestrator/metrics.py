@@ -85,6 +85,12 @@ class Metrics:
             "Timers that could not be applied: their runs wait until they are replayed.",
             registry=r,
         )
+        self.database_up = Gauge(
+            "vodflow_database_up",
+            "1 when the database answers (asked at each scrape and /healthz), 0 when it does "
+            "not: the gauges read from it then keep their last values.",
+            registry=r,
+        )
 
     def callback(self, source: str, kind: str, outcome: str) -> None:
         """Count a callback. Event types vodflow does not read count as ``other``: the type

@@ -73,8 +73,15 @@ async def test_requests_the_database_cannot_answer_are_503_in_the_apis_shape(
     try:
         async with running_service(tmp_path, url, {"times-out": TIMES_OUT}) as service:
             assert (await service.http.get(f"{service.base}/api/runs")).status_code == 200
+            metrics = f"{service.base}/metrics"
+            assert "\nvodflow_database_up 1.0\n" in (await service.http.get(metrics)).text
             caplog.set_level(logging.INFO)
             proxy.stop()
+            # A scrape still answers, and says the database does not (the other gauges keep
+            # their last values).
+            scraped = await service.http.get(metrics)
+            assert scraped.status_code == 200
+            assert "\nvodflow_database_up 0.0\n" in scraped.text
             answers = [
                 await service.http.get(f"{service.base}/api/runs"),
                 await service.http.get(f"{service.base}/api/stats"),
