@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tomllib
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -41,6 +42,10 @@ from orchestrator.store.db import DatabaseUrlError, check_url
 
 log = logging.getLogger("vodflow.config")
 DEFAULT_TENCENT_ENDPOINT = "https://vod.api.qcloud.com/v2/index.php"
+
+
+MIN_RETENTION = timedelta(days=1)
+"""The shortest VODFLOW_RETENTION: handled inbox events keep the dedup keys of their callbacks."""
 
 
 class SettingsError(Exception):
@@ -252,6 +257,16 @@ class Settings(BaseSettings):
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration(value)
+        return value
+
+    @field_validator("retention")
+    @classmethod
+    def _retention(cls, value: str) -> str:
+        if parse_duration(value) < MIN_RETENTION:
+            raise ValueError(
+                "expected at least 1d: a handled callback is how a copy VOD sends again is "
+                "known as one, and VOD resends for hours"
+            )
         return value
 
     @model_validator(mode="after")

@@ -185,6 +185,17 @@ def test_ffmpeg_must_be_an_executable_or_a_command(
     assert load_settings().ffmpeg == Path(shutil.which("sh") or "")
 
 
+def test_retention_keeps_a_day_of_callbacks_at_least(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Handled callbacks are how a resent one is known as a copy: a retention of minutes
+    would apply VOD's resends again."""
+    monkeypatch.setenv("VODFLOW_RETENTION", "10m")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "VODFLOW_RETENTION: expected at least 1d: " in str(info.value)
+    monkeypatch.setenv("VODFLOW_RETENTION", "1d")
+    assert load_settings().retention_seconds == 86400
+
+
 def test_secret_pair_must_be_complete(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VODFLOW_VOD_SECRET_ID", "AKIDx")
     with pytest.raises(SettingsError, match="must be set together"):
