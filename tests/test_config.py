@@ -120,15 +120,9 @@ def test_a_database_url_vodflow_cannot_use_is_refused_with_the_two_it_can(
     for url, words in [
         ("mysql://x/y", "unsupported database 'mysql'; expected sqlite or postgresql"),
         ("notaurl", "'notaurl' is not a database URL; expected sqlite:///"),
-    ]:
-        monkeypatch.setenv("VODFLOW_DATABASE_URL", url)
-        with pytest.raises(SettingsError) as info:
-            load_settings()
-        assert f"VODFLOW_DATABASE_URL: {words}" in str(info.value)
-    # Two slashes: "x" read as a host, and no file. A URL that does not parse keeps its
-    # password out of the message (start-up errors reach logs).
-    for url, words in [
+        # Two slashes: "data" read as a host, and no file.
         ("sqlite://data/vodflow.db", "'sqlite://data/vodflow.db' names no SQLite file; expected"),
+        # A URL that does not parse keeps its password out (start-up errors reach logs).
         ("postgresql://u:S3cret@db:54x/v", "'postgresql://u:***@db:54x/v' is not a database URL"),
     ]:
         monkeypatch.setenv("VODFLOW_DATABASE_URL", url)

@@ -120,22 +120,24 @@ async def test_the_duration_tolerance_is_the_steps(files: str) -> None:
     assert "its input lasts 12.00s" in problem
 
 
-async def test_a_verify_command_is_checked_with_its_steps_tolerance(files: str) -> None:
-    def verify(**options: float) -> m.Verify:
-        return m.Verify(
-            run_id="run_1",
-            step="transcode",
-            attempt=1,
-            idempotency_key="run_1/transcode/1/verify",
-            outputs=outputs(files, play="short.mp4"),
-            **options,
-        )
+def verify(base: str, play: str = "f20.mp4", **options: float) -> m.Verify:
+    """The command that checks ``outputs(base, play)`` for step transcode's first attempt."""
+    return m.Verify(
+        run_id="run_1",
+        step="transcode",
+        attempt=1,
+        idempotency_key="run_1/transcode/1/verify",
+        outputs=outputs(base, play=play),
+        **options,
+    )
 
+
+async def test_a_verify_command_is_checked_with_its_steps_tolerance(files: str) -> None:
     actions = Actions(
         cast(Any, None), cast(Any, None), webhook_secret=None, checker=await checker()
     )
-    assert isinstance(await actions.perform(verify(), tries=1), m.VerifyFailed)
-    loose = await actions.perform(verify(duration_tolerance=0.55), tries=1)
+    assert isinstance(await actions.perform(verify(files, "short.mp4"), tries=1), m.VerifyFailed)
+    loose = await actions.perform(verify(files, "short.mp4", duration_tolerance=0.55), tries=1)
     assert isinstance(loose, m.VerifySucceeded)
 
 
@@ -155,15 +157,6 @@ async def test_an_output_server_that_does_not_answer_is_waited_for_not_failed(
             return
         answered.append(200)
         await files(scope, receive, send)
-
-    def verify(base: str) -> m.Verify:
-        return m.Verify(
-            run_id="run_1",
-            step="transcode",
-            attempt=1,
-            idempotency_key="run_1/transcode/1/verify",
-            outputs=outputs(base),
-        )
 
     actions = Actions(
         cast(Any, None), cast(Any, None), webhook_secret=None, checker=await checker()

@@ -352,16 +352,8 @@ def hold_outbox_lease(
     not ``owner``'s any more (the process stood still past its lease, and the command was handed
     to another, which may have carried it out already). Renewed, the command cannot be handed
     over for a whole lease, so the send that follows is the only one."""
-    held = conn.execute(
-        outbox.update()
-        .where(
-            outbox.c.id == command_id,
-            outbox.c.status == lit("in_flight"),
-            outbox.c.lease_owner == owner,
-        )
-        .values(lease_until=now + lease)
-    )
-    return bool(held.rowcount)
+    renewed, _ = renew_outbox_leases(conn, owner, [command_id], now, lease)
+    return bool(renewed)
 
 
 def renew_outbox_leases(
