@@ -195,6 +195,6 @@ class Registry:
         )
         if row is None:
             raise LookupError(f"workflow version {version} is not in the database")
-        spec = parse_workflow(row["source"], row["path"])
+        spec = parse_workflow(row["source"], row["path"], stored=True)
         self._by_version[version] = spec
         return spec

@@ -134,11 +134,13 @@ class Backoff(_Model):
 RetryOn = Literal[
     "internal", "transport", "timeout", "verification",
     "invalid_params", "file_not_found", "procedure_invalid", "auth", "rejected", "media",
+    "template",
 ]  # fmt: skip
 """The failure classes a retry policy may name: every class but VOD's frequency limit (backed
-off without spending an attempt), duplicate tasks (recovered) and templates that cannot be
-rendered (another attempt would render the same values: the step fails, to be retried by hand
-once the workflow or the trigger's fields are fixed)."""
+off without spending an attempt) and duplicate tasks (recovered). ``template`` is read (earlier
+releases accepted it, and their stored versions still load) but refused in a workflow file:
+another attempt would render the same values, so the step fails, to be retried by hand once
+the workflow or the trigger's fields are fixed."""
 
 DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("internal", "transport", "timeout", "verification")
 """Failures another attempt can fix; the others fail the step at once unless a policy names
@@ -650,6 +652,19 @@ def _check_semantics(spec: Workflow, doc: Mapping[str, Any]) -> list[tuple[list[
                 msg += f" (fields: {', '.join(known)})"
                 found.append((["triggers", t_index, "match", key], msg))
 
+    policies: list[tuple[list[PathElem], RetryPolicy | None]] = [(["retry"], spec.retry)]
+    policies += [(["steps", n, "retry"], step.retry) for n, step in enumerate(spec.steps)]
+    for where_retry, policy in policies:
+        if policy is not None and "template" in policy.on:
+            found.append(
+                (
+                    [*where_retry, "on", policy.on.index("template")],
+                    "a template that cannot be rendered is not retried (another attempt "
+                    "would render the same); expected one of: "
+                    + ", ".join(c for c in typing.get_args(RetryOn) if c != "template"),
+                )
+            )
+
     seen: dict[str, int] = {}
     for s_index, step in enumerate(spec.steps):
         where: list[PathElem] = ["steps", s_index]
@@ -848,10 +863,18 @@ def _check_ref(
 
 
 def parse_workflow(
-    source: str, file: str = "<workflow>", procedures: KnownProcedures | None = None
+    source: str,
+    file: str = "<workflow>",
+    procedures: KnownProcedures | None = None,
+    *,
+    stored: bool = False,
 ) -> Workflow:
     """Parse and validate one workflow document; raise WorkflowError listing every problem.
-    With ``procedures``, a literal procedure name it does not define is one of them."""
+    With ``procedures``, a literal procedure name it does not define is one of them.
+
+    ``stored``: a version runs were started with, read back from the database. It passed the
+    checks of the release that loaded it; checks added since (a notify step's ``timeout``, say)
+    must not leave its runs unable to advance or be cancelled, so only its shape is checked."""
     try:
         doc = yamldoc.load(source)
     except yamldoc.YamlSyntaxError as exc:
@@ -874,6 +897,8 @@ def parse_workflow(
         spec = Workflow.model_validate(yamldoc.plain(doc))
     except ValidationError as exc:
         raise WorkflowError(_problems_from_validation(exc, positions, file)) from None
+    if stored:
+        return spec
     problems = [
         Problem(file, *positions.of(path), _dotted(path), msg)
         for path, msg in _check_semantics(spec, doc)

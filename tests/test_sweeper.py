@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator import machine as m
-from orchestrator.registry import Registry
+from orchestrator.registry import Registry, versions
 from orchestrator.runner import Batch, Runner
 from orchestrator.store import db as db_module
 from orchestrator.store import jobs as job_store
@@ -1032,3 +1032,24 @@ async def test_a_database_failing_as_a_whole_leaves_the_events_pending_not_faile
     monkeypatch.undo()
     assert await runner.drain_inbox() == 1
     assert await db.query(lambda conn: conn.execute(sa.text(status)).scalar()) == "applied"
+
+
+async def test_a_version_stored_by_an_earlier_release_is_still_read(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """A version whose file an earlier release accepted (a notify step's `timeout`, refused
+    since) is read back with its shape checked only, so its runs can still advance and be
+    cancelled (every input of a run reads its version)."""
+    runner, _, clock = parts
+    source = WORKFLOW + "  - name: tell\n    notify: {url: /u}\n    timeout: 30s\n"
+
+    def store(conn: sa.Connection) -> None:
+        conn.execute(
+            versions.insert().values(
+                version="v-earlier", name="wf", path="wf.yaml", source=source, loaded_at=clock.now
+            )
+        )
+
+    await db.write(store)
+    spec = await db.query(runner.registry.spec_for, "v-earlier")
+    assert [s.name for s in spec.steps] == ["transcode", "tell"]
