@@ -696,7 +696,9 @@ class Runner:
         free = min(self.batch, self.concurrency - len(self._held))
         if free <= 0:
             return 0  # a command that ends wakes the loop
-        rows = await self.db.write(queues.claim_outbox, self.owner, self.clock(), self.lease, free)
+        rows = await self.db.write(
+            queues.claim_outbox, self.owner, self.clock(), self.lease, free, list(self._held)
+        )
         for row in rows:
             self._held[row["id"]] = row["idempotency_key"]
             task = asyncio.create_task(self._perform(row))
@@ -766,6 +768,7 @@ class Runner:
                 queues.release_outbox,
                 row["id"],
                 self.owner,
+                tries=row["tries"],
                 retry_at=self.clock() + timedelta(seconds=min(60, 2 ** row["tries"])),
                 error=error,
             )
@@ -785,6 +788,7 @@ class Runner:
                 conn,
                 row["id"],
                 self.owner,
+                tries=row["tries"],
                 now=now,
                 result=result.model_dump(mode="json"),
                 error=getattr(result, "message", None),
@@ -833,8 +837,8 @@ def _unwanted(
     has sent it: its lease is renewed here, or the command is not sent (see
     :func:`queues.hold_outbox_lease`)."""
     assert isinstance(command, m.OUTBOUND)
-    if not queues.hold_outbox_lease(conn, row["id"], owner, now, lease):
-        return "another process took the command over (this one held it past its lease)"
+    if not queues.hold_outbox_lease(conn, row["id"], owner, row["tries"], now, lease):
+        return "its lease ran out while this process held it: it was handed back for another try"
     run_id = row["run_id"]
     found = step_progress(conn, run_id, command.step)
     if found is None:

@@ -348,9 +348,7 @@ async def test_a_command_handed_over_while_its_owner_stood_still_is_not_sent_by_
         await runner.idle()
         if handed_over:
             assert actions.sent == []
-            assert actions.reasons == [
-                "another process took the command over (this one held it past its lease)"
-            ]
+            assert actions.reasons == [HANDED_BACK]
             status, owner, _ = (await _leases(db))[-1]
             assert (status, owner) == ("in_flight", "another")  # its outcome is not recorded
         else:
@@ -359,6 +357,38 @@ async def test_a_command_handed_over_while_its_owner_stood_still_is_not_sent_by_
             assert len(actions.sent) == 1
             status, _, _ = (await _leases(db))[-1]
             assert status == "done"
+
+
+HANDED_BACK = "its lease ran out while this process held it: it was handed back for another try"
+
+
+async def test_a_command_handed_back_is_not_claimed_again_by_the_runner_still_holding_it(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """The same runner, resumed, must not claim again the command it still works on (two of
+    its own sends of one command): it is left for another process, or for this one once that
+    work is over, and the stale work does not send it."""
+    runner, sweeper, clock = parts
+    runner.lease = timedelta(seconds=30)
+    stale = AskingFirst()
+    runner.actions = stale  # type: ignore[assignment]
+    await _submits_waiting(db, runner, clock, 1)
+    assert await runner.drain_outbox() == 1
+    await asyncio.wait_for(stale.begun.wait(), 10)
+    clock.now += timedelta(seconds=31)  # no renewal: the runner stood still
+    assert await sweeper.expire_leases() == {"expired_leases": 1}
+    assert await runner.drain_outbox() == 0  # its own still: not claimed again
+    fresh = AskingFirst()
+    fresh.release.set()
+    runner.actions = fresh  # type: ignore[assignment]
+    stale.release.set()
+    await runner.idle()
+    assert (stale.sent, stale.reasons) == ([], [HANDED_BACK])
+    assert await runner.drain_outbox() == 1  # the work is over: claimed afresh
+    await runner.idle()
+    assert len(fresh.sent) == 1
+    ((status, _, _),) = await _leases(db)
+    assert status == "done"
 
 
 async def test_a_command_whose_step_moved_on_is_not_sent(

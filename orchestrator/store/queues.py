@@ -11,7 +11,7 @@ serializes writers, which gives the same guarantee on one machine.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -284,14 +284,25 @@ def replay_inbox(conn: sa.Connection, event_id: int) -> bool:
 
 
 def claim_outbox(
-    conn: sa.Connection, owner: str, now: datetime, lease: timedelta, limit: int
+    conn: sa.Connection,
+    owner: str,
+    now: datetime,
+    lease: timedelta,
+    limit: int,
+    exclude: Collection[int] = (),
 ) -> list[dict[str, Any]]:
-    """Claim due outbox commands: they become in_flight under ``owner`` until the lease ends."""
+    """Claim due outbox commands: they become in_flight under ``owner`` until the lease ends.
+    Each claim counts in ``tries``, which names it (see :func:`_claimed`). ``exclude``: the
+    commands ``owner`` is still working on, though their leases ran out and they were handed
+    back: not claimed again by it while that work goes on."""
+    due = [outbox.c.status == lit("pending"), outbox.c.next_attempt_at <= now]
+    if exclude:
+        due.append(outbox.c.id.not_in(list(exclude)))
     rows = (
         (
             conn.execute(
                 sa.select(outbox)
-                .where(outbox.c.status == lit("pending"), outbox.c.next_attempt_at <= now)
+                .where(*due)
                 .order_by(outbox.c.next_attempt_at, outbox.c.id)
                 .limit(limit)
                 .with_for_update(skip_locked=True)
@@ -316,23 +327,32 @@ def claim_outbox(
     return [{**dict(r), "tries": r["tries"] + 1} for r in rows]
 
 
+def _claimed(command_id: int, owner: str, tries: int) -> list[sa.ColumnElement[bool]]:
+    """The command is still in the claim ``owner`` made as its try number ``tries``: in flight,
+    under ``owner``'s name, and not claimed again since (by another process, or by ``owner``
+    itself after its lease ran out: the claim's ``tries`` is its fencing token)."""
+    return [
+        outbox.c.id == command_id,
+        outbox.c.status == lit("in_flight"),
+        outbox.c.lease_owner == owner,
+        outbox.c.tries == tries,
+    ]
+
+
 def finish_outbox(
     conn: sa.Connection,
     command_id: int,
     owner: str,
     *,
+    tries: int,
     now: datetime,
     result: Any,
     error: str | None = None,
 ) -> bool:
-    """Record a command's outcome; False when the lease was lost (another replica took over)."""
+    """Record a command's outcome; False when the claim was lost (another took it over)."""
     done = conn.execute(
         outbox.update()
-        .where(
-            outbox.c.id == command_id,
-            outbox.c.status == lit("in_flight"),
-            outbox.c.lease_owner == owner,
-        )
+        .where(*_claimed(command_id, owner, tries))
         .values(
             status="done",
             result=result,
@@ -346,14 +366,16 @@ def finish_outbox(
 
 
 def hold_outbox_lease(
-    conn: sa.Connection, command_id: int, owner: str, now: datetime, lease: timedelta
+    conn: sa.Connection, command_id: int, owner: str, tries: int, now: datetime, lease: timedelta
 ) -> bool:
-    """Renew ``owner``'s lease on one command right before it is carried out: False when it is
-    not ``owner``'s any more (the process stood still past its lease, and the command was handed
-    to another, which may have carried it out already). Renewed, the command cannot be handed
-    over for a whole lease, so the send that follows is the only one."""
-    renewed, _ = renew_outbox_leases(conn, owner, [command_id], now, lease)
-    return bool(renewed)
+    """Renew the claim ``owner`` made as try ``tries`` on one command right before it is
+    carried out: False when the claim is lost (the process stood still past its lease, and the
+    command was handed to another claim, which may have carried it out already). Renewed, the
+    command cannot be handed over for a whole lease, so the send that follows is the only one."""
+    held = conn.execute(
+        outbox.update().where(*_claimed(command_id, owner, tries)).values(lease_until=now + lease)
+    )
+    return bool(held.rowcount)
 
 
 def renew_outbox_leases(
@@ -390,12 +412,19 @@ def renew_outbox_leases(
 
 
 def release_outbox(
-    conn: sa.Connection, command_id: int, owner: str, *, retry_at: datetime, error: str
+    conn: sa.Connection,
+    command_id: int,
+    owner: str,
+    *,
+    tries: int,
+    retry_at: datetime,
+    error: str,
 ) -> None:
-    """Give a command back to the queue, to be tried again at ``retry_at``."""
+    """Give a command back to the queue, to be tried again at ``retry_at`` (if the claim is
+    still this one: see :func:`_claimed`)."""
     conn.execute(
         outbox.update()
-        .where(outbox.c.id == command_id, outbox.c.lease_owner == owner)
+        .where(*_claimed(command_id, owner, tries))
         .values(
             status="pending",
             next_attempt_at=retry_at,
