@@ -9,8 +9,10 @@ input: this module decides nothing about runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -44,6 +46,11 @@ class NotSent(Exception):
     """A command found unwanted just before it went out; it was not sent."""
 
 
+class Interrupted(Exception):
+    """A command that waited to try again (an output check whose server did not answer) when
+    the service stopped: it goes back to the outbox as it was, for the next process."""
+
+
 class Actions:
     def __init__(
         self,
@@ -63,6 +70,7 @@ class Actions:
         self.checker = checker
         self.clock = clock
         self.check_patience = CHECK_PATIENCE
+        self.stopping = asyncio.Event()
 
     async def perform(
         self,
@@ -255,8 +263,14 @@ class Actions:
 
     # --- verify -------------------------------------------------------------------------
 
+    def stop(self) -> None:
+        """The service is stopping: commands waiting to try again give up their turn (see
+        :class:`Interrupted`) instead of keeping the stop waiting."""
+        self.stopping.set()
+
     async def _verify(self, command: m.Verify, tries: int) -> m.Input:
-        waited = 0.0
+        started = time.monotonic()
+        pause = 0.5
         while True:
             try:
                 problem = await self.checker.check(
@@ -268,6 +282,7 @@ class Actions:
             except OutputsUnreachable as exc:
                 # Not a verdict on the outputs: their server is restarting, say. Checked again
                 # for a while before the attempt fails (and the step's policy starts a new job).
+                waited = time.monotonic() - started
                 if waited >= self.check_patience:
                     return m.VerifyFailed(
                         step=command.step,
@@ -275,12 +290,14 @@ class Actions:
                         reason=f"could not be checked for {waited:.0f} s: {exc}",
                         error_class=ErrorClass.TRANSPORT,
                     )
-                pause = min(max(waited, 1.0), 30.0, self.check_patience - waited)
+                pause = min(pause * 2, 30.0, self.check_patience - waited)
                 log.warning(
                     "outputs of run %s: %s; checked again in %.0f s", command.run_id, exc, pause
                 )
-                await asyncio.sleep(pause)
-                waited += pause
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stopping.wait(), pause)
+                if self.stopping.is_set():
+                    raise Interrupted(f"the service stopped while {exc}") from None
             except OutputRefused as exc:
                 # Another attempt would be refused the same way: the step fails now.
                 return m.VerifyFailed(

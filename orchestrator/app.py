@@ -363,6 +363,7 @@ async def stop(services: Services) -> None:
     for task in services.background:
         with contextlib.suppress(asyncio.CancelledError):
             await task
+    services.runner.actions.stop()
     await services.runner.idle()
     if services.engine is not None:
         await services.engine.stop()

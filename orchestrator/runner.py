@@ -46,7 +46,7 @@ from pydantic import JsonValue, TypeAdapter
 
 from orchestrator import correlate, triggers
 from orchestrator import machine as m
-from orchestrator.actions import Actions, failed
+from orchestrator.actions import Actions, Interrupted, failed
 from orchestrator.registry import Registry
 from orchestrator.spec import LoadedWorkflow, Manual, StreamSession
 from orchestrator.store import driver, queues, views, windows
@@ -752,6 +752,16 @@ class Runner:
                 ),
             )
             await self._record(row, outcome)
+        except Interrupted as exc:
+            log.info("outbox command %s handed back: %s", row["idempotency_key"], exc)
+            await self.db.write(
+                queues.release_outbox,
+                row["id"],
+                self.owner,
+                tries=row["tries"],
+                retry_at=self.clock(),
+                error=str(exc),
+            )
         except Exception as exc:
             log.exception("outbox command %s failed", row["idempotency_key"])
             error = f"{type(exc).__name__}: {exc}"

@@ -66,6 +66,11 @@ class OutputRefused(Exception):
     """An output URL the checker will not fetch: not http(s), or on the local network."""
 
 
+UNAVAILABLE = frozenset({500, 502, 503, 504})
+"""Answers of a server that cannot serve now (501, Not Implemented, is an answer: a HEAD it
+does not take is asked again as a GET)."""
+
+
 class OutputsUnreachable(Exception):
     """The server of an output did not answer, or answered 5xx: the outputs could not be
     checked, which says nothing of whether they are usable (the output server may be
@@ -314,6 +319,9 @@ class OutputChecker:
             except (OutputRefused, OutputsUnreachable):
                 raise
             except Exception as exc:
+                # FFmpeg says only that it could not read it: if the server went away
+                # meanwhile, that is no verdict (this raises OutputsUnreachable).
+                await self._reachable(target)
                 return f"cannot read transcode {play_url}: {exc}"
             allowed = max(slack, duration * tolerance)
             for playlist, got in durations:
@@ -354,7 +362,7 @@ class OutputChecker:
                 raise OutputRefused(f"output {request.url} refused: {exc}") from None
             except httpx.TransportError as exc:
                 raise OutputsUnreachable(f"output {request.url} cannot be fetched: {exc}") from None
-            if answer.status_code >= 500:
+            if answer.status_code in UNAVAILABLE:
                 await answer.aclose()
                 raise OutputsUnreachable(f"output {request.url} answered HTTP {answer.status_code}")
             if answer.next_request is None:

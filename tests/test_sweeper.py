@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 
 from orchestrator import machine as m
+from orchestrator.actions import Interrupted
 from orchestrator.registry import Registry, versions
 from orchestrator.runner import Batch, Runner
 from orchestrator.store import db as db_module
@@ -248,6 +249,13 @@ async def _submits_waiting(db: Database, runner: Runner, clock: Clock, count: in
             runner.start_run(conn, workflow, context, dedup_key=None, now=clock.now, batch=Batch())
 
     await db.write(start)
+
+
+async def _submits_waiting_one(db: Database, runner: Runner, clock: Clock) -> str:
+    """One run whose submit waits in the outbox; its ID."""
+    await _submits_waiting(db, runner, clock, 1)
+    rows = await db.query(lambda conn: conn.execute(sa.text("SELECT id FROM runs")).all())
+    return str(rows[0][0])
 
 
 async def _leases(db: Database) -> list[tuple[str, str | None, datetime | None]]:
@@ -1083,3 +1091,23 @@ async def test_a_version_stored_by_an_earlier_release_is_still_read(
     await db.write(store)
     spec = await db.query(runner.registry.spec_for, "v-earlier")
     assert [s.name for s in spec.steps] == ["transcode", "tell"]
+
+
+async def test_a_command_interrupted_by_the_stop_goes_back_to_the_outbox(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """A command that was waiting to try again when the service stopped is handed back as it
+    was, due now, for the next process; it is no failure of the run's attempt."""
+    runner, _, clock = parts
+
+    class Stopped:
+        async def perform(self, command: m.Command, **_: Any) -> m.Input:
+            raise Interrupted("the service stopped while output x answered HTTP 503")
+
+    runner.actions = Stopped()  # type: ignore[assignment]
+    run_id = await _submits_waiting_one(db, runner, clock)
+    assert await runner.drain_outbox() == 1
+    await runner.idle()
+    ((status, owner, _),) = await _leases(db)
+    assert (status, owner) == ("pending", None)
+    assert await _status(db, run_id) == "running"  # nothing went to the run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import re
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from orchestrator import machine as m
-from orchestrator.actions import Actions
+from orchestrator.actions import Actions, Interrupted
 from orchestrator.engine.ffmpeg import FFmpeg
 from orchestrator.engine.media import Media, SpriteTemplate, TranscodeTemplate
 from orchestrator.machine import ErrorClass
@@ -27,6 +28,7 @@ from orchestrator.verify import (
     Cue,
     OutputChecker,
     OutputRefused,
+    OutputsUnreachable,
     check_cues,
     image_size,
     parse_playlist,
@@ -172,6 +174,55 @@ async def test_an_output_server_that_does_not_answer_is_waited_for_not_failed(
     assert isinstance(gone, m.VerifyFailed)
     assert gone.error_class is ErrorClass.TRANSPORT
     assert gone.reason.startswith(f"could not be checked for 0 s: output {base}/files/f20.mp4 ")
+
+
+async def test_a_server_refusing_head_is_asked_with_get(media_dir: Path) -> None:
+    """501 (Not Implemented) to a HEAD is an answer, not an outage: the check asks again with
+    a GET, as before."""
+    files = StaticFiles(directory=media_dir)
+
+    async def no_head(scope: Any, receive: Any, send: Any) -> None:
+        if scope["method"] == "HEAD":
+            await PlainTextResponse("", status_code=501)(scope, receive, send)
+            return
+        await files(scope, receive, send)
+
+    async with serving(Starlette(routes=[Mount("/files", no_head)])) as base:
+        assert await (await checker()).check(outputs(f"{base}/files")) is None
+
+
+async def test_a_server_gone_while_ffmpeg_reads_is_no_verdict(media_dir: Path) -> None:
+    """FFmpeg only says it could not read the transcode: if its server stopped answering
+    meanwhile, the outputs are not judged (the check is tried again)."""
+    files = StaticFiles(directory=media_dir)
+    transcode_asks = 0
+
+    async def going_away(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal transcode_asks
+        if scope["path"].endswith("f20.mp4"):
+            transcode_asks += 1
+            if transcode_asks > 1:  # its first HEAD answered; then its server is gone
+                await PlainTextResponse("down", status_code=503)(scope, receive, send)
+                return
+        await files(scope, receive, send)
+
+    async with serving(Starlette(routes=[Mount("/files", going_away)])) as base:
+        with pytest.raises(OutputsUnreachable, match=r"f20\.mp4 answered HTTP 503"):
+            await (await checker()).check(outputs(f"{base}/files"))
+
+
+async def test_stopping_hands_a_waiting_check_back(files: str) -> None:
+    """A check waiting for an output server when the service stops gives up its turn: the
+    stop does not wait out the patience, and the command goes back to the outbox."""
+    actions = Actions(
+        cast(Any, None), cast(Any, None), webhook_secret=None, checker=await checker()
+    )
+    down = verify("http://127.0.0.1:9/files")
+    waiting = asyncio.create_task(actions.perform(down, tries=1))
+    await asyncio.sleep(0.2)
+    actions.stop()
+    with pytest.raises(Interrupted, match="the service stopped while output "):
+        await asyncio.wait_for(waiting, 5)
 
 
 async def test_sprite_cues_must_cover_the_media(files: str) -> None:
