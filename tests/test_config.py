@@ -122,8 +122,12 @@ def test_a_database_url_vodflow_cannot_use_is_refused_with_the_two_it_can(
         ("notaurl", "'notaurl' is not a database URL; expected sqlite:///"),
         # Two slashes: "data" read as a host, and no file.
         ("sqlite://data/vodflow.db", "'sqlite://data/vodflow.db' names no SQLite file; expected"),
-        # A URL that does not parse keeps its password out (start-up errors reach logs).
+        # A URL that does not parse keeps its password out (start-up errors reach logs), with
+        # a / or an @ in it, or as a parameter.
         ("postgresql://u:S3cret@db:54x/v", "'postgresql://u:***@db:54x/v' is not a database URL"),
+        ("postgresql://u:S3/cret@db:5x/v", "'postgresql://u:***@db:5x/v' is not a database URL"),
+        ("postgresql://u:S3@cret@db:5x/v", "'postgresql://u:***@db:5x/v' is not a database URL"),
+        ("postgresql://db:5x/v?password=S3cret", "'postgresql://db:5x/v?password=***' is not"),
     ]:
         monkeypatch.setenv("VODFLOW_DATABASE_URL", url)
         with pytest.raises(SettingsError) as info:

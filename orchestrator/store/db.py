@@ -106,9 +106,16 @@ def _parse(url: str) -> URL:
 
 
 def _masked(url: str) -> str:
-    """``url`` with its password, if it has one, shown as ``***`` (as SQLAlchemy shows a URL it
-    could read)."""
-    return re.sub(r"(//[^/@:]*:)[^@/]*@", r"\1***@", url)
+    """``url`` with its password shown as ``***`` (as SQLAlchemy shows a URL it could read):
+    what lies between ``user:`` and the last ``@`` (a password may hold ``/`` or ``@``), and a
+    ``password=`` parameter."""
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        userinfo, _, host = rest.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        rest = f"{user}{':***' if colon else ''}@{host}"
+    rest = re.sub(r"(password=)[^&#]*", r"\1***", rest, flags=re.IGNORECASE)
+    return f"{scheme}{sep}{rest}"
 
 
 def async_url(url: str) -> URL:
