@@ -162,6 +162,26 @@ def _has_width(out: Console) -> bool:
     return out.is_terminal or "COLUMNS" in os.environ
 
 
+ATTENTION = ("failing", "overdue")
+"""The healths a listed run's detail is read for, to say why."""
+
+
+def _details(settings: Settings, direct: bool, run_ids: list[str]) -> dict[str, Any]:
+    """The details of these runs, in one session with the API; one it cannot give is left out
+    (the list is still worth printing)."""
+
+    async def go() -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        async with api(settings, direct) as client:
+            for run_id in run_ids:
+                answer = await client.get(f"/api/runs/{run_id}")
+                if answer.status_code == 200:
+                    found[run_id] = answer.json()
+        return found
+
+    return asyncio.run(go())
+
+
 def _attention(health: str, detail: dict[str, Any] | None) -> str:
     """Why a run that is failing (its attempt's error) or overdue (the task late) needs
     attention, from its detail."""
@@ -305,12 +325,12 @@ def register(app: typer.Typer, settings: Any) -> None:
         if page is None:
             return
         table = Table("run", "workflow", "status", "step", "stream / file", "created", "error")
+        # The list says too little about a run that needs attention: its detail says why (as
+        # the dashboard's list does).
+        attention = [r["id"] for r in page["runs"] if not r["error"] and r["health"] in ATTENTION]
+        details = _details(settings(), direct, attention) if attention else {}
         for run in page["runs"]:
-            detail = None
-            if not run["error"] and run["health"] in ("failing", "overdue"):
-                # The list says too little about a run that needs attention: its detail says
-                # why (as the dashboard's list does).
-                detail = _call(settings(), direct, "GET", f"/api/runs/{run['id']}")
+            detail = details.get(run["id"])
             table.add_row(
                 run["id"],
                 run["workflow"],

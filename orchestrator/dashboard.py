@@ -39,7 +39,7 @@ from orchestrator.openapi import ApiModel, Endpoint, Problem, document
 from orchestrator.runner import TriggerRefused
 from orchestrator.spec import WorkflowError
 from orchestrator.store import queues, views, windows
-from orchestrator.store.db import Database
+from orchestrator.store.db import Database, log_failure
 from orchestrator.store.queues import INBOX_STATUSES, TIMER_STATUSES, InboxStatus
 from orchestrator.store.tasks import find_task
 from orchestrator.store.views import SESSION_STATUSES
@@ -1170,7 +1170,7 @@ class LiveHub:
             try:
                 rows = await self.db.query(views.history_since, self._last, self.PAGE)
             except Exception:
-                log.exception("live events: reading the history failed; trying again")
+                log_failure(log, "live events: reading the history")
                 rows = []
             if rows:
                 self._last = rows[-1]["id"]
