@@ -35,6 +35,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
     WithJsonSchema,
     model_validator,
 )
@@ -61,8 +62,14 @@ Duration = Annotated[
 ]
 
 
-def _positive(value: timedelta) -> timedelta:
-    if value <= timedelta(0):
+def _stored(info: ValidationInfo) -> bool:
+    """Whether a version read back from the database is validated: checks added after it was
+    stored must not refuse it (see :func:`parse_workflow`)."""
+    return bool(info.context and info.context.get("stored"))
+
+
+def _positive(value: timedelta, info: ValidationInfo) -> timedelta:
+    if value <= timedelta(0) and not _stored(info):
         raise ValueError("expected a duration greater than 0, such as 30s, 10m or 2h; found 0")
     return value
 
@@ -93,10 +100,10 @@ Text = Annotated[str, BeforeValidator(_ids_as_text), AfterValidator(_check_templ
 TemplateRef = Annotated[str, AfterValidator(_must_be_template)]
 
 
-def _check_webhook_url(value: str) -> str:
+def _check_webhook_url(value: str, info: ValidationInfo) -> str:
     """An http(s) URL, or a path on this vodflow (``/hooks/sink``: the sender prefixes its public
-    URL). A templated URL is checked when it is sent."""
-    if template.is_template(value) or value.startswith("/"):
+    URL). A templated URL is checked when it is sent (a stored one too)."""
+    if template.is_template(value) or value.startswith("/") or _stored(info):
         return value
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -142,6 +149,9 @@ releases accepted it, and their stored versions still load) but refused in a wor
 another attempt would render the same values, so the step fails, to be retried by hand once
 the workflow or the trigger's fields are fixed."""
 
+RETRY_CLASSES = tuple(c for c in typing.get_args(RetryOn) if c != "template")
+"""The classes a workflow file may name in ``retry.on`` (its JSON schema lists these)."""
+
 DEFAULT_RETRY_ON: tuple[RetryOn, ...] = ("internal", "transport", "timeout", "verification")
 """Failures another attempt can fix; the others fail the step at once unless a policy names
 them (a file VOD does not show yet, say: ``on: [..., file_not_found]``)."""
@@ -152,7 +162,10 @@ class RetryPolicy(_Model):
 
     max_attempts: int = Field(3, ge=1, le=100)
     backoff: Backoff = Backoff()
-    on: tuple[RetryOn, ...] = Field(
+    on: Annotated[
+        tuple[RetryOn, ...],
+        WithJsonSchema({"type": "array", "items": {"type": "string", "enum": list(RETRY_CLASSES)}}),
+    ] = Field(
         DEFAULT_RETRY_ON,
         description="The failure classes another attempt is tried for (default: internal, "
         "transport, timeout, verification).",
@@ -660,8 +673,7 @@ def _check_semantics(spec: Workflow, doc: Mapping[str, Any]) -> list[tuple[list[
                 (
                     [*where_retry, "on", policy.on.index("template")],
                     "a template that cannot be rendered is not retried (another attempt "
-                    "would render the same); expected one of: "
-                    + ", ".join(c for c in typing.get_args(RetryOn) if c != "template"),
+                    "would render the same); expected one of: " + ", ".join(RETRY_CLASSES),
                 )
             )
 
@@ -894,7 +906,7 @@ def parse_workflow(
             ]
         )
     try:
-        spec = Workflow.model_validate(yamldoc.plain(doc))
+        spec = Workflow.model_validate(yamldoc.plain(doc), context={"stored": stored})
     except ValidationError as exc:
         raise WorkflowError(_problems_from_validation(exc, positions, file)) from None
     if stored:

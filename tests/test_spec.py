@@ -284,6 +284,15 @@ def test_a_stored_version_loads_with_options_refused_since() -> None:
     assert len(problems(earlier)) == 2
     spec = parse_workflow(earlier, "wf.yaml", stored=True)
     assert spec.steps[1].kind == "notify"
+    # Value checks added since too: a zero timeout, a webhook URL that is no http(s) URL.
+    older = VALID + "  - name: tell\n    notify: {url: ftp://x/y}\n    retry: {max_attempts: 1}\n"
+    older = older.replace("steps:", "timeout: 0s\nsteps:")
+    assert len(problems(older)) == 2
+    assert parse_workflow(older, "wf.yaml", stored=True).timeout == timedelta(0)
+    # What a workflow file may name in retry.on, as the JSON schema tells editors.
+    on = json_schema()["$defs"]["RetryPolicy"]["properties"]["on"]["items"]["enum"]
+    assert "template" not in on
+    assert "media" in on
 
 
 def test_a_webhook_url_is_an_http_url_or_a_path_on_this_vodflow() -> None:
