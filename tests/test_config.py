@@ -128,6 +128,10 @@ def test_a_database_url_vodflow_cannot_use_is_refused_with_the_two_it_can(
         ("postgresql://u:S3/cret@db:5x/v", "'postgresql://u:***@db:5x/v' is not a database URL"),
         ("postgresql://u:S3@cret@db:5x/v", "'postgresql://u:***@db:5x/v' is not a database URL"),
         ("postgresql://db:5x/v?password=S3cret", "'postgresql://db:5x/v?password=***' is not"),
+        ("postgresql://u:S3//cret@db:5x/v", "'postgresql://u:***@db:5x/v' is not a database URL"),
+        # Typed without "://": what precedes the @ is masked from the first ":".
+        ("postgresql//u:S3cret@db/v", "'postgresql//u:***@db/v' is not a database URL"),
+        ("postgresql:/u:S3cret@db/v", "'postgresql:***@db/v' is not a database URL"),
     ]:
         monkeypatch.setenv("VODFLOW_DATABASE_URL", url)
         with pytest.raises(SettingsError) as info:

@@ -107,15 +107,17 @@ def _parse(url: str) -> URL:
 
 def _masked(url: str) -> str:
     """``url`` with its password shown as ``***`` (as SQLAlchemy shows a URL it could read):
-    what lies between ``user:`` and the last ``@`` (a password may hold ``/`` or ``@``), and a
-    ``password=`` parameter."""
-    scheme, sep, rest = url.partition("://")
-    if "@" in rest:
-        userinfo, _, host = rest.rpartition("@")
+    before the last ``@`` (a password may hold ``/`` or ``@``), what follows the user's name
+    (after the first ``//``, or from the start in a URL missing it), and a ``password=``
+    parameter. It masks too much rather than too little."""
+    if "@" in url:
+        before, _, host = url.rpartition("@")
+        head, slashes, userinfo = before.partition("//")
+        if not slashes:
+            head, userinfo = "", before
         user, colon, _ = userinfo.partition(":")
-        rest = f"{user}{':***' if colon else ''}@{host}"
-    rest = re.sub(r"(password=)[^&#]*", r"\1***", rest, flags=re.IGNORECASE)
-    return f"{scheme}{sep}{rest}"
+        url = f"{head}{slashes}{user}{':***' if colon else ''}@{host}"
+    return re.sub(r"(password=)[^&#]*", r"\1***", url, flags=re.IGNORECASE)
 
 
 def async_url(url: str) -> URL:
