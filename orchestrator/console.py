@@ -172,11 +172,13 @@ def _details(settings: Settings, direct: bool, run_ids: list[str]) -> dict[str, 
 
     async def go() -> dict[str, Any]:
         found: dict[str, Any] = {}
-        async with api(settings, direct) as client:
-            for run_id in run_ids:
-                answer = await client.get(f"/api/runs/{run_id}")
-                if answer.status_code == 200:
-                    found[run_id] = answer.json()
+        with contextlib.suppress(Exception):  # the list is printed with what could be read
+            async with api(settings, direct) as client:
+                for run_id in run_ids:
+                    with contextlib.suppress(httpx.HTTPError):
+                        answer = await client.get(f"/api/runs/{run_id}")
+                        if answer.status_code == 200:
+                            found[run_id] = answer.json()
         return found
 
     return asyncio.run(go())
