@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
@@ -16,7 +17,7 @@ import sqlalchemy as sa
 from orchestrator import machine as m
 from orchestrator.actions import Interrupted
 from orchestrator.registry import Registry, versions
-from orchestrator.runner import Batch, Runner
+from orchestrator.runner import GIVE_UP_AFTER, Batch, Runner
 from orchestrator.store import db as db_module
 from orchestrator.store import jobs as job_store
 from orchestrator.store import queues
@@ -1106,8 +1107,47 @@ async def test_a_command_interrupted_by_the_stop_goes_back_to_the_outbox(
 
     runner.actions = Stopped()  # type: ignore[assignment]
     run_id = await _submits_waiting_one(db, runner, clock)
+    # Its last try before the runner would give up on it: an interruption is none of them.
+    await db.write(
+        lambda conn: conn.execute(queues.outbox.update().values(tries=GIVE_UP_AFTER - 1))
+    )
     assert await runner.drain_outbox() == 1
     await runner.idle()
     ((status, owner, _),) = await _leases(db)
     assert (status, owner) == ("pending", None)
+    due = await db.query(
+        lambda conn: conn.execute(sa.select(queues.outbox.c.next_attempt_at)).scalar_one()
+    )
+    assert due.replace(tzinfo=UTC) == clock.now  # due at once, for the next process
     assert await _status(db, run_id) == "running"  # nothing went to the run
+
+
+async def test_a_claim_is_fenced_by_its_try(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """A claim is named by the try that made it: once its owner (under the same name, as a
+    process restarted on the same host and port is) claims the command again, the earlier
+    claim can neither send it nor record an outcome."""
+    runner, sweeper, clock = parts
+    await _submits_waiting(db, runner, clock, 1)
+    lease = timedelta(seconds=30)
+    (first,) = await db.write(queues.claim_outbox, "me", clock.now, lease, 10)
+    clock.now += timedelta(seconds=31)
+    assert await sweeper.expire_leases() == {"expired_leases": 1}
+    (second,) = await db.write(queues.claim_outbox, "me", clock.now, lease, 10)
+    assert (first["id"], first["tries"], second["tries"]) == (second["id"], 1, 2)
+
+    def hold(tries: int) -> Callable[[sa.Connection], bool]:
+        return lambda conn: queues.hold_outbox_lease(
+            conn, first["id"], "me", tries, clock.now, lease
+        )
+
+    def finish(tries: int) -> Callable[[sa.Connection], bool]:
+        return lambda conn: queues.finish_outbox(
+            conn, first["id"], "me", tries=tries, now=clock.now, result={}
+        )
+
+    assert await db.write(hold(1)) is False
+    assert await db.write(finish(1)) is False
+    assert await db.write(hold(2)) is True
+    assert await db.write(finish(2)) is True
