@@ -333,6 +333,19 @@ class AskingFirst(Blocking):
         return m.SubmitFailed(step=command.step, attempt=command.attempt, **failed)
 
 
+async def _stood_still(db: Database, runner: Runner, clock: Clock) -> AskingFirst:
+    """A runner holding one run's submit (waiting, as for VOD's quota) that then stood still a
+    second past its 30 s lease, renewing nothing."""
+    runner.lease = timedelta(seconds=30)
+    actions = AskingFirst()
+    runner.actions = actions  # type: ignore[assignment]
+    await _submits_waiting(db, runner, clock, 1)
+    assert await runner.drain_outbox() == 1
+    await asyncio.wait_for(actions.begun.wait(), 10)
+    clock.now += timedelta(seconds=31)
+    return actions
+
+
 async def test_a_command_handed_over_while_its_owner_stood_still_is_not_sent_by_it(
     db: Database, parts: tuple[Runner, Sweeper, Clock]
 ) -> None:
@@ -341,14 +354,8 @@ async def test_a_command_handed_over_while_its_owner_stood_still_is_not_sent_by_
     Asked right before sending, the lease is renewed when it is still the runner's, and the
     command is not sent when it is not."""
     runner, sweeper, clock = parts
-    runner.lease = timedelta(seconds=30)
     for handed_over in (False, True):
-        actions = AskingFirst()
-        runner.actions = actions  # type: ignore[assignment]
-        await _submits_waiting(db, runner, clock, 1)
-        assert await runner.drain_outbox() == 1
-        await asyncio.wait_for(actions.begun.wait(), 10)
-        clock.now += timedelta(seconds=31)  # no renewal: the runner stood still
+        actions = await _stood_still(db, runner, clock)
         if handed_over:
             assert await sweeper.expire_leases() == {"expired_leases": 1}
             (taken,) = await db.write(queues.claim_outbox, "another", clock.now, runner.lease, 10)
@@ -378,13 +385,7 @@ async def test_a_command_handed_back_is_not_claimed_again_by_the_runner_still_ho
     its own sends of one command): it is left for another process, or for this one once that
     work is over, and the stale work does not send it."""
     runner, sweeper, clock = parts
-    runner.lease = timedelta(seconds=30)
-    stale = AskingFirst()
-    runner.actions = stale  # type: ignore[assignment]
-    await _submits_waiting(db, runner, clock, 1)
-    assert await runner.drain_outbox() == 1
-    await asyncio.wait_for(stale.begun.wait(), 10)
-    clock.now += timedelta(seconds=31)  # no renewal: the runner stood still
+    stale = await _stood_still(db, runner, clock)
     assert await sweeper.expire_leases() == {"expired_leases": 1}
     assert await runner.drain_outbox() == 0  # its own still: not claimed again
     fresh = AskingFirst()
