@@ -48,7 +48,7 @@ from orchestrator import correlate, triggers
 from orchestrator import machine as m
 from orchestrator.actions import Actions, Interrupted, failed
 from orchestrator.registry import Registry
-from orchestrator.spec import LoadedWorkflow, Manual, StreamSession
+from orchestrator.spec import LoadedWorkflow, Manual, StreamSession, Workflow
 from orchestrator.store import driver, queues, views, windows
 from orchestrator.store.db import UNREACHABLE, Database, log_failure
 from orchestrator.store.queues import InboxStatus, NewInboxEvent
@@ -249,9 +249,15 @@ class Runner:
         if before is None:
             return None
         spec = self.registry.spec_for(conn, before.version)
-        decision = m.decide(spec, before, event, now, expected=self.default_expected)
+        decision = self._decide(spec, before, event, now)
         self._save(conn, before, decision, now, batch)
         return decision
+
+    def _decide(
+        self, spec: Workflow, state: m.RunState, event: m.Input, now: datetime
+    ) -> m.Decision:
+        """The machine's decision, with this deployment's wait for a task's callback."""
+        return m.decide(spec, state, event, now, expected=self.default_expected)
 
     def _save(
         self,
@@ -295,9 +301,7 @@ class Runner:
         )
         if not created:
             return None
-        decision = m.decide(
-            spec, state, m.Trigger(event=started_by), now, expected=self.default_expected
-        )
+        decision = self._decide(spec, state, m.Trigger(event=started_by), now)
         self._save(conn, state, decision, now, batch)
         return run_id
 
@@ -582,13 +586,7 @@ class Runner:
                 if state is None:
                     raise LookupError(f"run {owner.run_id} of task {owner.task_id} is missing")
                 spec = self.registry.spec_for(conn, state.version)
-                decision = m.decide(
-                    spec,
-                    state,
-                    task_input(event, owner.task_id),
-                    now,
-                    expected=self.default_expected,
-                )
+                decision = self._decide(spec, state, task_input(event, owner.task_id), now)
             except Exception as exc:
                 log.exception("applying inbox event %s failed", event_id)
                 note = f"{type(exc).__name__}: {exc}"
