@@ -66,9 +66,11 @@ class OutputRefused(Exception):
     """An output URL the checker will not fetch: not http(s), or on the local network."""
 
 
-UNAVAILABLE = frozenset({500, 502, 503, 504})
-"""Answers of a server that cannot serve now (501, Not Implemented, is an answer: a HEAD it
-does not take is asked again as a GET)."""
+def _unavailable(status: int) -> bool:
+    """A server that cannot serve now: a 5xx (a CDN's 520 – 524 for an origin that is down
+    too), but 501, Not Implemented, which is an answer (a HEAD it does not take is asked again
+    as a GET)."""
+    return status >= 500 and status != 501
 
 
 class OutputsUnreachable(Exception):
@@ -362,7 +364,7 @@ class OutputChecker:
                 raise OutputRefused(f"output {request.url} refused: {exc}") from None
             except httpx.TransportError as exc:
                 raise OutputsUnreachable(f"output {request.url} cannot be fetched: {exc}") from None
-            if answer.status_code in UNAVAILABLE:
+            if _unavailable(answer.status_code):
                 await answer.aclose()
                 raise OutputsUnreachable(f"output {request.url} answered HTTP {answer.status_code}")
             if answer.next_request is None:

@@ -154,8 +154,9 @@ async def test_an_output_server_that_does_not_answer_is_waited_for_not_failed(
 
     async def restarting(scope: Any, receive: Any, send: Any) -> None:
         if len(answered) < 2:
-            answered.append(503)
-            await PlainTextResponse("restarting", status_code=503)(scope, receive, send)
+            status = (503, 522)[len(answered)]  # the origin, then a CDN's "origin timed out"
+            answered.append(status)
+            await PlainTextResponse("restarting", status_code=status)(scope, receive, send)
             return
         answered.append(200)
         await files(scope, receive, send)
@@ -166,7 +167,7 @@ async def test_an_output_server_that_does_not_answer_is_waited_for_not_failed(
     async with serving(Starlette(routes=[Mount("/files", restarting)])) as base:
         outcome = await actions.perform(verify(f"{base}/files"), tries=1)
     assert isinstance(outcome, m.VerifySucceeded)
-    assert answered[:3] == [503, 503, 200]
+    assert answered[:3] == [503, 522, 200]
     # Never answering: the attempt fails once the patience is spent, as a transport failure
     # (retried by the default policy), saying what could not be reached.
     actions.check_patience = 0
