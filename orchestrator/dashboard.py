@@ -582,6 +582,11 @@ def _id_cursor(value: str | None) -> int | None:
     return cursor
 
 
+def _next_id_cursor(rows: list[dict[str, Any]], limit: int) -> str | None:
+    """The cursor of the page after ``rows`` (a full page of newest-first rows), or None."""
+    return _encode_cursor(rows[-1]["id"]) if len(rows) == limit else None
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -850,7 +855,7 @@ async def list_events(request: Request) -> Response:
         before=before,
         limit=q.limit,
     )
-    cursor = _encode_cursor(rows[-1]["id"]) if len(rows) == q.limit else None
+    cursor = _next_id_cursor(rows, q.limit)
     return ok(EventPage(events=[_event_info(e, with_body=True) for e in rows], next_cursor=cursor))
 
 
@@ -905,7 +910,7 @@ async def list_timers(request: Request) -> Response:
     rows = await _services(request).db.query(
         views.list_timers, status=q.status or None, run_id=q.run_id, before=before, limit=q.limit
     )
-    cursor = _encode_cursor(rows[-1]["id"]) if len(rows) == q.limit else None
+    cursor = _next_id_cursor(rows, q.limit)
     return ok(TimerPage(timers=[TimerDetail(**t) for t in rows], next_cursor=cursor))
 
 
@@ -920,7 +925,7 @@ async def list_sessions(request: Request) -> Response:
         before=before,
         limit=q.limit,
     )
-    cursor = _encode_cursor(rows[-1]["id"]) if len(rows) == q.limit else None
+    cursor = _next_id_cursor(rows, q.limit)
     return ok(SessionPage(sessions=[SessionInfo(**r) for r in rows], next_cursor=cursor))
 
 
