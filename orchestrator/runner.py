@@ -752,14 +752,7 @@ class Runner:
             await self._record(row, outcome)
         except Interrupted as exc:
             log.info("outbox command %s handed back: %s", row["idempotency_key"], exc)
-            await self.db.write(
-                queues.release_outbox,
-                row["id"],
-                self.owner,
-                tries=row["tries"],
-                retry_at=self.clock(),
-                error=str(exc),
-            )
+            await self._release(row, timedelta(0), str(exc))
         except Exception as exc:
             log.exception("outbox command %s failed", row["idempotency_key"])
             error = f"{type(exc).__name__}: {exc}"
@@ -772,18 +765,22 @@ class Runner:
                     return
                 except Exception:
                     log.exception("outbox command %s: recording its failure failed", row["id"])
-            await self.db.write(
-                queues.release_outbox,
-                row["id"],
-                self.owner,
-                tries=row["tries"],
-                retry_at=self.clock() + timedelta(seconds=min(60, 2 ** row["tries"])),
-                error=error,
-            )
+            await self._release(row, timedelta(seconds=min(60, 2 ** row["tries"])), error)
         finally:
             self._held.pop(row["id"], None)
             self._lost.discard(row["id"])
             self.outbox_wake.set()  # a slot is free: claim what waits
+
+    async def _release(self, row: dict[str, Any], after: timedelta, error: str) -> None:
+        """Give a command this runner claimed back to the outbox, due ``after`` from now."""
+        await self.db.write(
+            queues.release_outbox,
+            row["id"],
+            self.owner,
+            tries=row["tries"],
+            retry_at=self.clock() + after,
+            error=error,
+        )
 
     async def _record(self, row: dict[str, Any], outcome: m.Input) -> None:
         """Mark the command done with its outcome and apply the outcome to its run, together."""
