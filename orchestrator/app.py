@@ -46,8 +46,7 @@ from orchestrator.registry import Registry
 from orchestrator.runner import Runner
 from orchestrator.spec import WorkflowError
 from orchestrator.store import views
-from orchestrator.store.db import UNREACHABLE, Database, log_failure
-from orchestrator.store.migrate import redact
+from orchestrator.store.db import UNREACHABLE, Database, log_failure, redact
 from orchestrator.sweeper import Sweeper
 from orchestrator.verify import OutputChecker, url_duration
 from orchestrator.vod.client import VodClient

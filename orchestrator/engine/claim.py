@@ -23,8 +23,7 @@ import sqlalchemy as sa
 
 from orchestrator.config import Settings
 from orchestrator.store import claims
-from orchestrator.store.db import Database, log_failure, sync_url
-from orchestrator.store.migrate import redact
+from orchestrator.store.db import Database, log_failure, redact, sync_url
 
 log = logging.getLogger("vodflow.engine")
 

@@ -12,6 +12,7 @@ timeout instead of one failing with "database is locked" when it upgrades a read
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import sys
@@ -85,7 +86,7 @@ def _parse(url: str) -> URL:
         parsed = make_url(url)
     except Exception as exc:
         raise DatabaseUrlError(
-            f"VODFLOW_DATABASE_URL: {_masked(url)!r} is not a database URL; expected "
+            f"VODFLOW_DATABASE_URL: {redact(url)!r} is not a database URL; expected "
             "sqlite:///path/to/file.db or postgresql://user@host:5432/dbname"
         ) from exc
     if parsed.drivername in ("postgres", "postgres+psycopg"):
@@ -98,18 +99,20 @@ def _parse(url: str) -> URL:
         )
     if backend == "sqlite" and (parsed.host or not parsed.database):
         raise DatabaseUrlError(
-            f"VODFLOW_DATABASE_URL: {_masked(url)!r} names no SQLite file; expected three "
+            f"VODFLOW_DATABASE_URL: {redact(url)!r} names no SQLite file; expected three "
             "slashes before a relative path (sqlite:///data/vodflow.db), four before an absolute "
             "one (sqlite:////var/lib/vodflow/vodflow.db)"
         )
     return parsed
 
 
-def _masked(url: str) -> str:
-    """``url`` with its password shown as ``***`` (as SQLAlchemy shows a URL it could read):
-    before the last ``@`` (a password may hold ``/`` or ``@``), what follows the user's name
-    (after the first ``//``, or from the start in a URL missing it), and a ``password=``
-    parameter. It masks too much rather than too little."""
+def redact(url: str) -> str:
+    """The URL as it may be shown: without its password. SQLAlchemy renders one it can read;
+    one it cannot (a typo) is masked as text: before the last ``@`` (a password may hold ``/``
+    or ``@``), what follows the user's name (after the first ``//``, or from the start in a URL
+    missing it), and a ``password=`` parameter, masking too much rather than too little."""
+    with contextlib.suppress(Exception):
+        return make_url(url).render_as_string(hide_password=True)
     if "@" in url:
         before, _, host = url.rpartition("@")
         head, slashes, userinfo = before.partition("//")

@@ -11,6 +11,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
+from orchestrator.store.db import redact as redact  # shown in its messages, and by its callers
 from orchestrator.store.db import sync_url
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,11 +55,6 @@ def current(url: str) -> None:
         command.current(alembic_config(url), verbose=False)
     except sa.exc.OperationalError as exc:
         raise _unavailable(url, exc) from None
-
-
-def redact(url: str) -> str:
-    """The URL as it may be shown: without its password."""
-    return sa.engine.make_url(url).render_as_string(hide_password=True)
 
 
 def database_revisions(url: str) -> set[str]:
