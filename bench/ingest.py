@@ -1,6 +1,6 @@
 """Callback ingest: the durable full path against a bare handler, on the same server stack.
 
-    python bench/ingest.py [--runs 10000] [--connections 64]
+    python bench/ingest.py [--runs 10000] [--connections 64] [--postgres URL]
 
 Measured in one run, with the same load generator (bench/loadgen.py) and the same server stack
 (uvicorn with uvloop and httptools, one process):
@@ -16,9 +16,14 @@ Measured in one run, with the same load generator (bench/loadgen.py) and the sam
 5. the sweeper's stalled-task query with 10k and 1M task rows in the table.
 
 Each load line ends with where the CPU went: the cores the server process and the load generator
-kept busy (from /proc, on Linux), and the server's CPU time per request, which sizes a deployment
-(one core handles about a million divided by it callbacks per second). vodflow's server sits at one
-core, held by the GIL, while the bare handler's run uses both.
+kept busy (from /proc, on Linux), the server's CPU time per request, which sizes a deployment
+(one core handles about a million divided by it callbacks per second), and the server's resident
+memory at the end and at its peak. vodflow's server sits at one core, held by the GIL, while the
+bare handler's run uses both.
+
+With ``--postgres URL`` (a database vodflow may create schemas in, such as
+postgresql://postgres@127.0.0.1:5432/test), vodflow's runs use a fresh schema of that database
+instead of a SQLite file, dropped afterwards; the sweep's cost is still measured on SQLite.
 
 Each callback is a real TranscodeComplete or CreateImageSpriteComplete for a task of a run that
 waits for it; one in ten is sent twice (a resend, which must change nothing).
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -54,6 +60,8 @@ from orchestrator.store.tasks import claim_due_polls
 from orchestrator.vod.responses import TaskRef
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from starlette.applications import Starlette
 
 WORKFLOW = """\
@@ -112,18 +120,19 @@ async def populate(url: str, runs: int) -> list[bytes]:
     bodies: list[bytes] = []
 
     def make(conn: sa.Connection, first: int, last: int) -> None:
-        conn.execute(
-            sa.insert(versions).prefix_with("OR IGNORE"),
-            [
-                {
-                    "version": version,
-                    "name": "bench",
-                    "path": "-",
-                    "source": WORKFLOW,
-                    "loaded_at": now,
-                }
-            ],
-        )
+        if first == 0:
+            conn.execute(
+                sa.insert(versions),
+                [
+                    {
+                        "version": version,
+                        "name": "bench",
+                        "path": "-",
+                        "source": WORKFLOW,
+                        "loaded_at": now,
+                    }
+                ],
+            )
         for n in range(first, last):
             run_id = f"run_bench_{n:08d}"
             file_id = f"52858907800{n:08d}"
@@ -241,6 +250,16 @@ class Server:
             return None
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def memory(self) -> str | None:
+        """The server process's resident memory now and at its peak, where /proc tells it."""
+        try:
+            status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        except OSError:
+            return None
+        kib = dict(line.split(":", 1) for line in status.splitlines() if line.startswith("Vm"))
+        now, peak = (int(kib[key].split()[0]) // 1024 for key in ("VmRSS", "VmHWM"))
+        return f"resident {now} MiB (peak {peak})"
+
 
 class CpuWatch:
     """How many cores the server process and this load generator kept busy over a stretch: a
@@ -262,9 +281,11 @@ class CpuWatch:
             return f"load generator {ours:.2f} cores"
         used = now - self.theirs
         each = used / requests * 1e6
+        memory = self.server.memory()
         return (
-            f"server {used / wall:.2f} cores, {each:.0f} µs CPU per request; "
-            f"load generator {ours:.2f} cores, of {os.cpu_count()}"
+            f"server {used / wall:.2f} cores, {each:.0f} µs CPU per request"
+            + (f", {memory}" if memory else "")
+            + f"; load generator {ours:.2f} cores, of {os.cpu_count()}"
         )
 
 
@@ -301,12 +322,44 @@ async def measure_full(
     *,
     factory: str = "bench.ingest:full_app",
     until_applied: bool = True,
+    postgres: str | None = None,
 ) -> tuple[loadgen.Result, float]:
     """The load generator's result, and the rate until no event is pending (or, with
-    ``until_applied=False`` for an app that leaves them pending, the answered rate)."""
+    ``until_applied=False`` for an app that leaves them pending, the answered rate).
+    vodflow's database is a SQLite file, or a fresh schema of the ``postgres`` database."""
     data = workdir / f"data-{time.time_ns()}"
-    url = f"sqlite:///{data / 'vodflow.db'}"
     data.mkdir()
+    with fresh_database(data, postgres) as url:
+        return await _measure_full(data, url, runs, connections, rate, factory, until_applied)
+
+
+@contextlib.contextmanager
+def fresh_database(data: Path, postgres: str | None) -> Iterator[str]:
+    """A SQLite file in ``data``, or a new schema of ``postgres`` dropped afterwards."""
+    if postgres is None:
+        yield f"sqlite:///{data / 'vodflow.db'}"
+        return
+    schema = f"bench_{data.name.replace('-', '_')}"
+    admin = sa.create_engine(postgres.replace("postgresql://", "postgresql+psycopg://", 1))
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{postgres}{'&' if '?' in postgres else '?'}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+async def _measure_full(
+    data: Path,
+    url: str,
+    runs: int,
+    connections: int,
+    rate: float | None,
+    factory: str,
+    until_applied: bool,
+) -> tuple[loadgen.Result, float]:
     migrate.upgrade(url)
     wf = data / "workflows"
     wf.mkdir()
@@ -316,6 +369,7 @@ async def measure_full(
     port = free_port()
     env = {
         "VODFLOW_DATA_DIR": str(data),
+        "VODFLOW_DATABASE_URL": url,
         "VODFLOW_WORKFLOWS": str(wf),
         "VODFLOW_PORT": str(port),
         "VODFLOW_ENGINE": "false",
@@ -419,12 +473,23 @@ async def main() -> None:
     )
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--sweep-rows", type=int, nargs=2, default=[10_000, 1_000_000])
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="run vodflow on a fresh schema of this PostgreSQL database instead of SQLite",
+    )
     args = parser.parse_args()
+    database = "SQLite" if args.postgres is None else "PostgreSQL"
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         resends = args.runs * 2 // 10
-        print(f"callbacks: {args.runs * 2} (+{resends} resends), {args.connections} connections")
-        full, full_rate = await measure_full(workdir, args.runs, args.connections, None)
+        print(
+            f"callbacks: {args.runs * 2} (+{resends} resends), {args.connections} connections, "
+            f"vodflow on {database}"
+        )
+        full, full_rate = await measure_full(
+            workdir, args.runs, args.connections, None, postgres=args.postgres
+        )
         bare = await measure_bare([b'{"x":1}'] * len(full.latencies), args.connections)
         print(f"bare handler      : {bare.summary()}")
         print(f"vodflow answered  : {full.summary()}")
@@ -439,13 +504,16 @@ async def main() -> None:
             None,
             factory="bench.ingest:receive_only_app",
             until_applied=False,
+            postgres=args.postgres,
         )
         print(
             f"receiving alone   : {received.summary()}  (nothing applied; "
             f"{received.rate / bare.rate:.2f} of bare)"
         )
         half = full_rate / 2
-        paced, _ = await measure_full(workdir, args.runs // 2, args.connections, half)
+        paced, _ = await measure_full(
+            workdir, args.runs // 2, args.connections, half, postgres=args.postgres
+        )
         print(f"at half the full-path rate ({half:.0f}/s): {paced.summary()}  (goal p99 < 50 ms)")
         for rows in args.sweep_rows:
             cost = await sweep_cost(workdir, rows)
