@@ -172,9 +172,10 @@ def db_current() -> None:
 
 def _run_server(application: ASGIApp, settings: Settings) -> None:
     """Serve on HOST:PORT until stopped. A stopping server first ends the dashboards' live
-    streams (/api/events, which would otherwise stay open until cancelled), then waits at most
-    5 s for open requests: a client may hold a media download; without a bound, stopping would
-    wait for each of them to close."""
+    streams (/api/events, which would otherwise stay open until cancelled) and has the embedded
+    engine start no more callbacks (its own receiver is about to stop listening), then waits at
+    most 5 s for open requests: a client may hold a media download; without a bound, stopping
+    would wait for each of them to close."""
     import uvicorn
 
     server = uvicorn.Server(
@@ -192,6 +193,8 @@ def _run_server(application: ASGIApp, settings: Settings) -> None:
     def stopping(sig: int, frame: FrameType | None) -> None:
         if services is not None:
             services.live.end_streams()
+            if services.engine is not None:
+                services.engine.quiesce()
         handle_exit(sig, frame)
 
     server.handle_exit = stopping  # type: ignore[method-assign]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import httpx
 import pytest
@@ -230,6 +231,31 @@ def test_serve_answers_healthz_and_lists_workflows(tmp_path: Path) -> None:
     # (which logged an error and a CancelledError traceback per open dashboard).
     assert "timeout graceful shutdown exceeded" not in output
     assert "Exception in ASGI application" not in output
+
+
+def test_a_stopping_server_ends_the_live_streams_and_quiets_the_engine_before_it_exits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both before the listener closes: a dashboard's stream would hold the stop for its whole
+    grace period, and an engine event sent to the closed receiver would fail and count."""
+    import uvicorn
+
+    from orchestrator.config import Settings
+
+    calls: list[str] = []
+    services = SimpleNamespace(
+        live=SimpleNamespace(end_streams=lambda: calls.append("streams ended")),
+        engine=SimpleNamespace(quiesce=lambda: calls.append("engine quiet")),
+    )
+
+    def run(server: uvicorn.Server, sockets: object = None) -> None:
+        server.handle_exit(signal.SIGTERM, None)
+        calls.append("exiting" if server.should_exit else "still serving")
+
+    monkeypatch.setattr(uvicorn.Server, "run", run)
+    application = SimpleNamespace(state=SimpleNamespace(services=services))
+    cli._run_server(application, Settings(data_dir=tmp_path))  # type: ignore[arg-type]
+    assert calls == ["streams ended", "engine quiet", "exiting"]
 
 
 def _serving(database_url: str, tmp_path: Path, port: int) -> dict[str, str]:

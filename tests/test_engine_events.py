@@ -63,6 +63,22 @@ async def test_a_failing_callback_url_gets_the_event_again_until_it_answers_2xx(
         assert row.push_error.startswith("HTTP 500")  # the last failure is kept
 
 
+async def test_a_quiesced_engine_starts_no_send_and_keeps_its_events_pending(
+    sqlite_url: str, tmp_path: Path, recording: Path
+) -> None:
+    """What a stopping server asks of its engine: its receiver is about to stop listening, so
+    an event sent now would fail and count an attempt; it waits for the next start instead."""
+    receiver = Receiver()
+    async with running_engine(sqlite_url, tmp_path, receiver=receiver) as vod:
+        vod.engine.quiesce()
+        uploaded = await vod.upload(recording)
+        await asyncio.sleep(1.5)  # the sender looks at least once a second
+        async with vod.db.read() as conn:
+            (row,) = await store.task_events(conn, uploaded.file_id)
+    assert receiver.attempts == 0
+    assert (row.push_status, row.push_attempts, row.push_error) == ("pending", 0, None)
+
+
 async def test_pull_event_long_polls_and_confirm_event_acknowledges(
     database_url: str, tmp_path: Path, recording: Path
 ) -> None:

@@ -178,6 +178,12 @@ class Engine:
         if self.sender is not None:
             await self.sender.start()
 
+    def quiesce(self) -> None:
+        """Send no more events from now on (see ``CallbackSender.quiesce``); safe from a signal
+        handler."""
+        if self.sender is not None:
+            self.sender.quiesce()
+
     async def stop(self) -> None:
         """Stop the workers, handing their running tasks back to the queue, and the sender;
         then give the claim up, so the next engine starts at once."""

@@ -72,12 +72,19 @@ class CallbackSender:
             headers={"User-Agent": f"vodflow-engine/{__version__}"},
         )
         self._loop: asyncio.Task[None] | None = None
+        self._quiet = False
 
     def _now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
 
     async def start(self) -> None:
         self._loop = asyncio.create_task(self._run(), name="engine-callbacks")
+
+    def quiesce(self) -> None:
+        """Start no more sends; those in flight finish. For a server about to stop listening
+        (safe from a signal handler): an event sent to its own receiver then would fail and
+        count an attempt, logged as a failure. Its events stay pending for the next start."""
+        self._quiet = True
 
     async def stop(self) -> None:
         if self._loop is not None:
@@ -88,7 +95,7 @@ class CallbackSender:
         await self.http.aclose()
 
     async def _run(self) -> None:
-        while True:
+        while not self._quiet:
             ticket = self.events_added.ticket()
             try:
                 sent = await self.send_due()
@@ -110,6 +117,8 @@ class CallbackSender:
 
     async def send_due(self) -> int:
         """Send every event that is due (a batch at a time); how many were tried."""
+        if self._quiet:
+            return 0
         now = self._now()
         async with self.db.transaction() as conn:
             due = await store.claim_pushes(
