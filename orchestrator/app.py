@@ -157,6 +157,9 @@ def build_services(settings: Settings, registry: Registry) -> Services:
         reliable=settings.reliable_callbacks,
         poll_gap=timedelta(seconds=settings.task_poll_after_seconds),
         retention=timedelta(seconds=settings.retention_seconds),
+        run_retention=None
+        if settings.run_retention_seconds is None
+        else timedelta(seconds=settings.run_retention_seconds),
         on_findings=metrics.sweep,
         replica=f"{socket.gethostname()}:{settings.port}",
     )

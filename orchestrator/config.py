@@ -25,6 +25,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -204,7 +205,13 @@ class Settings(BaseSettings):
     retention: str = Field(
         "30d",
         description="How long handled inbox events, done outbox commands and spent timers are "
-        "kept (runs and their history are kept).",
+        "kept (runs and their history are kept; see run_retention).",
+    )
+    run_retention: str | None = Field(
+        None,
+        description="How long a finished run (succeeded, failed or cancelled) is kept, with its "
+        "steps, tasks and history, counted from its last change; unset keeps every run. At "
+        "least VODFLOW_RETENTION.",
     )
     task_poll_after: str = Field(
         "10m", description="Default wait for a task's callback before asking VOD about it."
@@ -257,6 +264,21 @@ class Settings(BaseSettings):
     @classmethod
     def _duration(cls, value: str) -> str:
         parse_duration(value)
+        return value
+
+    @field_validator("run_retention", mode="before")
+    @classmethod
+    def _run_retention(cls, value: object, info: ValidationInfo) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None  # set but empty: keep every run, as unset
+        if isinstance(value, str):
+            kept = parse_duration(value)
+            retention = info.data.get("retention")
+            if isinstance(retention, str) and kept < parse_duration(retention):
+                raise ValueError(
+                    f"expected at least VODFLOW_RETENTION ({retention}): a run is how a late "
+                    "copy of its trigger is known as one, for as long as callbacks are kept"
+                )
         return value
 
     @field_validator("retention")
@@ -341,6 +363,12 @@ class Settings(BaseSettings):
     @property
     def retention_seconds(self) -> float:
         return parse_duration(self.retention).total_seconds()
+
+    @property
+    def run_retention_seconds(self) -> float | None:
+        if self.run_retention is None:
+            return None
+        return parse_duration(self.run_retention).total_seconds()
 
 
 def endpoint_key(url: str) -> tuple[str, str, int | None, str]:

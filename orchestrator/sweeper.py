@@ -12,7 +12,8 @@ Jobs (each claims its rows with a lease or a row lock, so concurrent sweeps neve
 - ``orphans``: events whose task never appeared are marked unmatched after a day.
 - ``pull`` (reliable-callback mode): PullEvent, commit to the inbox, then ConfirmEvent.
 - ``prune``: handled inbox events, done outbox commands and spent timers older than the
-  retention period are deleted (runs and their history stay).
+  retention period are deleted; with a run retention, so are finished runs (with their steps,
+  tasks and history) last changed longer ago than it. Without one, runs stay.
 
 The sweeper watches itself: every job records when it last started and succeeded; a job that has
 not succeeded within three of its intervals (plus, for the pull job, the time its long poll may
@@ -47,6 +48,7 @@ from orchestrator.runner import Batch, Runner
 from orchestrator.spec import LoadedWorkflow
 from orchestrator.store import driver, queues, tasks, windows
 from orchestrator.store import jobs as job_store
+from orchestrator.store import runs as run_store
 from orchestrator.store.db import Database, log_failure
 from orchestrator.store.queues import InboxStatus, NewInboxEvent
 from orchestrator.vod.client import PULL_EVENT_WAIT, VodClient
@@ -113,6 +115,7 @@ class Sweeper:
         orphan_ttl: timedelta = timedelta(days=1),
         poll_gap: timedelta = timedelta(minutes=1),
         retention: timedelta = timedelta(days=30),
+        run_retention: timedelta | None = None,
         batch: int = 200,
         lease: timedelta = timedelta(minutes=2),
         on_findings: Callable[[str, dict[str, int]], None] = lambda job, findings: None,
@@ -128,6 +131,7 @@ class Sweeper:
         self.orphan_ttl = orphan_ttl
         self.poll_gap = poll_gap
         self.retention = retention
+        self.run_retention = run_retention
         self.batch = batch
         self.lease = lease
         self.on_findings = on_findings
@@ -505,8 +509,13 @@ class Sweeper:
         return workflow, f"{started_by}; {gone}, so its version {workflow.version} runs it"
 
     async def prune(self) -> dict[str, int]:
-        """Forget handled events, done commands and spent timers past the retention period."""
+        """Forget handled events, done commands and spent timers past the retention period, and
+        finished runs past the run retention."""
         found = await self.db.write(queues.prune, self.now - self.retention)
+        if self.run_retention is not None:
+            found["runs"] = await self.db.write(
+                run_store.prune_finished, self.now - self.run_retention
+            )
         gone = await self.db.write(job_store.forget_silent, self.now - SILENT_REPLICA)
         return {**{f"pruned_{name}": count for name, count in found.items()}, "forgot_jobs": gone}
 

@@ -198,6 +198,26 @@ def test_retention_keeps_a_day_of_callbacks_at_least(monkeypatch: pytest.MonkeyP
     assert load_settings().retention_seconds == 86400
 
 
+def test_run_retention_is_off_unless_set_and_keeps_runs_as_long_as_callbacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert load_settings().run_retention_seconds is None  # every run kept
+    monkeypatch.setenv("VODFLOW_RUN_RETENTION", "")
+    assert load_settings().run_retention_seconds is None
+    monkeypatch.setenv("VODFLOW_RUN_RETENTION", "90d")
+    assert load_settings().run_retention_seconds == 90 * 86400
+    monkeypatch.setenv("VODFLOW_RUN_RETENTION", "7d")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "VODFLOW_RUN_RETENTION: expected at least VODFLOW_RETENTION (30d): " in str(info.value)
+    monkeypatch.setenv("VODFLOW_RETENTION", "7d")
+    assert load_settings().run_retention_seconds == 7 * 86400
+    monkeypatch.setenv("VODFLOW_RUN_RETENTION", "soon")
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    assert "VODFLOW_RUN_RETENTION: " in str(info.value)
+
+
 def test_secret_pair_must_be_complete(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VODFLOW_VOD_SECRET_ID", "AKIDx")
     with pytest.raises(SettingsError, match="must be set together"):

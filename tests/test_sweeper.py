@@ -732,6 +732,65 @@ async def test_prune_forgets_handled_rows_past_retention_and_keeps_pending_work(
     assert left == ["failed", "orphan", "pending"]
 
 
+async def test_finished_runs_past_the_run_retention_go_with_every_row_of_theirs(
+    db: Database, parts: tuple[Runner, Sweeper, Clock]
+) -> None:
+    """Opt-in (VODFLOW_RUN_RETENTION): a finished run last changed longer ago goes with its
+    steps, tasks, history, timers and commands. A live run stays, as do a finished one still
+    waiting on VOD (a cancelled run's task), one with a command not done, and one that finished
+    within the retention."""
+    runner, sweeper, clock = parts
+
+    async def finished(task_id: str) -> str:
+        run_id = await _waiting_run(db, runner, clock, task_id, f"f-{task_id}")
+        done = m.TaskEvent(task_id=task_id, event_type="E", event_key=task_id, success=True)
+        await runner.apply(run_id, done)
+        return run_id
+
+    def sent(conn: sa.Connection, run_ids: list[str]) -> None:
+        # as the runner marks a command once VOD answered it (these tests send nothing)
+        for run_id in run_ids:
+            conn.execute(
+                sa.text("UPDATE outbox SET status = 'done', done_at = :at WHERE run_id = :r"),
+                {"at": clock.now, "r": run_id},
+            )
+
+    old = await finished("transcode-old")
+    unsent = await finished("transcode-unsent")
+    live = await _waiting_run(db, runner, clock, "transcode-live", "f-live")
+    cancelled = await _waiting_run(db, runner, clock, "transcode-out", "f-out")
+    await runner.apply(cancelled, m.Cancel(actor="ops"))
+    await db.write(sent, [old, live, cancelled])
+    clock.now += timedelta(days=91)
+    recent = await finished("transcode-new")
+    await db.write(sent, [recent])
+    assert {r: await _status(db, r) for r in (old, unsent, live, cancelled, recent)} == {
+        old: "succeeded",
+        unsent: "succeeded",
+        live: "awaiting_callback",
+        cancelled: "cancelled",
+        recent: "succeeded",
+    }
+
+    def rows(conn: sa.Connection) -> dict[str, set[str]]:
+        tables = {"runs": "id", **dict.fromkeys(("steps", "tasks", "history", "timers"), "run_id")}
+        return {
+            table: {str(r[0]) for r in conn.execute(sa.text(f"SELECT {key} FROM {table}"))}
+            for table, key in {**tables, "outbox": "run_id"}.items()
+        }
+
+    # Without a run retention (the default), every run stays.
+    await sweeper.prune()
+    before = await db.query(rows)
+    assert before["runs"] == {old, unsent, live, cancelled, recent}
+    assert all(old in before[t] for t in ("steps", "tasks", "history"))
+    sweeper.run_retention = timedelta(days=90)
+    assert (await sweeper.prune())["pruned_runs"] == 1
+    after = await db.query(rows)
+    assert after == {table: ids - {old} for table, ids in before.items()}
+    assert (await sweeper.prune())["pruned_runs"] == 0
+
+
 async def test_task_events_that_fail_on_receipt_stay_pending_for_the_runner(
     db: Database, parts: tuple[Runner, Sweeper, Clock], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -387,3 +387,39 @@ def run_history(conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
         .all()
     )
     return [dict(r) for r in rows]
+
+
+FINISHED = tuple(status.value for status in m.RunStatus if status.terminal)
+
+
+def prune_finished(conn: sa.Connection, older_than: datetime, limit: int = 500) -> int:
+    """Delete finished runs last changed before ``older_than``, with their steps, tasks,
+    history, timers and outbox commands; how many runs went.
+
+    A run with work still out is kept: a task VOD may still report on (a cancelled run's tasks
+    are still asked about) or a command not done. Retrying a run by hand changes it, so its
+    retention starts again. At most ``limit`` runs per call, oldest first, so a large backlog
+    is worked off over several sweeps without one long transaction; on PostgreSQL a run another
+    transaction holds (a retry by hand) is skipped, and a retry waiting for it then finds none.
+    """
+    unfinished_task = sa.exists().where(tasks.c.run_id == runs.c.id, tasks.c.status == "waiting")
+    open_command = sa.exists().where(outbox.c.run_id == runs.c.id, outbox.c.status != "done")
+    ids = list(
+        conn.execute(
+            sa.select(runs.c.id)
+            .where(
+                runs.c.status.in_(FINISHED),
+                runs.c.updated_at < older_than,
+                ~unfinished_task,
+                ~open_command,
+            )
+            .order_by(runs.c.updated_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        ).scalars()
+    )
+    if ids:
+        for table in (history, timers, outbox, tasks, steps, runs):
+            column = table.c.id if table is runs else table.c.run_id
+            conn.execute(table.delete().where(column.in_(ids)))
+    return len(ids)
