@@ -103,6 +103,11 @@ def next_poll(polls: int, expected_gap: timedelta, now: datetime) -> datetime:
     return now + min(expected_gap * (1 << min(polls, 20)), MAX_POLL_GAP)
 
 
+RUN_PRUNE_ROUNDS = 10
+"""Transactions of finished runs (``runs.PRUNE_RUNS`` each) one prune may delete: a backlog of
+millions, when a run retention is first set, is worked off within days."""
+
+
 class Sweeper:
     def __init__(
         self,
@@ -513,9 +518,13 @@ class Sweeper:
         finished runs past the run retention."""
         found = await self.db.write(queues.prune, self.now - self.retention)
         if self.run_retention is not None:
-            found["runs"] = await self.db.write(
-                run_store.prune_finished, self.now - self.run_retention
-            )
+            # In transactions of their own, so callbacks are committed in between.
+            cutoff, found["runs"] = self.now - self.run_retention, 0
+            for _ in range(RUN_PRUNE_ROUNDS):
+                gone = await self.db.write(run_store.prune_finished, cutoff)
+                found["runs"] += gone
+                if gone < run_store.PRUNE_RUNS:
+                    break
         gone = await self.db.write(job_store.forget_silent, self.now - SILENT_REPLICA)
         return {**{f"pruned_{name}": count for name, count in found.items()}, "forgot_jobs": gone}
 

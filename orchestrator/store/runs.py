@@ -390,17 +390,20 @@ def run_history(conn: sa.Connection, run_id: str) -> list[dict[str, Any]]:
 
 
 FINISHED = tuple(status.value for status in m.RunStatus if status.terminal)
+PRUNE_RUNS = 500
+"""Runs ``prune_finished`` deletes at most in one transaction."""
 
 
-def prune_finished(conn: sa.Connection, older_than: datetime, limit: int = 500) -> int:
+def prune_finished(conn: sa.Connection, older_than: datetime, limit: int = PRUNE_RUNS) -> int:
     """Delete finished runs last changed before ``older_than``, with their steps, tasks,
     history, timers and outbox commands; how many runs went.
 
     A run with work still out is kept: a task VOD may still report on (a cancelled run's tasks
     are still asked about) or a command not done. Retrying a run by hand changes it, so its
-    retention starts again. At most ``limit`` runs per call, oldest first, so a large backlog
-    is worked off over several sweeps without one long transaction; on PostgreSQL a run another
-    transaction holds (a retry by hand) is skipped, and a retry waiting for it then finds none.
+    retention starts again. At most ``limit`` runs per call, found through the index on
+    (status, updated_at) without sorting them, so neither a backlog nor one long transaction
+    holds the writer; on PostgreSQL a run another transaction holds (a retry by hand) is
+    skipped, and a retry waiting for it then finds none.
     """
     unfinished_task = sa.exists().where(tasks.c.run_id == runs.c.id, tasks.c.status == "waiting")
     open_command = sa.exists().where(outbox.c.run_id == runs.c.id, outbox.c.status != "done")
@@ -413,7 +416,6 @@ def prune_finished(conn: sa.Connection, older_than: datetime, limit: int = 500) 
                 ~unfinished_task,
                 ~open_command,
             )
-            .order_by(runs.c.updated_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
         ).scalars()
