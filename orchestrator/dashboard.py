@@ -1326,17 +1326,23 @@ ENDPOINTS: list[Endpoint] = [
 ]
 
 
-def _wrap(endpoint: Endpoint) -> Any:
+def _route(path: str, operations: list[Endpoint]) -> Route:
+    """One route for every operation at ``path``: a method none of them takes is answered 405
+    with all of theirs in ``Allow`` (with a route per operation, Starlette named only the first
+    route's)."""
+    handlers = {e.method: e.handler for e in operations}
+
     async def handle(request: Request) -> Response:
         if "\x00" in request.url.path:  # names nothing vodflow stores (nor can store)
             return problem(404, f"nothing at {request.url.path!r}")
+        handler = handlers.get(request.method) or handlers["GET"]  # HEAD is a GET's
         try:
-            return await endpoint.handler(request)
+            return await handler(request)
         except Invalid as exc:
             return problem(exc.status, exc.detail)
 
-    handle.__name__ = endpoint.handler.__name__
-    return handle
+    handle.__name__ = "_".join(e.handler.__name__ for e in operations)
+    return Route(path, handle, methods=list(handlers))
 
 
 async def http_error(request: Request, exc: Exception) -> Response:
@@ -1364,8 +1370,12 @@ async def openapi_json(request: Request) -> Response:
     return JSON(document(ENDPOINTS, title="vodflow dashboard API", version=__version__))
 
 
+_operations: dict[str, list[Endpoint]] = {}
+for _endpoint in ENDPOINTS:
+    _operations.setdefault(_endpoint.path, []).append(_endpoint)
+
 routes = [
-    *(Route(e.path, _wrap(e), methods=[e.method]) for e in ENDPOINTS),
+    *(_route(path, operations) for path, operations in _operations.items()),
     Route("/openapi.json", openapi_json, methods=["GET"]),
 ]
 

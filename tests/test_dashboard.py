@@ -458,6 +458,13 @@ async def test_unknown_api_paths_and_methods_answer_in_the_apis_error_shape(
         "error": "GET is not an operation of /api/runs/r1/cancel; it takes: POST",
         "status": 405,
     }
+    # A path with two operations names both (in Starlette's order, which a set gives).
+    both = await service.http.delete(f"{service.base}/api/runs")
+    assert both.status_code == 405
+    assert set(both.headers["allow"].split(", ")) == {"HEAD", "GET", "POST"}
+    said = "DELETE is not an operation of /api/runs; it takes: " + both.headers["allow"]
+    assert both.json()["error"] == said
+    assert (await service.http.head(f"{service.base}/api/runs")).status_code == 200
     page = await service.http.get(f"{service.base}/nope")  # not the API: as Starlette answers
     assert (page.status_code, page.text) == (404, "Not Found")
 
