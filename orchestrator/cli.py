@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -13,6 +14,7 @@ from orchestrator.config import Settings, SettingsError, load_settings
 from orchestrator.spec import WorkflowError, json_schema, load_workflows
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from types import FrameType
 
     from starlette.types import ASGIApp
@@ -142,13 +144,10 @@ def db_upgrade(
 
     settings = _settings()
     url = settings.sqlalchemy_url
-    try:
+    with _database_opens():
         before = migrate.database_revisions(url)
         migrate.upgrade(url, revision)
         after = migrate.database_revisions(url)
-    except migrate.DatabaseUnavailable as exc:
-        typer.echo(f"vodflow: {exc}", err=True)
-        raise typer.Exit(1) from None
     if not before:
         done = f"database created at {revision}"
     elif before == after:
@@ -163,8 +162,18 @@ def db_current() -> None:
     """Show the database's migration revision."""
     from orchestrator.store import migrate
 
-    try:
+    with _database_opens():
         migrate.current(_settings().sqlalchemy_url)
+
+
+@contextlib.contextmanager
+def _database_opens() -> Iterator[None]:
+    """A database that cannot be opened (not running, no such database) stops the command with
+    one line naming it and the driver's reason, exit status 1."""
+    from orchestrator.store import migrate
+
+    try:
+        yield
     except migrate.DatabaseUnavailable as exc:
         typer.echo(f"vodflow: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -345,7 +354,8 @@ def engine_serve() -> None:
 
     settings = _settings()
     logs.configure(settings.log_level, settings.log_format)
-    migrate.upgrade(settings.sqlalchemy_url)
+    with _database_opens():
+        migrate.upgrade(settings.sqlalchemy_url)
     try:
         application = create_engine_app(settings)
     except ProceduresError as exc:

@@ -378,12 +378,16 @@ def test_commands_on_the_database_refuse_one_behind_or_ahead_of_the_code(
 def test_a_database_that_cannot_be_opened_is_named_in_one_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Not running, or no such database: serve, db upgrade and the commands on the database
-    say which database and the driver's reason, instead of a traceback."""
+    """Not running, or no such database: serve, engine serve, db upgrade and the commands on
+    the database say which database and the driver's reason, instead of a traceback."""
     _unmigrated(tmp_path, monkeypatch)
     port = free_port()  # nothing listens there
     monkeypatch.setenv("VODFLOW_DATABASE_URL", f"postgresql://vf:s3cret@127.0.0.1:{port}/vodflow")
-    for command in (["serve"], ["db", "upgrade"], ["runs", "--direct"]):
+    monkeypatch.setattr(cli, "_run_server", lambda *args: pytest.fail("it started serving"))
+    monkeypatch.setattr(logging.root, "handlers", list(logging.root.handlers))
+    monkeypatch.setattr(logging.root, "level", logging.root.level)
+    commands = (["serve"], ["engine", "serve"], ["db", "upgrade"], ["runs", "--direct"])
+    for command in commands:
         result = runner.invoke(app, command)
         assert result.exit_code == 1, command
         assert "Traceback" not in result.output
