@@ -3,8 +3,8 @@
 Users give one URL (``sqlite:///data/vodflow.db`` or ``postgresql://user@host/db``); vodflow
 derives the async driver URL for the server (aiosqlite, psycopg) and the sync one for Alembic.
 
-SQLite is put in WAL mode with ``synchronous=NORMAL`` (durable across process crashes, which is
-what the inbox promises; a power cut may lose the last transactions) and every write transaction
+SQLite is put in WAL mode with ``synchronous=FULL`` (each commit synced, so an answered callback
+outlives a power cut as well as a crash; see ``configure_sqlite``) and every write transaction
 starts with ``BEGIN IMMEDIATE``: it takes the write lock up front, so two writers queue on the busy
 timeout instead of one failing with "database is locked" when it upgrades a read lock.
 """
