@@ -52,14 +52,16 @@ def add_segment(
     removed again."""
     file_id = segment.get("fileId")
 
-    def ended() -> dict[str, Any] | None:
+    def ended() -> Collected | None:
+        """The stream's ended session that holds this recording already, if one does."""
         if not isinstance(file_id, str):
             return None
-        return session_of_file(conn, workflow=workflow, stream_id=stream_id, file_id=file_id)
+        held = session_of_file(conn, workflow=workflow, stream_id=stream_id, file_id=file_id)
+        return None if held is None else Collected(int(held["id"]), False, held["status"])
 
     earlier = ended()
     if earlier is not None:
-        return Collected(int(earlier["id"]), added=False, ended=earlier["status"])
+        return earlier
     insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(windows)
     row = None
     for _ in range(3):
@@ -99,7 +101,7 @@ def add_segment(
             if earlier is not None:
                 if opened is not None:
                     conn.execute(windows.delete().where(windows.c.id == opened))
-                return Collected(int(earlier["id"]), added=False, ended=earlier["status"])
+                return earlier
         break
     if row is None:
         raise LookupError(
